@@ -1,0 +1,534 @@
+//! Configuration: every option has a flag, an environment variable and a config-file key.
+//!
+//! In: the options the binary collected from flags and `WALRELAY_*` variables (clap merges those two, flag first),
+//! an optional TOML file (`--config`), and the defaults below. Out: a validated [`Settings`], built before any
+//! connection is made, so every usage error ends the process with exit code 2 before it touches a server.
+//! Precedence, per `design.md` §4: flag > env > file > default. Layering is done with `figment`.
+
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+
+use figment::{
+    providers::{Format, Serialized, Toml},
+    Figment,
+};
+use pgoutput::Lsn;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem found before connecting (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read or parsed, or holds an unknown key.
+    #[error("config: {0}")]
+    File(String),
+    /// An option's value is malformed.
+    #[error("invalid {option} {value:?}: {reason}")]
+    Invalid {
+        /// The option's flag name, e.g. `--pg-url`.
+        option: &'static str,
+        /// The offending value (never a secret).
+        value: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+}
+
+/// What to do with an event that cannot be published as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnInvalid {
+    /// Stop the relay before the event, with an error naming it (exit code 1).
+    #[default]
+    Stop,
+    /// Publish a small dead-letter record in its place and carry on.
+    DeadLetter,
+}
+
+impl FromStr for OnInvalid {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stop" => Ok(Self::Stop),
+            "dead-letter" => Ok(Self::DeadLetter),
+            other => Err(format!("expected `stop` or `dead-letter`, got `{other}`")),
+        }
+    }
+}
+
+/// The raw, layered options as strings and numbers, before validation. Keys are the config-file keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawSettings {
+    pub pg_url: String,
+    pub slot: String,
+    pub publication: String,
+    pub table: String,
+    pub nats_url: String,
+    pub stream: String,
+    pub subject: String,
+    pub id_column: String,
+    pub payload_column: String,
+    pub headers_column: String,
+    pub aggregate_type_column: String,
+    pub aggregate_id_column: String,
+    pub event_type_column: String,
+    pub on_invalid: String,
+    pub dead_letter_subject: String,
+    pub max_in_flight: usize,
+    pub publish_timeout: String,
+    pub shutdown_timeout: String,
+    pub duplicate_window: String,
+    pub stream_replicas: usize,
+    pub no_create: bool,
+    pub replay_retention: Option<String>,
+    pub progress_interval: String,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        Self {
+            pg_url: "postgres://postgres@localhost:5432/postgres".into(),
+            slot: "walrelay".into(),
+            publication: "walrelay".into(),
+            table: "public.outbox".into(),
+            nats_url: "nats://localhost:4222".into(),
+            stream: "OUTBOX".into(),
+            subject: "outbox.{aggregate_type}.{event_type}".into(),
+            id_column: "id".into(),
+            payload_column: "payload".into(),
+            headers_column: "headers".into(),
+            aggregate_type_column: "aggregate_type".into(),
+            aggregate_id_column: "aggregate_id".into(),
+            event_type_column: "event_type".into(),
+            on_invalid: "stop".into(),
+            dead_letter_subject: "outbox.dead-letter".into(),
+            max_in_flight: 1024,
+            publish_timeout: "10s".into(),
+            shutdown_timeout: "10s".into(),
+            duplicate_window: "20m".into(),
+            stream_replicas: 1,
+            no_create: false,
+            replay_retention: None,
+            progress_interval: "10s".into(),
+        }
+    }
+}
+
+/// A PostgreSQL connection string, kept secret: it may hold a password.
+#[derive(Clone)]
+pub struct PgUrl {
+    secret: SecretString,
+    parsed: tokio_postgres::Config,
+}
+
+impl PgUrl {
+    /// Parses a `postgres://` URL or a `key=value` connection string.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let parsed = tokio_postgres::Config::from_str(url).map_err(|err| ConfigError::Invalid {
+            option: "--pg-url",
+            value: redact_url(url),
+            reason: format!("{err}; expected e.g. postgres://user:password@host:5432/dbname"),
+        })?;
+        if parsed.get_hosts().is_empty() {
+            return Err(ConfigError::Invalid {
+                option: "--pg-url",
+                value: redact_url(url),
+                reason: "no host; expected e.g. postgres://user@host:5432/dbname".into(),
+            });
+        }
+        Ok(Self { secret: SecretString::from(url.to_owned()), parsed })
+    }
+
+    /// The parsed connection settings (holds the password; never log it).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.parsed
+    }
+
+    /// The URL itself, for handing to a child process. Never log it.
+    pub fn expose(&self) -> &str {
+        self.secret.expose_secret()
+    }
+
+    /// The database name (defaults to the user name, as libpq does).
+    pub fn dbname(&self) -> String {
+        self.parsed
+            .get_dbname()
+            .or(self.parsed.get_user())
+            .unwrap_or("postgres")
+            .to_owned()
+    }
+
+    /// The user name (defaults to `postgres`).
+    pub fn user(&self) -> String {
+        self.parsed.get_user().unwrap_or("postgres").to_owned()
+    }
+}
+
+impl fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", redact_url(self.secret.expose_secret()))
+    }
+}
+
+impl fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", redact_url(self.secret.expose_secret()))
+    }
+}
+
+/// Removes a password from a URL or `key=value` connection string, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    if let Ok(mut parsed) = url::Url::parse(url) {
+        if parsed.password().is_some() {
+            let _ = parsed.set_password(Some("***"));
+        }
+        let redacted: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") { "***".to_owned() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        if !redacted.is_empty() {
+            parsed.query_pairs_mut().clear().extend_pairs(redacted);
+        }
+        return parsed.to_string();
+    }
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.to_ascii_lowercase().starts_with("password=") {
+                "password=***".to_owned()
+            } else {
+                kv.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A schema-qualified table name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    /// Schema, `public` when not given.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` or `table`; double quotes around a part are removed.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::Invalid {
+            option: "--table",
+            value: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let unquote = |p: &str| p.trim().trim_matches('"').to_owned();
+        let (schema, name) = match s.split_once('.') {
+            Some((schema, name)) => (unquote(schema), unquote(name)),
+            None => ("public".to_owned(), unquote(s)),
+        };
+        if schema.is_empty() || name.is_empty() || name.contains('.') {
+            return Err(invalid("expected `schema.table`, e.g. public.outbox"));
+        }
+        Ok(Self { schema, name })
+    }
+
+    /// The name quoted for SQL, e.g. `"public"."outbox"`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The outbox table's column names.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub struct Columns {
+    pub id: String,
+    pub payload: String,
+    pub headers: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+}
+
+/// Validated settings shared by every command.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub struct Settings {
+    pub pg_url: PgUrl,
+    pub slot: String,
+    pub publication: String,
+    pub table: TableName,
+    pub nats_url: String,
+    pub stream: String,
+    pub subject: String,
+    pub columns: Columns,
+    pub on_invalid: OnInvalid,
+    pub dead_letter_subject: String,
+    pub max_in_flight: usize,
+    pub publish_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub duplicate_window: Duration,
+    pub stream_replicas: usize,
+    pub no_create: bool,
+    pub replay_retention: Option<Duration>,
+    pub progress_interval: Duration,
+}
+
+impl Settings {
+    /// Layers defaults < file < overrides (flags and env, already merged by the caller), then validates.
+    ///
+    /// `overrides` is any serializable value whose `Some` fields use the config-file keys.
+    pub fn load<T: Serialize>(file: Option<&PathBuf>, overrides: &T) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::File(format!(
+                    "config file {} does not exist; check --config / WALRELAY_CONFIG",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Serialized::defaults(overrides));
+        let raw: RawSettings = figment.extract().map_err(|err| ConfigError::File(err.to_string()))?;
+        Self::validate(raw)
+    }
+
+    /// Validates raw settings.
+    pub fn validate(raw: RawSettings) -> Result<Self, ConfigError> {
+        let name = |option: &'static str, value: &str| -> Result<String, ConfigError> {
+            if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::Invalid {
+                    option,
+                    value: value.to_owned(),
+                    reason: "must be a non-empty name without whitespace".into(),
+                });
+            }
+            Ok(value.to_owned())
+        };
+        let slot = name("--slot", &raw.slot)?;
+        if !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || slot.len() > 63 {
+            return Err(ConfigError::Invalid {
+                option: "--slot",
+                value: slot,
+                reason: "a replication slot name may contain only lower-case letters, digits and `_` (at most 63)".into(),
+            });
+        }
+        let stream = name("--stream", &raw.stream)?;
+        if stream.contains(['.', '*', '>', '/', '\\']) {
+            return Err(ConfigError::Invalid {
+                option: "--stream",
+                value: stream,
+                reason: "a stream name may not contain `.`, `*`, `>`, `/` or `\\`".into(),
+            });
+        }
+        if raw.max_in_flight == 0 {
+            return Err(ConfigError::Invalid {
+                option: "--max-in-flight",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let subject = crate::subject::SubjectTemplate::parse(&raw.subject)
+            .map_err(|reason| ConfigError::Invalid { option: "--subject", value: raw.subject.clone(), reason })?;
+        crate::subject::validate_literal_subject(&raw.dead_letter_subject).map_err(|reason| {
+            ConfigError::Invalid {
+                option: "--dead-letter-subject",
+                value: raw.dead_letter_subject.clone(),
+                reason,
+            }
+        })?;
+        validate_nats_url(&raw.nats_url)?;
+        let on_invalid = raw.on_invalid.parse().map_err(|reason| ConfigError::Invalid {
+            option: "--on-invalid",
+            value: raw.on_invalid.clone(),
+            reason,
+        })?;
+        let duplicate_window = parse_duration("--duplicate-window", &raw.duplicate_window)?;
+        if duplicate_window < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                option: "--duplicate-window",
+                value: raw.duplicate_window,
+                reason: "must be at least 1s (10m or more recommended)".into(),
+            });
+        }
+        Ok(Self {
+            pg_url: PgUrl::parse(&raw.pg_url)?,
+            slot,
+            publication: name("--publication", &raw.publication)?,
+            table: TableName::parse(&raw.table)?,
+            nats_url: raw.nats_url,
+            stream,
+            subject: subject.source().to_owned(),
+            columns: Columns {
+                id: name("--id-column", &raw.id_column)?,
+                payload: name("--payload-column", &raw.payload_column)?,
+                headers: name("--headers-column", &raw.headers_column)?,
+                aggregate_type: name("--aggregate-type-column", &raw.aggregate_type_column)?,
+                aggregate_id: name("--aggregate-id-column", &raw.aggregate_id_column)?,
+                event_type: name("--event-type-column", &raw.event_type_column)?,
+            },
+            on_invalid,
+            dead_letter_subject: raw.dead_letter_subject,
+            max_in_flight: raw.max_in_flight,
+            publish_timeout: parse_duration("--publish-timeout", &raw.publish_timeout)?,
+            shutdown_timeout: parse_duration("--shutdown-timeout", &raw.shutdown_timeout)?,
+            duplicate_window,
+            stream_replicas: raw.stream_replicas.clamp(1, 5),
+            no_create: raw.no_create,
+            replay_retention: raw
+                .replay_retention
+                .as_deref()
+                .map(|d| parse_duration("--replay-retention", d))
+                .transpose()?,
+            progress_interval: parse_duration("--progress-interval", &raw.progress_interval)?,
+        })
+    }
+
+    /// The name of the trailing replay slot kept by `run --replay-retention`.
+    pub fn replay_slot(&self) -> String {
+        format!("{}_replay", self.slot)
+    }
+}
+
+fn validate_nats_url(urls: &str) -> Result<(), ConfigError> {
+    for url in urls.split(',') {
+        async_nats::ServerAddr::from_str(url.trim()).map_err(|err| ConfigError::Invalid {
+            option: "--nats-url",
+            value: redact_url(url),
+            reason: format!("{err}; expected e.g. nats://localhost:4222 (comma-separated for a cluster)"),
+        })?;
+    }
+    Ok(())
+}
+
+/// Parses a duration like `90s`, `10m`, `1h`, `500ms`.
+pub fn parse_duration(option: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim()).map_err(|err| ConfigError::Invalid {
+        option,
+        value: value.to_owned(),
+        reason: format!("{err}; expected a duration like 90s, 10m or 1h"),
+    })
+}
+
+/// Parses a size: `KB/MB/GB` are powers of 1000, `KiB/MiB/GiB` powers of 1024, a bare number is bytes.
+pub fn parse_size(option: &'static str, value: &str) -> Result<u64, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        option,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let s = value.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| invalid("expected a size like 64MB, 512KiB or 1GB"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1000,
+        "mb" | "m" => 1000 * 1000,
+        "gb" | "g" => 1000 * 1000 * 1000,
+        "tb" | "t" => 1000 * 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(invalid("unknown unit; use B, KB, MB, GB (1000) or KiB, MiB, GiB (1024)")),
+    };
+    let bytes = number * factor as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(invalid("out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parses an LSN in Postgres `X/Y` form.
+pub fn parse_lsn(option: &'static str, value: &str) -> Result<Lsn, ConfigError> {
+    value.trim().parse::<Lsn>().map_err(|_| ConfigError::Invalid {
+        option,
+        value: value.to_owned(),
+        reason: "expected an LSN in Postgres form X/Y (hex), e.g. 0/1A2B3C4".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_use_decimal_and_binary_units() {
+        assert_eq!(parse_size("--max-lag", "64MB").ok(), Some(64_000_000));
+        assert_eq!(parse_size("--max-lag", "1KiB").ok(), Some(1024));
+        assert_eq!(parse_size("--max-lag", "2 GiB").ok(), Some(2 << 30));
+        assert_eq!(parse_size("--max-lag", "100").ok(), Some(100));
+        assert!(matches!(parse_size("--max-lag", "12 parsecs"), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(parse_size("--max-lag", "MB"), Err(ConfigError::Invalid { .. })));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("--x", "90s").ok(), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("--x", "10m").ok(), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("--x", "1h").ok(), Some(Duration::from_secs(3600)));
+        assert!(parse_duration("--x", "soon").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let r = redact_url("postgres://alice:s3cret@db:5432/app");
+        assert!(!r.contains("s3cret"), "{r}");
+        assert!(r.contains("alice"));
+        let r = redact_url("host=db user=alice password=s3cret");
+        assert!(!r.contains("s3cret"), "{r}");
+        let r = redact_url("postgres://db/app?password=s3cret");
+        assert!(!r.contains("s3cret"), "{r}");
+    }
+
+    #[test]
+    fn table_names() {
+        let t = TableName::parse("public.outbox").ok();
+        assert_eq!(t.map(|t| t.quoted()), Some("\"public\".\"outbox\"".to_owned()));
+        assert_eq!(TableName::parse("events").ok().map(|t| t.schema), Some("public".to_owned()));
+        assert!(TableName::parse("a.b.c").is_err());
+    }
+
+    #[test]
+    fn layering_file_then_overrides() {
+        let dir = std::env::temp_dir().join(format!("walrelay-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let path = dir.join("w.toml");
+        std::fs::write(&path, "slot = \"from_file\"\nstream = \"FILE\"\n").ok();
+        #[derive(Serialize)]
+        struct Over {
+            stream: Option<String>,
+        }
+        let s = Settings::load(Some(&path), &Over { stream: Some("FLAG".into()) });
+        let s = s.ok();
+        assert_eq!(s.as_ref().map(|s| s.slot.as_str()), Some("from_file"));
+        assert_eq!(s.as_ref().map(|s| s.stream.as_str()), Some("FLAG"));
+        std::fs::write(&path, "no_such_key = 1\n").ok();
+        assert!(matches!(Settings::load(Some(&path), &Over { stream: None }), Err(ConfigError::File(_))));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

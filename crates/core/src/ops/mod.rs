@@ -1,0 +1,10 @@
+//! Operator commands built on the relay's parts: `setup`, `status`, `doctor`, `peek`, `replay`, `teardown`, and the
+//! trailing replay slot kept by `run --replay-retention`.
+
+pub mod doctor;
+pub mod peek;
+pub mod replay;
+pub mod retention;
+pub mod setup;
+pub mod status;
+pub mod teardown;

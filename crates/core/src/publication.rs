@@ -1,0 +1,108 @@
+//! Publications and the outbox table: make sure the slot will see the outbox's inserts, and only those.
+//!
+//! In: a control-plane SQL connection and the configured table. Out: a publication
+//! `FOR TABLE <outbox> WITH (publish = 'insert')`, and the table's columns for validating the mapping.
+//! See <https://www.postgresql.org/docs/current/sql-createpublication.html>.
+
+use tokio_postgres::Client;
+
+use crate::{
+    config::{quote_ident, TableName},
+    source::SourceError,
+};
+
+/// A column of the outbox table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableColumn {
+    /// Column name.
+    pub name: String,
+    /// Type name as `format_type` prints it.
+    pub type_name: String,
+    /// Whether it is part of the primary key.
+    pub primary_key: bool,
+}
+
+/// The table's columns in order, or `MissingTable`.
+pub async fn table_columns(client: &Client, table: &TableName) -> Result<Vec<TableColumn>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                    COALESCE(a.attnum = ANY(i.indkey), false) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
+             ORDER BY a.attnum",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| SourceError::query(format!("reading columns of {table}"), e))?;
+    if rows.is_empty() {
+        return Err(SourceError::MissingTable { table: table.to_string() });
+    }
+    Ok(rows
+        .iter()
+        .map(|r| TableColumn { name: r.get(0), type_name: r.get(1), primary_key: r.get(2) })
+        .collect())
+}
+
+/// What a publication holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationInfo {
+    /// Whether it publishes inserts.
+    pub inserts: bool,
+    /// Whether it is `FOR ALL TABLES`.
+    pub all_tables: bool,
+    /// Whether it contains the outbox table.
+    pub has_table: bool,
+}
+
+/// Reads a publication, `None` when it does not exist.
+pub async fn info(client: &Client, publication: &str, table: &TableName) -> Result<Option<PublicationInfo>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT p.pubinsert, p.puballtables, EXISTS (SELECT 1 FROM pg_publication_tables t \
+                 WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3) \
+             FROM pg_publication p WHERE p.pubname = $1",
+            &[&publication, &table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| SourceError::query(format!("reading publication {publication}"), e))?;
+    Ok(row.map(|r| PublicationInfo { inserts: r.get(0), all_tables: r.get(1), has_table: r.get(2) }))
+}
+
+/// Creates the publication if missing (inserts only); returns whether it was created.
+pub async fn ensure(client: &Client, publication: &str, table: &TableName) -> Result<bool, SourceError> {
+    match info(client, publication, table).await? {
+        Some(p) => {
+            if !p.has_table {
+                tracing::warn!(publication, table = %table, "publication does not contain the outbox table; its events will not be relayed");
+            }
+            if !p.inserts {
+                tracing::warn!(publication, "publication does not publish inserts; nothing will be relayed");
+            }
+            Ok(false)
+        }
+        None => {
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
+                quote_ident(publication),
+                table.quoted()
+            );
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| SourceError::query(format!("creating publication {publication}"), e))?;
+            Ok(true)
+        }
+    }
+}
+
+/// Drops the publication if it exists.
+pub async fn drop(client: &Client, publication: &str) -> Result<(), SourceError> {
+    let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication));
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| SourceError::query(format!("dropping publication {publication}"), e))
+}

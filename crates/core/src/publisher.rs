@@ -1,0 +1,204 @@
+//! The JetStream publisher: pipelined publishes behind an ordering fence.
+//!
+//! In: [`Event`]s in WAL order, each with a tag the caller uses to credit its ack. Out: acks, in the order the events
+//! were sent. See <https://docs.nats.io/using-nats/developer/develop_jetstream/model_deep_dive> (publish
+//! expectations and deduplication).
+
+use std::{collections::VecDeque, pin::Pin, time::Duration};
+
+use async_nats::{
+    jetstream::{self, context::PublishErrorKind, message::PublishMessage},
+    HeaderMap,
+};
+use futures::{stream::FuturesOrdered, Future, StreamExt};
+
+use crate::event::{Event, Position};
+
+/// A failure on the NATS side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// Could not connect to NATS.
+    #[error("nats at {url} unreachable: {reason}")]
+    Connect {
+        /// Redacted URL.
+        url: String,
+        /// The client's message.
+        reason: String,
+    },
+    /// The stream is missing and `--no-create` is set.
+    #[error("stream {stream} does not exist and --no-create is set; run `walrelay setup` or drop --no-create")]
+    MissingStream {
+        /// Stream name.
+        stream: String,
+    },
+    /// A stream request failed.
+    #[error("stream {stream}: {reason}")]
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// The server's or client's message.
+        reason: String,
+    },
+    /// A publish failed or was not acked.
+    #[error("publish of event {id} at {position:?} to {subject}: {reason}")]
+    Publish {
+        /// Event id.
+        id: String,
+        /// Subject.
+        subject: String,
+        /// Where the event is.
+        position: Position,
+        /// What happened.
+        reason: String,
+    },
+    /// The stream's sequence is not what the fence expected: a message was lost, duplicated or written by someone
+    /// else. The relay re-reads the tail and resumes after it.
+    #[error("ordering fence: event {id} expected stream sequence {expected}, stream answered {actual}")]
+    Fence {
+        /// Event id.
+        id: String,
+        /// Sequence the fence expected.
+        expected: u64,
+        /// What the server answered (or described).
+        actual: String,
+    },
+}
+
+/// An ack credited to the tag the caller gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked<T> {
+    /// The caller's tag.
+    pub tag: T,
+    /// The stream sequence the event got.
+    pub sequence: u64,
+}
+
+type AckFuture<T> = Pin<Box<dyn Future<Output = Result<Acked<T>, PublishError>> + Send>>;
+
+/// Publishes events to one stream, pipelined, in order.
+///
+/// Contract:
+/// - **accepted**: [`Publisher::send`] returned `Ok`: the message is in the client's outgoing buffer and an ack
+///   future waits for it. Nothing is durable yet.
+/// - **acked**: [`Publisher::next_ack`] yielded it: JetStream stored it at exactly the sequence the fence expected.
+///   Only acked events may move the checkpoint.
+/// - **order**: every publish carries `Nats-Expected-Last-Sequence` = the sequence of the message sent before it, so
+///   the stream can never store a later event after a lost earlier one. Acks are yielded in send order.
+/// - **errors**: any error (timeout, broken connection, fence violation, duplicate) is returned once; the caller
+///   stops sending, [`drain`](Publisher::drain)s what is in flight, re-reads the stream's tail and resumes after the
+///   last stored message with a new publisher. A publisher that returned an error must not be used again.
+pub struct Publisher<T> {
+    js: jetstream::Context,
+    last_sequence: u64,
+    in_flight: FuturesOrdered<AckFuture<T>>,
+    sizes: VecDeque<usize>,
+    in_flight_bytes: usize,
+}
+
+impl<T: Send + 'static> Publisher<T> {
+    /// A publisher that expects the stream's last sequence to be `last_sequence`.
+    pub fn new(js: jetstream::Context, last_sequence: u64) -> Self {
+        Self { js, last_sequence, in_flight: FuturesOrdered::new(), sizes: VecDeque::new(), in_flight_bytes: 0 }
+    }
+
+    /// Events sent and not yet acked.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Payload bytes sent and not yet acked.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
+    }
+
+    /// Sends one event; its ack arrives later through [`next_ack`](Self::next_ack).
+    pub async fn send(&mut self, event: &Event, tag: T) -> Result<(), PublishError> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in &event.headers {
+            headers.insert(k.as_str(), v.as_str());
+        }
+        let expected_last = self.last_sequence;
+        let message = PublishMessage::build()
+            .payload(event.payload.clone())
+            .headers(headers)
+            .expected_last_sequence(expected_last);
+        let fail = |reason: String| PublishError::Publish {
+            id: event.id.clone(),
+            subject: event.subject.clone(),
+            position: event.position,
+            reason,
+        };
+        let ack = self
+            .js
+            .send_publish(event.subject.clone(), message)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        self.last_sequence += 1;
+        let expected = self.last_sequence;
+        let id = event.id.clone();
+        let subject = event.subject.clone();
+        let position = event.position;
+        self.in_flight.push_back(Box::pin(async move {
+            match ack.await {
+                Ok(ack) if ack.duplicate => Err(PublishError::Fence {
+                    id,
+                    expected,
+                    actual: format!("duplicate of sequence {}", ack.sequence),
+                }),
+                Ok(ack) if ack.sequence != expected => {
+                    Err(PublishError::Fence { id, expected, actual: ack.sequence.to_string() })
+                }
+                Ok(ack) => Ok(Acked { tag, sequence: ack.sequence }),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    Err(PublishError::Fence { id, expected, actual: e.to_string() })
+                }
+                Err(e) => Err(PublishError::Publish { id, subject, position, reason: e.to_string() }),
+            }
+        }));
+        self.sizes.push_back(event.payload.len());
+        self.in_flight_bytes += event.payload.len();
+        Ok(())
+    }
+
+    /// The next ack in send order; pending forever when nothing is in flight (use it behind a guard).
+    pub async fn next_ack(&mut self) -> Result<Acked<T>, PublishError> {
+        match self.in_flight.next().await {
+            Some(result) => {
+                if let Some(size) = self.sizes.pop_front() {
+                    self.in_flight_bytes -= size;
+                }
+                result
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits (at most `timeout`) for everything in flight; returns the tags acked in order, stopping at the first
+    /// failure (later acks cannot be trusted to be contiguous).
+    pub async fn drain(&mut self, timeout: Duration) -> (Vec<T>, Option<PublishError>) {
+        let mut acked = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.next_ack()).await {
+                Ok(Ok(a)) => acked.push(a.tag),
+                Ok(Err(e)) => {
+                    self.in_flight = FuturesOrdered::new();
+                    return (acked, Some(e));
+                }
+                Err(_) => {
+                    let n = self.in_flight.len();
+                    self.in_flight = FuturesOrdered::new();
+                    return (
+                        acked,
+                        Some(PublishError::Stream {
+                            stream: String::new(),
+                            reason: format!("{n} publishes not acked within {timeout:?}"),
+                        }),
+                    );
+                }
+            }
+        }
+        (acked, None)
+    }
+}

@@ -1,0 +1,184 @@
+//! Subject templates: `outbox.{aggregate_type}.{event_type}` → `outbox.order.created`.
+//!
+//! In: the `--subject` template and a row's column values. Out: a NATS subject, or the reason the row cannot have one
+//! (an empty token, or a value with whitespace, `.`, `*` or `>` that would change the subject's shape). Also derives
+//! the stream's subject filter, each placeholder token becoming `*`.
+//! See <https://docs.nats.io/nats-concepts/subjects>.
+
+use std::collections::BTreeSet;
+
+/// One piece of a subject template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    Column(String),
+}
+
+/// A parsed `--subject` template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectTemplate {
+    source: String,
+    pieces: Vec<Piece>,
+}
+
+impl SubjectTemplate {
+    /// Parses a template; `{column}` placeholders must fill whole tokens or parts of tokens.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let mut pieces = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let (lit, tail) = rest.split_at(open);
+            if !lit.is_empty() {
+                pieces.push(Piece::Literal(lit.to_owned()));
+            }
+            let close = tail.find('}').ok_or("unclosed `{` in subject template")?;
+            let column = tail.get(1..close).unwrap_or_default();
+            if column.is_empty() || column.contains(['{', '.', ' ']) {
+                return Err(format!("bad placeholder `{{{column}}}`; expected `{{column_name}}`"));
+            }
+            pieces.push(Piece::Column(column.to_owned()));
+            rest = tail.get(close + 1..).unwrap_or_default();
+        }
+        if rest.contains('}') {
+            return Err("unmatched `}` in subject template".into());
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Literal(rest.to_owned()));
+        }
+        let t = Self { source: template.to_owned(), pieces };
+        // Check the shape with a harmless value in every placeholder.
+        let sample = t.render(|_| Some("x".to_owned())).map_err(|e| format!("template: {e}"))?;
+        validate_literal_subject(&sample)?;
+        Ok(t)
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The columns the template reads, in order of first use.
+    pub fn columns(&self) -> Vec<&str> {
+        let mut seen = BTreeSet::new();
+        self.pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Column(c) if seen.insert(c.as_str()) => Some(c.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Renders the subject; `value(column)` returns the column's text, `None` for NULL.
+    pub fn render(&self, mut value: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
+        let mut out = String::with_capacity(self.source.len() + 16);
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(l) => out.push_str(l),
+                Piece::Column(c) => {
+                    let v = value(c).ok_or_else(|| format!("subject column `{c}` is NULL"))?;
+                    if v.is_empty() {
+                        return Err(format!("subject column `{c}` is empty"));
+                    }
+                    if let Some(bad) = v.chars().find(|ch| ch.is_whitespace() || ch.is_control() || matches!(ch, '.' | '*' | '>')) {
+                        return Err(format!(
+                            "subject column `{c}` value contains {bad:?}, which cannot appear in a subject token"
+                        ));
+                    }
+                    out.push_str(&v);
+                }
+            }
+        }
+        validate_literal_subject(&out)?;
+        Ok(out)
+    }
+
+    /// The stream subject that covers every rendered subject: each token holding a placeholder becomes `*`.
+    pub fn filter(&self) -> String {
+        let marker = "\u{1}";
+        let rendered: String = self
+            .pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Literal(l) => l.as_str(),
+                Piece::Column(_) => marker,
+            })
+            .collect();
+        rendered
+            .split('.')
+            .map(|tok| if tok.contains(marker) { "*" } else { tok })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
+/// Checks a concrete subject: non-empty tokens, no whitespace, no wildcards.
+pub fn validate_literal_subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty() {
+        return Err("subject is empty".into());
+    }
+    for token in subject.split('.') {
+        if token.is_empty() {
+            return Err(format!("subject `{subject}` has an empty token"));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("subject `{subject}` contains whitespace"));
+        }
+        if token == "*" || token == ">" || token.contains(['*', '>']) {
+            return Err(format!("subject `{subject}` contains a wildcard"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether NATS subject filter `filter` (with `*`/`>` wildcards) matches subject `subject`.
+pub fn filter_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_filters() {
+        let t = SubjectTemplate::parse("outbox.{aggregate_type}.{event_type}").expect("parse");
+        assert_eq!(t.columns(), vec!["aggregate_type", "event_type"]);
+        assert_eq!(t.filter(), "outbox.*.*");
+        let s = t.render(|c| Some(if c == "aggregate_type" { "order".into() } else { "created".into() }));
+        assert_eq!(s.as_deref(), Ok("outbox.order.created"));
+        let t = SubjectTemplate::parse("events.v1-{event_type}").expect("parse");
+        assert_eq!(t.filter(), "events.*");
+    }
+
+    #[test]
+    fn rejects_bad_tokens() {
+        let t = SubjectTemplate::parse("outbox.{a}").expect("parse");
+        for bad in ["", "a.b", "a b", "*", ">", "x\ny"] {
+            assert!(t.render(|_| Some(bad.to_owned())).is_err(), "{bad:?}");
+        }
+        assert!(t.render(|_| None).is_err());
+        assert!(SubjectTemplate::parse("outbox.{a").is_err());
+        assert!(SubjectTemplate::parse("outbox..{a}").is_err());
+        assert!(SubjectTemplate::parse("outbox.*").is_err());
+    }
+
+    #[test]
+    fn wildcard_matching() {
+        assert!(filter_matches("outbox.*.*", "outbox.a.b"));
+        assert!(!filter_matches("outbox.*.*", "outbox.dead-letter"));
+        assert!(filter_matches("outbox.*", "outbox.dead-letter"));
+        assert!(filter_matches("outbox.>", "outbox.a.b"));
+        assert!(!filter_matches("outbox.>", "outbox"));
+    }
+}

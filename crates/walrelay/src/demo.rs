@@ -1,0 +1,188 @@
+//! `walrelay demo`: the whole flow on throwaway local servers.
+//!
+//! Starts PostgreSQL and nats-server from the installed binaries, creates an outbox, runs the relay, writes a few
+//! business transactions (one rolled back), reads the events back from JetStream, prints them with their
+//! commit→store latency and the slot's lag, and cleans up.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use walrelay_core::{config::RawSettings, config::Settings, relay, slot, source};
+use walrelay_testkit::{Nats, Postgres};
+
+const SCHEMA: &str = "
+CREATE TABLE public.outbox (
+  id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  aggregate_type text NOT NULL,
+  aggregate_id   text NOT NULL,
+  event_type     text NOT NULL,
+  payload        jsonb NOT NULL,
+  headers        jsonb,
+  created_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE public.orders (id bigint PRIMARY KEY, customer text NOT NULL, total_cents bigint NOT NULL, status text NOT NULL);
+";
+
+/// The business transactions the demo writes: (description, SQL, committed?).
+const TRANSACTIONS: &[(&str, &str, bool)] = &[
+    (
+        "order 1001 placed",
+        "INSERT INTO orders VALUES (1001, 'ada', 4200, 'placed');
+         INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers)
+         VALUES ('order', '1001', 'placed', '{\"order_id\":1001,\"customer\":\"ada\",\"total_cents\":4200}', '{\"trace-id\":\"7f3a9c\"}');",
+        true,
+    ),
+    (
+        "order 1002 placed and paid in one transaction",
+        "INSERT INTO orders VALUES (1002, 'grace', 1999, 'paid');
+         INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         VALUES ('order', '1002', 'placed', '{\"order_id\":1002,\"customer\":\"grace\",\"total_cents\":1999}'),
+                ('payment', '1002', 'captured', '{\"order_id\":1002,\"amount_cents\":1999}');",
+        true,
+    ),
+    (
+        "order 1003 placed, then rolled back (must not be published)",
+        "INSERT INTO orders VALUES (1003, 'linus', 500, 'placed');
+         INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         VALUES ('order', '1003', 'placed', '{\"order_id\":1003}');",
+        false,
+    ),
+    (
+        "order 1001 shipped",
+        "UPDATE orders SET status = 'shipped' WHERE id = 1001;
+         INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         VALUES ('order', '1001', 'shipped', '{\"order_id\":1001,\"carrier\":\"dhl\"}');",
+        true,
+    ),
+];
+
+/// Runs the demo; returns the exit code.
+pub async fn run() -> anyhow::Result<u8> {
+    println!("walrelay demo: starting throwaway PostgreSQL and nats-server ...");
+    let (pg, nats) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Postgres, Nats)> {
+        let pg = Postgres::start().context("starting PostgreSQL")?;
+        let nats = Nats::start().context("starting nats-server")?;
+        Ok((pg, nats))
+    })
+    .await??;
+    println!("  postgres  {}  (PostgreSQL {})", pg.url("postgres"), pg.version().unwrap_or(0));
+    println!("  nats      {}", nats.url());
+    pg.psql(SCHEMA).context("creating the outbox table")?;
+
+    let raw = RawSettings {
+        pg_url: pg.url("postgres"),
+        nats_url: nats.url(),
+        stream: "DEMO".into(),
+        progress_interval: "1h".into(),
+        ..RawSettings::default()
+    };
+    let settings = Settings::validate(raw)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stats = Arc::new(relay::Stats::default());
+    let relay_settings = settings.clone();
+    let relay_stats = stats.clone();
+    let relay_task = walrelay_core::spawn_named("relay", async move {
+        relay::run(&relay_settings, stop_rx, relay_stats).await
+    });
+
+    // The slot must exist before the application writes events.
+    let control = source::connect(&settings.pg_url).await?;
+    wait_for(Duration::from_secs(15), "the relay to create its slot", || async {
+        matches!(slot::info(&control, &settings.slot).await, Ok(Some(info)) if info.active)
+    })
+    .await?;
+
+    println!("\nwriting business transactions:");
+    for (what, sql, commit) in TRANSACTIONS {
+        let end = if *commit { "COMMIT" } else { "ROLLBACK" };
+        control.batch_execute(&format!("BEGIN; {sql} {end};")).await?;
+        println!("  {} {what}", if *commit { "committed  " } else { "rolled back" });
+    }
+    let expected_events: u64 = control
+        .query_one("SELECT count(*) FROM outbox", &[])
+        .await?
+        .get::<_, i64>(0)
+        .try_into()
+        .unwrap_or(0);
+
+    let client = async_nats::connect(nats.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    wait_for(Duration::from_secs(15), "the events to arrive in the stream", || async {
+        stats.acked.load(std::sync::atomic::Ordering::Relaxed) >= expected_events
+    })
+    .await?;
+
+    println!("\nevents in stream DEMO ({expected_events} expected, the rolled-back one absent):");
+    let stream = js.get_stream("DEMO").await?;
+    for seq in 1..=expected_events {
+        let msg = stream.get_raw_message(seq).await?;
+        let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        let commit_time = humantime::parse_rfc3339(&header("Outbox-Commit-Time")).ok();
+        let stored: std::time::SystemTime = msg.time.into();
+        let latency = commit_time
+            .and_then(|c| stored.duration_since(c).ok())
+            .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+            .unwrap_or_else(|| "-".into());
+        println!("  #{seq} {}  id={}  commit→ack {latency}", msg.subject, header("Nats-Msg-Id"));
+        let mut names: Vec<String> = msg.headers.iter().map(|(k, _)| k.to_string()).collect();
+        names.sort();
+        for name in names {
+            if name != "Nats-Msg-Id" {
+                println!("      {name}: {}", header(&name));
+            }
+        }
+        println!("      data: {}", String::from_utf8_lossy(&msg.payload));
+    }
+
+    // Let the confirmation reach Postgres, then show the lag.
+    let current = slot::current_wal_lsn(&control).await?;
+    let _ = wait_for(Duration::from_secs(5), "the slot to confirm", || async {
+        matches!(slot::info(&control, &settings.slot).await, Ok(Some(i)) if i.confirmed_flush_lsn.is_some_and(|c| c >= current))
+    })
+    .await;
+    if let Some(info) = slot::info(&control, &settings.slot).await? {
+        let current = slot::current_wal_lsn(&control).await?;
+        let confirmed = info.confirmed_flush_lsn.unwrap_or_default();
+        println!(
+            "\nslot {}: confirmed_flush_lsn {confirmed}, current WAL {current}, lag {} bytes",
+            info.name,
+            current.0.saturating_sub(confirmed.0)
+        );
+    }
+
+    let _ = stop_tx.send(true);
+    let result = tokio::time::timeout(Duration::from_secs(15), relay_task).await;
+    match result {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => anyhow::bail!("relay failed: {err}"),
+        Ok(Err(err)) => anyhow::bail!("relay task failed: {err}"),
+        Err(_) => anyhow::bail!("relay did not stop within 15s"),
+    }
+    let count = js.get_stream("DEMO").await?.info().await?.state.messages;
+    drop(js);
+    tokio::task::spawn_blocking(move || {
+        drop(pg);
+        drop(nats);
+    })
+    .await?;
+    println!("\ndone: {count} events relayed exactly once, in commit order; servers removed.");
+    Ok(0)
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

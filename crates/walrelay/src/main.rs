@@ -1,0 +1,356 @@
+//! `walrelay`: relay a PostgreSQL transactional outbox to NATS JetStream through logical replication.
+//!
+//! This binary parses the command line, layers the configuration (flag > env > file > default), sets up logging and
+//! signals, and hands over to `walrelay_core`. It holds no relay logic.
+
+mod bench;
+mod demo;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use walrelay_core::{
+    config::{parse_lsn, parse_size, ConfigError, Settings},
+    ops,
+    relay::{self, RelayError},
+};
+
+/// Exit code for a usage or configuration error found before connecting.
+const EXIT_USAGE: u8 = 2;
+/// Exit code for a runtime failure.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(name = "walrelay", version, about = "Relay a PostgreSQL transactional outbox to NATS JetStream through logical replication", long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command accepts (each also an environment variable and a config-file key).
+#[derive(Debug, Args, Serialize)]
+struct GlobalArgs {
+    /// TOML config file; its keys are the long option names with `_` (e.g. `pg_url = "..."`).
+    #[arg(long, env = "WALRELAY_CONFIG", global = true)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// PostgreSQL connection URL [default: postgres://postgres@localhost:5432/postgres]
+    #[arg(long, env = "WALRELAY_PG_URL", global = true, hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pg_url: Option<String>,
+    /// Logical replication slot [default: walrelay]
+    #[arg(long, env = "WALRELAY_SLOT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slot: Option<String>,
+    /// Publication holding the outbox table [default: walrelay]
+    #[arg(long, env = "WALRELAY_PUBLICATION", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publication: Option<String>,
+    /// Outbox table, schema-qualified [default: public.outbox]
+    #[arg(long, env = "WALRELAY_TABLE", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table: Option<String>,
+    /// NATS server URL(s), comma-separated [default: nats://localhost:4222]
+    #[arg(long, env = "WALRELAY_NATS_URL", global = true, hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_url: Option<String>,
+    /// JetStream stream [default: OUTBOX]
+    #[arg(long, env = "WALRELAY_STREAM", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<String>,
+    /// Subject template with {column} placeholders [default: outbox.{aggregate_type}.{event_type}]
+    #[arg(long, env = "WALRELAY_SUBJECT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    /// Column holding the event id (Nats-Msg-Id) [default: id]
+    #[arg(long, env = "WALRELAY_ID_COLUMN", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_column: Option<String>,
+    /// Column holding the message data [default: payload]
+    #[arg(long, env = "WALRELAY_PAYLOAD_COLUMN", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_column: Option<String>,
+    /// Column holding extra headers as a JSON object [default: headers]
+    #[arg(long, env = "WALRELAY_HEADERS_COLUMN", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers_column: Option<String>,
+    /// Column for Outbox-Aggregate-Type [default: aggregate_type]
+    #[arg(long, env = "WALRELAY_AGGREGATE_TYPE_COLUMN", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aggregate_type_column: Option<String>,
+    /// Column for Outbox-Aggregate-Id [default: aggregate_id]
+    #[arg(long, env = "WALRELAY_AGGREGATE_ID_COLUMN", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aggregate_id_column: Option<String>,
+    /// Column for Outbox-Event-Type [default: event_type]
+    #[arg(long, env = "WALRELAY_EVENT_TYPE_COLUMN", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_type_column: Option<String>,
+    /// What to do with an event that cannot be published: stop | dead-letter [default: stop]
+    #[arg(long, env = "WALRELAY_ON_INVALID", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_invalid: Option<String>,
+    /// Subject of dead-letter records [default: outbox.dead-letter]
+    #[arg(long, env = "WALRELAY_DEAD_LETTER_SUBJECT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_subject: Option<String>,
+    /// Most events published and not yet acked [default: 1024]
+    #[arg(long, env = "WALRELAY_MAX_IN_FLIGHT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_in_flight: Option<usize>,
+    /// How long to wait for a JetStream ack [default: 10s]
+    #[arg(long, env = "WALRELAY_PUBLISH_TIMEOUT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish_timeout: Option<String>,
+    /// How long a stop waits for in-flight acks [default: 10s]
+    #[arg(long, env = "WALRELAY_SHUTDOWN_TIMEOUT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown_timeout: Option<String>,
+    /// Duplicate window of a stream walrelay creates [default: 20m]
+    #[arg(long, env = "WALRELAY_DUPLICATE_WINDOW", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate_window: Option<String>,
+    /// Replicas of a stream walrelay creates [default: 1]
+    #[arg(long, env = "WALRELAY_STREAM_REPLICAS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_replicas: Option<usize>,
+    /// Never create the publication, slot or stream; fail instead
+    #[arg(long, env = "WALRELAY_NO_CREATE", global = true)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    no_create: bool,
+    /// Keep a trailing slot `<slot>_replay` about this far behind, so `replay` can re-send that much history
+    #[arg(long, env = "WALRELAY_REPLAY_RETENTION", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay_retention: Option<String>,
+    /// How often `run` logs progress [default: 10s]
+    #[arg(long, env = "WALRELAY_PROGRESS_INTERVAL", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress_interval: Option<String>,
+    /// Log filter (e.g. info, walrelay_core=debug)
+    #[arg(long, env = "WALRELAY_LOG", global = true, default_value = "info,async_nats=warn,tokio_postgres=warn")]
+    #[serde(skip)]
+    log: String,
+    /// Log format: text | json
+    #[arg(long, env = "WALRELAY_LOG_FORMAT", global = true, default_value = "text")]
+    #[serde(skip)]
+    log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Relay the outbox to JetStream (the service)
+    Run,
+    /// Create the publication, slot and stream if missing (idempotent)
+    Setup,
+    /// Show the slot's position and lag
+    Status(StatusArgs),
+    /// Check prerequisites and print the remedy for each failure
+    Doctor,
+    /// Show pending events without consuming them
+    Peek(PeekArgs),
+    /// Re-publish every event of the transactions committed at or after an LSN
+    Replay(ReplayArgs),
+    /// Drop the slot (and optionally the replay slot, publication and stream)
+    Teardown(TeardownArgs),
+    /// Run the whole flow on throwaway local servers
+    Demo,
+    /// Measure throughput and latency on throwaway local servers
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+    /// Refresh until interrupted
+    #[arg(long)]
+    watch: bool,
+    /// Refresh interval for --watch
+    #[arg(long, default_value = "2s")]
+    interval: String,
+    /// Exit 3 when lag_bytes exceeds this size (e.g. 64MB)
+    #[arg(long)]
+    max_lag: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct PeekArgs {
+    /// Most events to show
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Print one JSON object per event
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// First commit LSN to include (X/Y)
+    #[arg(long)]
+    from: String,
+    /// Last commit LSN to include (X/Y)
+    #[arg(long)]
+    to: Option<String>,
+    /// Print NDJSON instead of publishing
+    #[arg(long)]
+    stdout: bool,
+}
+
+#[derive(Debug, Args)]
+struct TeardownArgs {
+    /// Drop the slot even while it is active (terminates its walsender)
+    #[arg(long)]
+    force: bool,
+    /// Also drop the replay slot `<slot>_replay`
+    #[arg(long)]
+    drop_replay_slot: bool,
+    /// Also drop the publication
+    #[arg(long)]
+    drop_publication: bool,
+    /// Also delete the JetStream stream (and its messages)
+    #[arg(long)]
+    drop_stream: bool,
+    /// All of the above drops
+    #[arg(long)]
+    all: bool,
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn try_main() -> anyhow::Result<u8> {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo | Command::Bench(_)) && std::env::var_os("WALRELAY_LOG").is_none();
+    init_logging(if quiet { "warn" } else { &cli.global.log }, &cli.global.log_format);
+    // Configuration is parsed and validated before the runtime starts: exit 2 on any usage error.
+    let settings = match Settings::load(cli.global.config.as_ref(), &cli.global) {
+        Ok(s) => s,
+        Err(err) => return Ok(usage_error(&err)),
+    };
+    let prepared = match prepare_command(&cli.command) {
+        Ok(p) => p,
+        Err(err) => return Ok(usage_error(&err)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(dispatch(cli.command, prepared, settings))
+}
+
+fn usage_error(err: &ConfigError) -> u8 {
+    eprintln!("error: {err}");
+    EXIT_USAGE
+}
+
+/// Command arguments that must be validated before connecting.
+#[derive(Debug, Default)]
+struct Prepared {
+    max_lag: Option<u64>,
+    interval: Option<std::time::Duration>,
+    from: Option<pgoutput::Lsn>,
+    to: Option<pgoutput::Lsn>,
+}
+
+fn prepare_command(command: &Command) -> Result<Prepared, ConfigError> {
+    let mut p = Prepared::default();
+    match command {
+        Command::Status(a) => {
+            p.max_lag = a.max_lag.as_deref().map(|s| parse_size("--max-lag", s)).transpose()?;
+            p.interval = Some(walrelay_core::config::parse_duration("--interval", &a.interval)?);
+        }
+        Command::Replay(a) => {
+            p.from = Some(parse_lsn("--from", &a.from)?);
+            p.to = a.to.as_deref().map(|s| parse_lsn("--to", s)).transpose()?;
+        }
+        Command::Bench(a) => a.validate()?,
+        _ => {}
+    }
+    Ok(p)
+}
+
+async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> anyhow::Result<u8> {
+    let result: Result<u8, RelayError> = match command {
+        Command::Run => {
+            let shutdown = shutdown_signal();
+            let stats = Arc::new(relay::Stats::default());
+            let retention = ops::retention::spawn(&settings, shutdown.clone());
+            let result = relay::run(&settings, shutdown, stats).await.map(|()| 0);
+            if let Some(task) = retention {
+                task.abort();
+            }
+            result
+        }
+        Command::Setup => ops::setup::run(&settings).await.map(|()| 0),
+        Command::Status(a) => {
+            let opts = ops::status::StatusOptions {
+                json: a.json,
+                watch: a.watch,
+                interval: prepared.interval.unwrap_or(std::time::Duration::from_secs(2)),
+                max_lag: prepared.max_lag,
+            };
+            ops::status::run(&settings, &opts, shutdown_signal()).await
+        }
+        Command::Doctor => ops::doctor::run(&settings).await,
+        Command::Peek(a) => ops::peek::run(&settings, a.limit, a.json).await.map(|()| 0),
+        Command::Replay(a) => {
+            let Some(from) = prepared.from else { return Ok(EXIT_USAGE) };
+            ops::replay::run(&settings, from, prepared.to, a.stdout).await.map(|()| 0)
+        }
+        Command::Teardown(a) => {
+            let opts = ops::teardown::TeardownOptions {
+                force: a.force,
+                replay_slot: a.drop_replay_slot || a.all,
+                publication: a.drop_publication || a.all,
+                stream: a.drop_stream || a.all,
+            };
+            ops::teardown::run(&settings, &opts).await.map(|()| 0)
+        }
+        Command::Demo => return demo::run().await,
+        Command::Bench(a) => return bench::run(&a).await,
+    };
+    match result {
+        Ok(code) => Ok(code),
+        Err(err) => {
+            tracing::error!(error = %walrelay_core::source::error_chain(&err), "walrelay stopped");
+            eprintln!("error: {}", walrelay_core::source::error_chain(&err));
+            Ok(EXIT_FAILURE)
+        }
+    }
+}
+
+/// A watch that turns true at the first SIGTERM or SIGINT.
+fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    walrelay_core::spawn_named("signals", async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn init_logging(filter: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
