@@ -112,6 +112,16 @@ pub enum SourceError {
         /// Whether retrying may help.
         transient: bool,
     },
+    /// `replay --from` is below what the slot it reads from still retains.
+    #[error("cannot replay from {from}: the oldest replayable LSN is {oldest} (confirmed position of slot {slot}); replay from {oldest} or later, and keep more history with `walrelay run --replay-retention DURATION`")]
+    ReplayOutOfRange {
+        /// The requested start.
+        from: Lsn,
+        /// The oldest commit LSN that can still be replayed.
+        oldest: Lsn,
+        /// The slot replay reads from (a copy of it).
+        slot: String,
+    },
     /// The pgoutput stream made no sense.
     #[error("pgoutput decode at {lsn}: {source}")]
     Decode {

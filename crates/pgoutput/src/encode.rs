@@ -87,7 +87,10 @@ pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
             w.xid(m.xid);
             w.0.put_u32(m.relation_id);
             if m.old_key.is_some() && m.old.is_some() {
-                return Err(EncodeError::OldTuple { message: "Update", expected: "at most one" });
+                return Err(EncodeError::OldTuple {
+                    message: "Update",
+                    expected: "at most one",
+                });
             }
             w.old(m.old_key.as_ref(), m.old.as_ref())?;
             w.0.put_u8(b'N');
@@ -97,7 +100,10 @@ pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
             w.xid(m.xid);
             w.0.put_u32(m.relation_id);
             if m.old_key.is_some() == m.old.is_some() {
-                return Err(EncodeError::OldTuple { message: "Delete", expected: "exactly one" });
+                return Err(EncodeError::OldTuple {
+                    message: "Delete",
+                    expected: "exactly one",
+                });
             }
             w.old(m.old_key.as_ref(), m.old.as_ref())?;
         }
@@ -144,8 +150,22 @@ pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
             w.0.put_u32(m.xid);
             w.string(&m.gid, "gid")?;
         }
-        Message::Prepare(m) => w.prepare(m.flags, m.prepare_lsn, m.end_lsn, m.prepare_time, m.xid, &m.gid)?,
-        Message::CommitPrepared(m) => w.prepare(m.flags, m.commit_lsn, m.end_lsn, m.commit_time, m.xid, &m.gid)?,
+        Message::Prepare(m) => w.prepare(
+            m.flags,
+            m.prepare_lsn,
+            m.end_lsn,
+            m.prepare_time,
+            m.xid,
+            &m.gid,
+        )?,
+        Message::CommitPrepared(m) => w.prepare(
+            m.flags,
+            m.commit_lsn,
+            m.end_lsn,
+            m.commit_time,
+            m.xid,
+            &m.gid,
+        )?,
         Message::RollbackPrepared(m) => {
             w.0.put_u8(m.flags);
             w.lsn(m.prepare_end_lsn);
@@ -155,7 +175,14 @@ pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
             w.0.put_u32(m.xid);
             w.string(&m.gid, "gid")?;
         }
-        Message::StreamPrepare(m) => w.prepare(m.flags, m.prepare_lsn, m.end_lsn, m.prepare_time, m.xid, &m.gid)?,
+        Message::StreamPrepare(m) => w.prepare(
+            m.flags,
+            m.prepare_lsn,
+            m.end_lsn,
+            m.prepare_time,
+            m.xid,
+            &m.gid,
+        )?,
     }
     Ok(w.0.freeze())
 }
@@ -189,7 +216,11 @@ impl Writer {
                 TupleValue::Null => self.0.put_u8(b'n'),
                 TupleValue::UnchangedToast => self.0.put_u8(b'u'),
                 TupleValue::Text(data) | TupleValue::Binary(data) => {
-                    self.0.put_u8(if matches!(value, TupleValue::Text(_)) { b't' } else { b'b' });
+                    self.0.put_u8(if matches!(value, TupleValue::Text(_)) {
+                        b't'
+                    } else {
+                        b'b'
+                    });
                     self.0.put_u32(count_u32(data.len(), "column value")?);
                     self.0.put_slice(data);
                 }
@@ -211,7 +242,15 @@ impl Writer {
     }
 
     /// The layout shared by Prepare, Commit Prepared and Stream Prepare.
-    fn prepare(&mut self, flags: u8, lsn: Lsn, end_lsn: Lsn, time: i64, xid: u32, gid: &str) -> Result<(), EncodeError> {
+    fn prepare(
+        &mut self,
+        flags: u8,
+        lsn: Lsn,
+        end_lsn: Lsn,
+        time: i64,
+        xid: u32,
+        gid: &str,
+    ) -> Result<(), EncodeError> {
         self.0.put_u8(flags);
         self.lsn(lsn);
         self.lsn(end_lsn);

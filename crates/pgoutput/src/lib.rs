@@ -44,3 +44,6 @@ pub use stream::{StreamAbort, StreamAbortInfo, StreamCommit, StreamStart};
 pub use transaction::{Begin, Commit, OpenTransaction, TransactionGuard};
 pub use tuple::{Tuple, TupleValue};
 pub use value::{convert, Uuid, Value};
+
+#[cfg(test)]
+mod proptests;

@@ -61,7 +61,11 @@ pub(crate) fn send(pid: u32, signal: Signal) -> Result<(), KitError> {
     })?;
     match kill(Pid::from_raw(raw), signal) {
         Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-        Err(source) => Err(KitError::Signal { signal: signal.as_str().to_owned(), pid, source }),
+        Err(source) => Err(KitError::Signal {
+            signal: signal.as_str().to_owned(),
+            pid,
+            source,
+        }),
     }
 }
 

@@ -2,6 +2,7 @@
 //! trailing replay slot kept by `run --replay-retention`.
 
 pub mod doctor;
+mod history;
 pub mod peek;
 pub mod replay;
 pub mod retention;

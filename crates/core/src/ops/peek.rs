@@ -1,7 +1,112 @@
-//! `walrelay peek` (stub until written).
-use crate::{config::Settings, relay::RelayError};
+//! `walrelay peek`: the next pending events, decoded and mapped exactly as `run` would publish them, without
+//! consuming them.
+//!
+//! In: the settings, a limit. Out: one line per event (human or NDJSON per design.md §4). The events are read from a
+//! throwaway copy of the slot (see [`super::history`]) up to the WAL position at the time of the call, so the slot's
+//! `confirmed_flush_lsn` is unchanged, also while `run` holds it.
 
-/// Runs `peek`.
-pub async fn run(_settings: &Settings, _limit: usize, _json: bool) -> Result<(), RelayError> {
+use crate::{
+    config::{OnInvalid, Settings},
+    outbox::OutboxMapper,
+    relay::RelayError,
+    slot,
+    source::{self, SourceError},
+};
+
+use super::history::{self, HistoryReader, Item, Range, SlotCopy};
+
+/// Prints up to `limit` pending events.
+pub async fn run(settings: &Settings, limit: usize, json: bool) -> Result<(), RelayError> {
+    let control = source::connect(&settings.pg_url).await?;
+    let info = slot::info(&control, &settings.slot)
+        .await?
+        .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: String::new() })?;
+    if info.is_lost() {
+        return Err(SourceError::SlotLost { slot: settings.slot.clone(), wal_status: "lost".into() }.into());
+    }
+    let copy = SlotCopy::create(&control, &settings.slot, "peek").await?;
+    let result = tokio::select! {
+        result = show(settings, &control, &copy, limit, json) => result,
+        () = history::stop_requested() => Ok(()),
+    };
+    copy.remove(&control).await;
+    result
+}
+
+async fn show(
+    settings: &Settings,
+    control: &tokio_postgres::Client,
+    copy: &SlotCopy,
+    limit: usize,
+    json: bool,
+) -> Result<(), RelayError> {
+    let end = history::end_marker(control).await?;
+    let mut shown = 0usize;
+    if limit > 0 && end > copy.confirmed_flush {
+        let range = Range { start: copy.confirmed_flush, last_commit: None, end };
+        let mut reader = HistoryReader::open(settings, &copy.name, range, OutboxMapper::new(settings)?).await?;
+        let result = async {
+            while let Some(item) = reader.next(settings).await? {
+                print_item(settings, item, json);
+                shown += 1;
+                if shown >= limit {
+                    break;
+                }
+            }
+            Ok::<_, RelayError>(())
+        }
+        .await;
+        reader.close().await;
+        result?;
+    }
+    if !json {
+        match shown {
+            0 => println!("no pending events (slot {} confirmed at {})", settings.slot, copy.confirmed_flush),
+            n if n >= limit => println!("{n} pending events shown; there may be more (raise --limit)"),
+            n => println!("{n} pending event{}", if n == 1 { "" } else { "s" }),
+        }
+    }
     Ok(())
+}
+
+fn print_item(settings: &Settings, item: Item, json: bool) {
+    let event = match item {
+        Item::Event(event) => *event,
+        Item::Invalid(invalid) if settings.on_invalid == OnInvalid::DeadLetter => {
+            invalid.dead_letter(&settings.dead_letter_subject)
+        }
+        Item::Invalid(invalid) => {
+            if json {
+                let line = serde_json::json!({
+                    "id": invalid.id,
+                    "table": invalid.table,
+                    "commit_lsn": invalid.position.commit_lsn.to_string(),
+                    "index": invalid.position.index,
+                    "commit_time": invalid.commit_time,
+                    "invalid": invalid.reason,
+                });
+                println!("{line}");
+            } else {
+                println!(
+                    "{} #{} {} INVALID id={}: {} (run stops here unless --on-invalid dead-letter)",
+                    invalid.position.commit_lsn, invalid.position.index, invalid.commit_time, invalid.id, invalid.reason
+                );
+            }
+            return;
+        }
+    };
+    if json {
+        println!("{}", history::event_json(&event));
+    } else {
+        let payload = String::from_utf8_lossy(&event.payload);
+        let payload: String = if payload.chars().count() > 120 {
+            payload.chars().take(117).chain("...".chars()).collect()
+        } else {
+            payload.into_owned()
+        };
+        println!(
+            "{} #{} {} {} id={} {}",
+            event.position.commit_lsn, event.position.index, event.commit_time, event.subject, event.id, payload
+        );
+    }
 }

@@ -1,9 +1,232 @@
-//! `walrelay replay` (stub until written).
+//! `walrelay replay --from LSN [--to LSN] [--stdout]`: re-send the events of every transaction whose commit LSN is
+//! ≥ from (and ≤ to).
+//!
+//! In: the settings and the range; the history comes from the trailing slot `<slot>_replay` kept by
+//! `run --replay-retention` (or, without it, from the main slot, which only holds what is not yet confirmed).
+//! Out: the events, with the ids, subjects and headers `run` gave them, published to the stream in commit order, or
+//! printed as NDJSON (design.md §4). Neither slot moves: a throwaway copy is read (see [`super::history`]).
+//!
+//! JetStream drops a message whose `Nats-Msg-Id` it saw within the stream's duplicate window, so a replay into the
+//! stream that already holds the events only stores those older than the window; replay into an empty (or new)
+//! stream, or after the window has passed. See
+//! <https://docs.nats.io/using-nats/developer/develop_jetstream/model_deep_dive#message-deduplication>.
+
+use std::{io::IsTerminal, pin::Pin, time::Duration};
+
+use async_nats::{
+    jetstream::{self, message::PublishMessage},
+    HeaderMap,
+};
+use futures::{stream::FuturesOrdered, Future, StreamExt};
 use pgoutput::Lsn;
 
-use crate::{config::Settings, relay::RelayError};
+use crate::{
+    config::{OnInvalid, Settings},
+    event::Event,
+    outbox::OutboxMapper,
+    publisher::PublishError,
+    relay::RelayError,
+    slot,
+    source::{self, SourceError},
+    stream,
+};
 
-/// Runs `replay`.
-pub async fn run(_settings: &Settings, _from: Lsn, _to: Option<Lsn>, _stdout: bool) -> Result<(), RelayError> {
+use super::history::{self, HistoryReader, Item, Range, SlotCopy};
+
+/// Publishes awaiting their ack at most.
+const WINDOW: usize = 256;
+
+/// Replays `[from, to]` to the stream, or to stdout as NDJSON.
+pub async fn run(settings: &Settings, from: Lsn, to: Option<Lsn>, stdout: bool) -> Result<(), RelayError> {
+    let control = source::connect(&settings.pg_url).await?;
+    let replay_slot = settings.replay_slot();
+    let (source_slot, info) = match slot::info(&control, &replay_slot).await? {
+        Some(info) => (replay_slot, info),
+        None => {
+            let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
+                slot: replay_slot.clone(),
+                detail: format!(" (nor does {}; replay needs the slot kept by `walrelay run --replay-retention`)", settings.slot),
+            })?;
+            tracing::warn!(slot = %replay_slot, "no replay slot (start run with --replay-retention); only unconfirmed history of the main slot can be replayed");
+            (settings.slot.clone(), info)
+        }
+    };
+    if info.is_lost() {
+        return Err(SourceError::SlotLost { slot: source_slot, wal_status: "lost".into() }.into());
+    }
+    let oldest = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+    if from < oldest {
+        return Err(SourceError::ReplayOutOfRange { from, oldest, slot: source_slot }.into());
+    }
+    let copy = SlotCopy::create(&control, &source_slot, "copy").await?;
+    if from < copy.confirmed_flush {
+        let oldest = copy.confirmed_flush;
+        copy.remove(&control).await;
+        return Err(SourceError::ReplayOutOfRange { from, oldest, slot: source_slot }.into());
+    }
+    let result = tokio::select! {
+        result = replay(settings, &control, &copy, from, to, stdout) => result,
+        () = history::stop_requested() => {
+            eprintln!("replay interrupted");
+            Ok(())
+        }
+    };
+    copy.remove(&control).await;
+    result
+}
+
+async fn replay(
+    settings: &Settings,
+    control: &tokio_postgres::Client,
+    copy: &SlotCopy,
+    from: Lsn,
+    to: Option<Lsn>,
+    stdout: bool,
+) -> Result<(), RelayError> {
+    let end = history::end_marker(control).await?;
+    let mut mapper = OutboxMapper::new(settings)?;
+    let mut sink = if stdout {
+        Sink::Stdout
+    } else {
+        let (client, js) = stream::connect(settings).await?;
+        stream::ensure(&js, settings, !settings.no_create).await?;
+        mapper.set_max_payload(client.server_info().max_payload);
+        Sink::Stream(StreamSink { js, in_flight: FuturesOrdered::new(), stored: 0, duplicates: 0, _client: client })
+    };
+    let range = Range { start: from, last_commit: to, end };
+    let mut reader = HistoryReader::open(settings, &copy.name, range, mapper).await?;
+    let progress = progress_bar(end.0.saturating_sub(from.0));
+    let mut count = 0u64;
+    let result = async {
+        while let Some(item) = reader.next(settings).await? {
+            let event = match item {
+                Item::Event(event) => *event,
+                Item::Invalid(invalid) => match settings.on_invalid {
+                    OnInvalid::Stop => return Err(RelayError::Invalid(invalid)),
+                    OnInvalid::DeadLetter => invalid.dead_letter(&settings.dead_letter_subject),
+                },
+            };
+            sink.send(&event).await?;
+            count += 1;
+            if let Some(bar) = &progress {
+                bar.set_position(reader.position.0.saturating_sub(from.0));
+                bar.set_message(format!("{count} events, at {}", event.position.commit_lsn));
+            }
+        }
+        sink.finish().await
+    }
+    .await;
+    reader.close().await;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    result?;
+    let bound = to.map(|t| format!(" to {t}")).unwrap_or_default();
+    match &sink {
+        Sink::Stdout => eprintln!("replayed {count} events from {from}{bound}"),
+        Sink::Stream(s) => eprintln!(
+            "replayed {count} events from {from}{bound} into stream {}: {} stored, {} dropped as duplicates (Nats-Msg-Id seen within the duplicate window)",
+            settings.stream, s.stored, s.duplicates
+        ),
+    }
     Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal.
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total.max(1));
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {binary_bytes}/{binary_total_bytes} of WAL  {msg}") {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = Result<bool, PublishError>> + Send>>;
+
+/// Where replayed events go.
+enum Sink {
+    Stdout,
+    Stream(StreamSink),
+}
+
+/// Pipelined publishes without the ordering fence (the stream may hold other messages), acks awaited in order.
+struct StreamSink {
+    js: jetstream::Context,
+    in_flight: FuturesOrdered<AckFuture>,
+    stored: u64,
+    duplicates: u64,
+    _client: async_nats::Client,
+}
+
+impl Sink {
+    async fn send(&mut self, event: &Event) -> Result<(), RelayError> {
+        match self {
+            Self::Stdout => {
+                println!("{}", history::event_json(event));
+                Ok(())
+            }
+            Self::Stream(s) => {
+                if s.in_flight.len() >= WINDOW {
+                    s.take_ack().await?;
+                }
+                s.publish(event).await
+            }
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), RelayError> {
+        if let Self::Stream(s) = self {
+            while !s.in_flight.is_empty() {
+                s.take_ack().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StreamSink {
+    async fn publish(&mut self, event: &Event) -> Result<(), RelayError> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in &event.headers {
+            headers.insert(k.as_str(), v.as_str());
+        }
+        let message = PublishMessage::build().payload(event.payload.clone()).headers(headers);
+        let fail = |reason: String| PublishError::Publish {
+            id: event.id.clone(),
+            subject: event.subject.clone(),
+            position: event.position,
+            reason,
+        };
+        let ack = self.js.send_publish(event.subject.clone(), message).await.map_err(|e| fail(e.to_string()))?;
+        let failed = fail(String::new());
+        self.in_flight.push_back(Box::pin(async move {
+            match tokio::time::timeout(Duration::from_secs(30), ack).await {
+                Ok(Ok(ack)) => Ok(ack.duplicate),
+                Ok(Err(e)) => Err(with_reason(failed, e.to_string())),
+                Err(_) => Err(with_reason(failed, "no ack within 30s".into())),
+            }
+        }));
+        Ok(())
+    }
+
+    async fn take_ack(&mut self) -> Result<(), RelayError> {
+        if let Some(result) = self.in_flight.next().await {
+            if result? {
+                self.duplicates += 1;
+            } else {
+                self.stored += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn with_reason(err: PublishError, reason: String) -> PublishError {
+    match err {
+        PublishError::Publish { id, subject, position, .. } => PublishError::Publish { id, subject, position, reason },
+        other => other,
+    }
 }

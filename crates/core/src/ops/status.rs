@@ -1,22 +1,262 @@
-//! `walrelay status` (stub until written).
-use std::time::Duration;
+//! `walrelay status`: where the slot stands and how far behind it is.
+//!
+//! In: the settings and the output options. Out: the slot's row of `pg_replication_slots`, the server's WAL position,
+//! lag (current − confirmed_flush) and retained WAL (current − restart) in bytes and human units, and, when NATS
+//! answers, the stream's message count and the commit LSN of its last message. `--json` prints one object
+//! (design.md §4), `--watch` refreshes until stopped, `--max-lag` turns the lag into exit code 3.
+//! See <https://www.postgresql.org/docs/current/view-pg-replication-slots.html>.
 
-use crate::{config::Settings, relay::RelayError};
+use std::{io::IsTerminal, time::Duration};
 
-/// Options of `status`.
+use bytesize::ByteSize;
+use pgoutput::Lsn;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::{
+    config::Settings,
+    relay::RelayError,
+    slot,
+    source::{self, SourceError},
+    stream,
+};
+
+/// Exit code when `--max-lag` is exceeded.
+const EXIT_LAG: u8 = 3;
+
+/// How `status` reports.
 #[derive(Debug, Clone)]
 pub struct StatusOptions {
-    /// One JSON object.
+    /// One JSON object (per refresh with `--watch`).
     pub json: bool,
-    /// Refresh until interrupted.
+    /// Refresh until the shutdown watch fires.
     pub watch: bool,
-    /// Refresh interval.
+    /// Refresh interval for `watch`.
     pub interval: Duration,
-    /// Exit 3 above this lag.
+    /// Exit 3 when `lag_bytes` exceeds this many bytes.
     pub max_lag: Option<u64>,
 }
 
-/// Runs `status`.
-pub async fn run(_settings: &Settings, _opts: &StatusOptions, _shutdown: tokio::sync::watch::Receiver<bool>) -> Result<u8, RelayError> {
-    Ok(1)
+/// The trailing replay slot's position.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplaySlotStatus {
+    /// `<slot>_replay`.
+    pub slot: String,
+    /// Oldest replayable commit LSN.
+    pub confirmed_flush_lsn: Option<String>,
+    /// WAL it retains (current − restart).
+    pub retained_bytes: u64,
+}
+
+/// One status sample, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Slot name.
+    pub slot: String,
+    /// Output plugin.
+    pub plugin: Option<String>,
+    /// Whether a walsender holds the slot.
+    pub active: bool,
+    /// That walsender's pid.
+    pub active_pid: Option<i32>,
+    /// Position the relay confirmed, `X/Y`.
+    pub confirmed_flush_lsn: Option<String>,
+    /// Oldest WAL the slot retains, `X/Y`.
+    pub restart_lsn: Option<String>,
+    /// The server's WAL position, `X/Y`.
+    pub current_wal_lsn: String,
+    /// current − confirmed_flush.
+    pub lag_bytes: u64,
+    /// current − restart.
+    pub retained_bytes: u64,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// Bytes that can still be written before the slot is in danger (null: unlimited).
+    pub safe_wal_size: Option<i64>,
+    /// The replay slot, when it exists.
+    pub replay_slot: Option<ReplaySlotStatus>,
+    /// Stream name.
+    pub stream: String,
+    /// Messages in the stream (null when NATS did not answer).
+    pub stream_messages: Option<u64>,
+    /// Commit LSN of the stream's last relayed message.
+    pub stream_last_commit_lsn: Option<String>,
+    /// Why the stream figures are missing.
+    pub nats_error: Option<String>,
+}
+
+/// Prints the status (once, or until shutdown with `watch`); returns 0, or 3 when the last sample's lag exceeded
+/// `max_lag`.
+pub async fn run(settings: &Settings, opts: &StatusOptions, mut shutdown: watch::Receiver<bool>) -> Result<u8, RelayError> {
+    let control = source::connect(&settings.pg_url).await?;
+    let nats = match tokio::time::timeout(Duration::from_secs(3), stream::connect(settings)).await {
+        Ok(Ok((client, js))) => Ok((client, js)),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("nats at {} did not answer within 3s", crate::config::redact_url(&settings.nats_url))),
+    };
+    let tty = std::io::stdout().is_terminal();
+    let mut drawn_lines = 0usize;
+    loop {
+        let status = collect(&control, settings, nats.as_ref().map(|(_, js)| js)).await?;
+        let status = match (&nats, status) {
+            (Err(reason), s) => Status { nats_error: Some(reason.clone()), ..s },
+            (Ok(_), s) => s,
+        };
+        let exceeded = opts.max_lag.is_some_and(|max| status.lag_bytes > max);
+        if opts.json {
+            println!("{}", serde_json::to_string(&status).unwrap_or_default());
+        } else if opts.watch && !tty {
+            println!("{}", one_line(&status));
+        } else {
+            let text = block(&status);
+            if opts.watch && drawn_lines > 0 {
+                // Move the cursor up over the previous block and clear to the end of the screen.
+                print!("\x1b[{drawn_lines}F\x1b[J");
+            }
+            drawn_lines = text.lines().count();
+            print!("{text}");
+        }
+        if exceeded && !opts.watch {
+            if let Some(max) = opts.max_lag {
+                eprintln!("lag {} exceeds --max-lag {}", human(status.lag_bytes), human(max));
+            }
+        }
+        if !opts.watch {
+            return Ok(if exceeded { EXIT_LAG } else { 0 });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(opts.interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(if exceeded { EXIT_LAG } else { 0 }),
+        }
+    }
+}
+
+/// Reads one sample; a missing slot is an error (exit 1).
+async fn collect(
+    control: &tokio_postgres::Client,
+    settings: &Settings,
+    js: Result<&async_nats::jetstream::Context, &String>,
+) -> Result<Status, RelayError> {
+    let info = slot::info(control, &settings.slot)
+        .await?
+        .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: " (create it with `walrelay setup`)".into() })?;
+    let current = slot::current_wal_lsn(control).await?;
+    let confirmed = info.confirmed_flush_lsn.or(info.restart_lsn).unwrap_or(current);
+    let restart = info.restart_lsn.unwrap_or(current);
+    let replay_slot = match slot::info(control, &settings.replay_slot()).await? {
+        Some(r) => Some(ReplaySlotStatus {
+            slot: r.name,
+            confirmed_flush_lsn: r.confirmed_flush_lsn.map(|l| l.to_string()),
+            retained_bytes: current.0.saturating_sub(r.restart_lsn.unwrap_or(current).0),
+        }),
+        None => None,
+    };
+    let mut status = Status {
+        slot: info.name,
+        plugin: info.plugin,
+        active: info.active,
+        active_pid: info.active_pid,
+        confirmed_flush_lsn: info.confirmed_flush_lsn.map(|l| l.to_string()),
+        restart_lsn: info.restart_lsn.map(|l| l.to_string()),
+        current_wal_lsn: current.to_string(),
+        lag_bytes: current.0.saturating_sub(confirmed.0),
+        retained_bytes: current.0.saturating_sub(restart.0),
+        wal_status: info.wal_status,
+        safe_wal_size: info.safe_wal_size,
+        replay_slot,
+        stream: settings.stream.clone(),
+        stream_messages: None,
+        stream_last_commit_lsn: None,
+        nats_error: None,
+    };
+    if let Ok(js) = js {
+        match tokio::time::timeout(Duration::from_secs(3), stream::high_water(js, &settings.stream)).await {
+            Ok(Ok(hw)) => {
+                status.stream_messages = Some(hw.messages);
+                status.stream_last_commit_lsn = hw.position.map(|(lsn, _): (Lsn, u32)| lsn.to_string());
+            }
+            Ok(Err(err)) => status.nats_error = Some(err.to_string()),
+            Err(_) => status.nats_error = Some("stream info did not arrive within 3s".into()),
+        }
+    }
+    Ok(status)
+}
+
+fn human(bytes: u64) -> String {
+    ByteSize::b(bytes).display().si().to_string()
+}
+
+fn or_dash(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
+}
+
+/// The multi-line human report.
+fn block(s: &Status) -> String {
+    let active = match (s.active, s.active_pid) {
+        (true, Some(pid)) => format!("yes (pid {pid})"),
+        (true, None) => "yes".to_owned(),
+        (false, _) => "no".to_owned(),
+    };
+    let safe = match s.safe_wal_size {
+        Some(n) => format!("{n} bytes ({})", human(u64::try_from(n).unwrap_or(0))),
+        None => "unlimited".to_owned(),
+    };
+    let mut out = format!(
+        "slot                 {} ({})\n\
+         active               {active}\n\
+         confirmed_flush_lsn  {}\n\
+         restart_lsn          {}\n\
+         current_wal_lsn      {}\n\
+         lag                  {} bytes ({})\n\
+         retained WAL         {} bytes ({})\n\
+         wal_status           {}\n\
+         safe_wal_size        {safe}\n",
+        s.slot,
+        or_dash(&s.plugin),
+        or_dash(&s.confirmed_flush_lsn),
+        or_dash(&s.restart_lsn),
+        s.current_wal_lsn,
+        s.lag_bytes,
+        human(s.lag_bytes),
+        s.retained_bytes,
+        human(s.retained_bytes),
+        or_dash(&s.wal_status),
+    );
+    if let Some(r) = &s.replay_slot {
+        out.push_str(&format!(
+            "replay slot          {} from {}, retains {} bytes ({})\n",
+            r.slot,
+            or_dash(&r.confirmed_flush_lsn),
+            r.retained_bytes,
+            human(r.retained_bytes)
+        ));
+    }
+    match (&s.stream_messages, &s.nats_error) {
+        (Some(n), _) => out.push_str(&format!(
+            "stream               {}: {n} messages, last commit LSN {}\n",
+            s.stream,
+            or_dash(&s.stream_last_commit_lsn)
+        )),
+        (None, Some(err)) => out.push_str(&format!("stream               {}: unknown ({err})\n", s.stream)),
+        (None, None) => {}
+    }
+    out
+}
+
+/// One line per sample for `--watch` on a pipe.
+fn one_line(s: &Status) -> String {
+    format!(
+        "{} slot={} active={} confirmed_flush_lsn={} current_wal_lsn={} lag_bytes={} ({}) retained_bytes={} ({}) wal_status={}{}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        s.slot,
+        s.active,
+        or_dash(&s.confirmed_flush_lsn),
+        s.current_wal_lsn,
+        s.lag_bytes,
+        human(s.lag_bytes),
+        s.retained_bytes,
+        human(s.retained_bytes),
+        or_dash(&s.wal_status),
+        s.stream_messages.map(|n| format!(" stream_messages={n}")).unwrap_or_default(),
+    )
 }

@@ -1,20 +1,134 @@
-//! `walrelay teardown` (stub until written).
-use crate::{config::Settings, relay::RelayError};
+//! `walrelay teardown`: drop the slot, and on request the replay slot, the publication and the stream.
+//!
+//! In: the settings and which objects to drop. Out: a line per object (dropped / not found). An active slot (a relay
+//! is running) is refused unless `--force`, which terminates its walsender (`pg_terminate_backend`) and drops the
+//! slot once it is released. Copies left behind by an interrupted `peek` or `replay` are dropped with the slot.
+//! See <https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-REPLICATION>.
 
-/// Options of `teardown`.
-#[derive(Debug, Clone, Default)]
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::{
+    publication,
+    publisher::PublishError,
+    relay::RelayError,
+    slot,
+    source::{self, SourceError},
+    stream,
+    config::Settings,
+};
+
+/// Which objects to drop besides the slot.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct TeardownOptions {
-    /// Drop even while active.
+    /// Drop even while active, terminating the walsender.
     pub force: bool,
-    /// Also the replay slot.
+    /// Also drop `<slot>_replay`.
     pub replay_slot: bool,
-    /// Also the publication.
+    /// Also drop the publication.
     pub publication: bool,
-    /// Also the stream.
+    /// Also delete the stream and its messages.
     pub stream: bool,
 }
 
-/// Runs `teardown`.
-pub async fn run(_settings: &Settings, _opts: &TeardownOptions) -> Result<(), RelayError> {
+/// How long `--force` keeps terminating and retrying before giving up.
+const FORCE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Drops what the options say.
+pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), RelayError> {
+    let control = source::connect(&settings.pg_url).await?;
+    let mut slots = vec![settings.slot.clone()];
+    if opts.replay_slot {
+        slots.push(settings.replay_slot());
+    }
+    // Refuse before dropping anything.
+    if !opts.force {
+        for name in &slots {
+            if let Some(info) = slot::info(&control, name).await? {
+                if info.active {
+                    return Err(SourceError::Query {
+                        context: format!("teardown of slot {name}"),
+                        reason: format!(
+                            "it is active for pid {} (a relay is running); stop the relay first, or pass --force to terminate it",
+                            info.active_pid.unwrap_or(0)
+                        ),
+                        code: Some("55006".into()),
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+    for name in &slots {
+        let dropped = drop_slot(&control, name, opts.force).await?;
+        println!("slot {name}: {}", if dropped { "dropped" } else { "not found" });
+    }
+    for name in leftover_copies(&control, settings).await? {
+        if slot::drop(&control, &name).await.is_ok() {
+            println!("slot {name}: dropped (left behind by peek or replay)");
+        }
+    }
+    if opts.publication {
+        let existed = publication::info(&control, &settings.publication, &settings.table).await?.is_some();
+        publication::drop(&control, &settings.publication).await?;
+        println!("publication {}: {}", settings.publication, if existed { "dropped" } else { "not found" });
+    }
+    if opts.stream {
+        let (_client, js) = stream::connect(settings).await?;
+        let result = match js.delete_stream(&settings.stream).await {
+            Ok(_) => "deleted",
+            Err(err)
+                if matches!(err.kind(), async_nats::jetstream::context::DeleteStreamErrorKind::JetStream(e)
+                    if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                "not found"
+            }
+            Err(err) => {
+                return Err(PublishError::Stream { stream: settings.stream.clone(), reason: err.to_string() }.into())
+            }
+        };
+        println!("stream {}: {result}", settings.stream);
+    }
     Ok(())
+}
+
+/// Drops a slot; with `force`, terminates whoever holds it until the drop succeeds.
+async fn drop_slot(control: &Client, name: &str, force: bool) -> Result<bool, SourceError> {
+    let deadline = Instant::now() + FORCE_TIMEOUT;
+    loop {
+        let Some(info) = slot::info(control, name).await? else { return Ok(false) };
+        if info.active && force {
+            if let Some(pid) = info.active_pid {
+                tracing::info!(slot = name, pid, "terminating the walsender holding the slot");
+                control
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(|e| SourceError::query(format!("terminating pid {pid}"), e))?;
+            }
+        }
+        match slot::drop(control, name).await {
+            Ok(dropped) => return Ok(dropped),
+            // 55006: object in use (the slot is active): wait until the terminated walsender let go, or a relay
+            // that reconnected is terminated again.
+            Err(SourceError::Query { code: Some(code), .. }) if code == "55006" && force && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Inactive copies named `<slot>_peek_<pid>` or `<slot>_replay_copy_<pid>`.
+async fn leftover_copies(control: &Client, settings: &Settings) -> Result<Vec<String>, SourceError> {
+    let rows = control
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE NOT active AND \
+             (starts_with(slot_name::text, $1) OR starts_with(slot_name::text, $2)) \
+             AND slot_name::text ~ '_(peek|copy)_[0-9]+$'",
+            &[&format!("{}_peek_", settings.slot), &format!("{}_copy_", settings.replay_slot())],
+        )
+        .await
+        .map_err(|e| SourceError::query("looking for leftover slot copies", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -15,11 +15,22 @@ const END_LSN: u64 = 0x16_B374_D8A0;
 const TIME: i64 = 777_777_777_000_000;
 
 fn begin_bytes() -> Bytes {
-    wire(&[b"B", &FINAL_LSN.to_be_bytes(), &TIME.to_be_bytes(), &1234_u32.to_be_bytes()])
+    wire(&[
+        b"B",
+        &FINAL_LSN.to_be_bytes(),
+        &TIME.to_be_bytes(),
+        &1234_u32.to_be_bytes(),
+    ])
 }
 
 fn commit_bytes(commit_lsn: u64) -> Bytes {
-    wire(&[b"C", &[0], &commit_lsn.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes()])
+    wire(&[
+        b"C",
+        &[0],
+        &commit_lsn.to_be_bytes(),
+        &END_LSN.to_be_bytes(),
+        &TIME.to_be_bytes(),
+    ])
 }
 
 fn relation_bytes() -> Bytes {
@@ -49,8 +60,18 @@ fn relation() -> Relation {
         name: "outbox".into(),
         replica_identity: b'd',
         columns: vec![
-            RelationColumn { flags: 1, name: "id".into(), type_oid: 23, type_modifier: -1 },
-            RelationColumn { flags: 0, name: "payload".into(), type_oid: 1043, type_modifier: 68 },
+            RelationColumn {
+                flags: 1,
+                name: "id".into(),
+                type_oid: 23,
+                type_modifier: -1,
+            },
+            RelationColumn {
+                flags: 0,
+                name: "payload".into(),
+                type_oid: 1043,
+                type_modifier: 68,
+            },
         ],
     }
 }
@@ -59,7 +80,10 @@ fn relation() -> Relation {
 const TUPLE: &[u8] = b"\x00\x02t\x00\x00\x00\x0242t\x00\x00\x00\x02hi";
 
 fn tuple() -> Tuple {
-    Tuple(vec![TupleValue::Text(Bytes::from_static(b"42")), TupleValue::Text(Bytes::from_static(b"hi"))])
+    Tuple(vec![
+        TupleValue::Text(Bytes::from_static(b"42")),
+        TupleValue::Text(Bytes::from_static(b"hi")),
+    ])
 }
 
 fn insert_bytes() -> Bytes {
@@ -76,17 +100,28 @@ fn in_transaction(version: u32) -> Decoder {
 /// A decoder inside a stream block of xid 900.
 fn in_stream(version: u32) -> Decoder {
     let mut decoder = Decoder::new(version).expect("valid version");
-    decoder.decode(wire(&[b"S", &900_u32.to_be_bytes(), &[1]])).expect("stream start");
+    decoder
+        .decode(wire(&[b"S", &900_u32.to_be_bytes(), &[1]]))
+        .expect("stream start");
     decoder
 }
 
 #[test]
 fn protocol_versions() {
     for version in 1..=4 {
-        assert_eq!(Decoder::new(version).map(|d| d.protocol_version()), Ok(version));
+        assert_eq!(
+            Decoder::new(version).map(|d| d.protocol_version()),
+            Ok(version)
+        );
     }
-    assert_eq!(Decoder::new(0).err(), Some(DecodeError::UnsupportedProtocolVersion(0)));
-    assert_eq!(Decoder::new(5).err(), Some(DecodeError::UnsupportedProtocolVersion(5)));
+    assert_eq!(
+        Decoder::new(0).err(),
+        Some(DecodeError::UnsupportedProtocolVersion(0))
+    );
+    assert_eq!(
+        Decoder::new(5).err(),
+        Some(DecodeError::UnsupportedProtocolVersion(5))
+    );
 }
 
 #[test]
@@ -94,12 +129,27 @@ fn begin_and_commit() {
     let mut decoder = Decoder::new(1).expect("v1");
     assert_eq!(
         decoder.decode(begin_bytes()),
-        Ok(Message::Begin(Begin { final_lsn: Lsn(FINAL_LSN), commit_time: TIME, xid: 1234 }))
+        Ok(Message::Begin(Begin {
+            final_lsn: Lsn(FINAL_LSN),
+            commit_time: TIME,
+            xid: 1234
+        }))
     );
-    assert_eq!(decoder.transaction(), Some(OpenTransaction { final_lsn: Lsn(FINAL_LSN), xid: 1234 }));
+    assert_eq!(
+        decoder.transaction(),
+        Some(OpenTransaction {
+            final_lsn: Lsn(FINAL_LSN),
+            xid: 1234
+        })
+    );
     assert_eq!(
         decoder.decode(commit_bytes(FINAL_LSN)),
-        Ok(Message::Commit(Commit { flags: 0, commit_lsn: Lsn(FINAL_LSN), end_lsn: Lsn(END_LSN), commit_time: TIME }))
+        Ok(Message::Commit(Commit {
+            flags: 0,
+            commit_lsn: Lsn(FINAL_LSN),
+            end_lsn: Lsn(END_LSN),
+            commit_time: TIME
+        }))
     );
     assert_eq!(decoder.transaction(), None);
 }
@@ -108,7 +158,13 @@ fn begin_and_commit() {
 fn origin() {
     let mut decoder = in_transaction(1);
     let data = wire(&[b"O", &0x10_u64.to_be_bytes(), b"node_a\0"]);
-    assert_eq!(decoder.decode(data), Ok(Message::Origin(Origin { commit_lsn: Lsn(0x10), name: "node_a".into() })));
+    assert_eq!(
+        decoder.decode(data),
+        Ok(Message::Origin(Origin {
+            commit_lsn: Lsn(0x10),
+            name: "node_a".into()
+        }))
+    );
 }
 
 #[test]
@@ -117,7 +173,10 @@ fn relation_message() {
     let decoded = decoder.decode(relation_bytes());
     assert_eq!(decoded, Ok(Message::Relation(relation())));
     assert_eq!(relation().qualified_name(), "public.outbox");
-    assert!(relation().columns.first().is_some_and(RelationColumn::is_key));
+    assert!(relation()
+        .columns
+        .first()
+        .is_some_and(RelationColumn::is_key));
 }
 
 #[test]
@@ -126,21 +185,42 @@ fn type_message() {
     let data = wire(&[b"Y", &16_400_u32.to_be_bytes(), b"public\0", b"mood\0"]);
     assert_eq!(
         decoder.decode(data),
-        Ok(Message::Type(TypeMessage { xid: None, type_oid: 16_400, namespace: "public".into(), name: "mood".into() }))
+        Ok(Message::Type(TypeMessage {
+            xid: None,
+            type_oid: 16_400,
+            namespace: "public".into(),
+            name: "mood".into()
+        }))
     );
 }
 
 #[test]
 fn insert_with_every_column_kind() {
     let mut decoder = in_transaction(1);
-    let data = wire(&[b"I", &7_u32.to_be_bytes(), b"N", b"\x00\x04", b"n", b"u", b"t\x00\x00\x00\x03abc", b"b\x00\x00\x00\x01\xff"]);
+    let data = wire(&[
+        b"I",
+        &7_u32.to_be_bytes(),
+        b"N",
+        b"\x00\x04",
+        b"n",
+        b"u",
+        b"t\x00\x00\x00\x03abc",
+        b"b\x00\x00\x00\x01\xff",
+    ]);
     let expected = Tuple(vec![
         TupleValue::Null,
         TupleValue::UnchangedToast,
         TupleValue::Text(Bytes::from_static(b"abc")),
         TupleValue::Binary(Bytes::from_static(b"\xff")),
     ]);
-    assert_eq!(decoder.decode(data), Ok(Message::Insert(Insert { xid: None, relation_id: 7, new: expected })));
+    assert_eq!(
+        decoder.decode(data),
+        Ok(Message::Insert(Insert {
+            xid: None,
+            relation_id: 7,
+            new: expected
+        }))
+    );
 }
 
 #[test]
@@ -148,8 +228,12 @@ fn insert_values_are_slices_of_the_input() {
     let mut decoder = in_transaction(1);
     let data = insert_bytes();
     let range = data.as_ptr_range();
-    let Ok(Message::Insert(insert)) = decoder.decode(data) else { panic!("insert expected") };
-    let Some(TupleValue::Text(value)) = insert.new.0.first() else { panic!("text expected") };
+    let Ok(Message::Insert(insert)) = decoder.decode(data) else {
+        panic!("insert expected")
+    };
+    let Some(TupleValue::Text(value)) = insert.new.0.first() else {
+        panic!("text expected")
+    };
     assert!(range.contains(&value.as_ptr()), "zero-copy");
 }
 
@@ -157,18 +241,42 @@ fn insert_values_are_slices_of_the_input() {
 fn updates() {
     let mut decoder = in_transaction(1);
     let plain = wire(&[b"U", &16_385_u32.to_be_bytes(), b"N", TUPLE]);
-    let update = |old_key, old| Update { xid: None, relation_id: 16_385, old_key, old, new: tuple() };
-    assert_eq!(decoder.decode(plain), Ok(Message::Update(update(None, None))));
+    let update = |old_key, old| Update {
+        xid: None,
+        relation_id: 16_385,
+        old_key,
+        old,
+        new: tuple(),
+    };
+    assert_eq!(
+        decoder.decode(plain),
+        Ok(Message::Update(update(None, None)))
+    );
     let with_key = wire(&[b"U", &16_385_u32.to_be_bytes(), b"K", TUPLE, b"N", TUPLE]);
-    assert_eq!(decoder.decode(with_key), Ok(Message::Update(update(Some(tuple()), None))));
+    assert_eq!(
+        decoder.decode(with_key),
+        Ok(Message::Update(update(Some(tuple()), None)))
+    );
     let with_old = wire(&[b"U", &16_385_u32.to_be_bytes(), b"O", TUPLE, b"N", TUPLE]);
-    assert_eq!(decoder.decode(with_old), Ok(Message::Update(update(None, Some(tuple())))));
+    assert_eq!(
+        decoder.decode(with_old),
+        Ok(Message::Update(update(None, Some(tuple()))))
+    );
     let bad = wire(&[b"U", &16_385_u32.to_be_bytes(), b"X", TUPLE]);
-    assert_eq!(decoder.decode(bad), Err(DecodeError::UnexpectedTupleMarker { message: "Update", marker: b'X' }));
+    assert_eq!(
+        decoder.decode(bad),
+        Err(DecodeError::UnexpectedTupleMarker {
+            message: "Update",
+            marker: b'X'
+        })
+    );
     let missing_new = wire(&[b"U", &16_385_u32.to_be_bytes(), b"K", TUPLE, b"K", TUPLE]);
     assert_eq!(
         decoder.decode(missing_new),
-        Err(DecodeError::UnexpectedTupleMarker { message: "Update", marker: b'K' })
+        Err(DecodeError::UnexpectedTupleMarker {
+            message: "Update",
+            marker: b'K'
+        })
     );
 }
 
@@ -178,24 +286,43 @@ fn deletes() {
     let with_key = wire(&[b"D", &16_385_u32.to_be_bytes(), b"K", TUPLE]);
     assert_eq!(
         decoder.decode(with_key),
-        Ok(Message::Delete(Delete { xid: None, relation_id: 16_385, old_key: Some(tuple()), old: None }))
+        Ok(Message::Delete(Delete {
+            xid: None,
+            relation_id: 16_385,
+            old_key: Some(tuple()),
+            old: None
+        }))
     );
     let with_old = wire(&[b"D", &16_385_u32.to_be_bytes(), b"O", TUPLE]);
     assert_eq!(
         decoder.decode(with_old),
-        Ok(Message::Delete(Delete { xid: None, relation_id: 16_385, old_key: None, old: Some(tuple()) }))
+        Ok(Message::Delete(Delete {
+            xid: None,
+            relation_id: 16_385,
+            old_key: None,
+            old: Some(tuple())
+        }))
     );
     let without_old = wire(&[b"D", &16_385_u32.to_be_bytes(), b"N", TUPLE]);
     assert_eq!(
         decoder.decode(without_old),
-        Err(DecodeError::UnexpectedTupleMarker { message: "Delete", marker: b'N' })
+        Err(DecodeError::UnexpectedTupleMarker {
+            message: "Delete",
+            marker: b'N'
+        })
     );
 }
 
 #[test]
 fn truncate() {
     let mut decoder = in_transaction(1);
-    let data = wire(&[b"T", &2_u32.to_be_bytes(), &[3], &10_u32.to_be_bytes(), &11_u32.to_be_bytes()]);
+    let data = wire(&[
+        b"T",
+        &2_u32.to_be_bytes(),
+        &[3],
+        &10_u32.to_be_bytes(),
+        &11_u32.to_be_bytes(),
+    ]);
     assert_eq!(
         decoder.decode(data),
         Ok(Message::Truncate(Truncate {
@@ -205,13 +332,26 @@ fn truncate() {
         }))
     );
     let huge = wire(&[b"T", &u32::MAX.to_be_bytes(), &[0], &10_u32.to_be_bytes()]);
-    assert!(matches!(decoder.decode(huge), Err(DecodeError::Truncated { message: "Truncate", .. })));
+    assert!(matches!(
+        decoder.decode(huge),
+        Err(DecodeError::Truncated {
+            message: "Truncate",
+            ..
+        })
+    ));
 }
 
 #[test]
 fn logical_messages() {
     let mut decoder = Decoder::new(1).expect("v1");
-    let non_transactional = wire(&[b"M", &[0], &0x20_u64.to_be_bytes(), b"walrelay\0", &3_u32.to_be_bytes(), b"a\0b"]);
+    let non_transactional = wire(&[
+        b"M",
+        &[0],
+        &0x20_u64.to_be_bytes(),
+        b"walrelay\0",
+        &3_u32.to_be_bytes(),
+        b"a\0b",
+    ]);
     let expected = |transactional| LogicalMessage {
         xid: None,
         transactional,
@@ -219,11 +359,28 @@ fn logical_messages() {
         prefix: "walrelay".into(),
         content: Bytes::from_static(b"a\0b"),
     };
-    assert_eq!(decoder.decode(non_transactional), Ok(Message::Message(expected(false))), "allowed outside");
-    let transactional = wire(&[b"M", &[1], &0x20_u64.to_be_bytes(), b"walrelay\0", &3_u32.to_be_bytes(), b"a\0b"]);
-    assert_eq!(decoder.decode(transactional.clone()), Err(DecodeError::ChangeOutsideTransaction));
+    assert_eq!(
+        decoder.decode(non_transactional),
+        Ok(Message::Message(expected(false))),
+        "allowed outside"
+    );
+    let transactional = wire(&[
+        b"M",
+        &[1],
+        &0x20_u64.to_be_bytes(),
+        b"walrelay\0",
+        &3_u32.to_be_bytes(),
+        b"a\0b",
+    ]);
+    assert_eq!(
+        decoder.decode(transactional.clone()),
+        Err(DecodeError::ChangeOutsideTransaction)
+    );
     let mut decoder = in_transaction(1);
-    assert_eq!(decoder.decode(transactional), Ok(Message::Message(expected(true))));
+    assert_eq!(
+        decoder.decode(transactional),
+        Ok(Message::Message(expected(true)))
+    );
 }
 
 #[test]
@@ -231,29 +388,62 @@ fn stream_block_messages_carry_xids() {
     let mut decoder = Decoder::new(2).expect("v2");
     assert_eq!(
         decoder.decode(wire(&[b"S", &900_u32.to_be_bytes(), &[1]])),
-        Ok(Message::StreamStart(StreamStart { xid: 900, first_segment: true }))
+        Ok(Message::StreamStart(StreamStart {
+            xid: 900,
+            first_segment: true
+        }))
     );
     assert_eq!(decoder.stream_xid(), Some(900));
     let mut relation_in_stream = relation_bytes().to_vec();
     relation_in_stream.splice(1..1, 901_u32.to_be_bytes());
     assert_eq!(
         decoder.decode(Bytes::from(relation_in_stream)),
-        Ok(Message::Relation(Relation { xid: Some(901), ..relation() }))
+        Ok(Message::Relation(Relation {
+            xid: Some(901),
+            ..relation()
+        }))
     );
-    let insert = wire(&[b"I", &901_u32.to_be_bytes(), &16_385_u32.to_be_bytes(), b"N", TUPLE]);
+    let insert = wire(&[
+        b"I",
+        &901_u32.to_be_bytes(),
+        &16_385_u32.to_be_bytes(),
+        b"N",
+        TUPLE,
+    ]);
     assert_eq!(
         decoder.decode(insert),
-        Ok(Message::Insert(Insert { xid: Some(901), relation_id: 16_385, new: tuple() })),
+        Ok(Message::Insert(Insert {
+            xid: Some(901),
+            relation_id: 16_385,
+            new: tuple()
+        })),
         "no Begin needed inside a stream block"
     );
-    let truncate = wire(&[b"T", &901_u32.to_be_bytes(), &1_u32.to_be_bytes(), &[0], &16_385_u32.to_be_bytes()]);
+    let truncate = wire(&[
+        b"T",
+        &901_u32.to_be_bytes(),
+        &1_u32.to_be_bytes(),
+        &[0],
+        &16_385_u32.to_be_bytes(),
+    ]);
     assert_eq!(
         decoder.decode(truncate),
-        Ok(Message::Truncate(Truncate { xid: Some(901), options: 0, relation_ids: vec![16_385] }))
+        Ok(Message::Truncate(Truncate {
+            xid: Some(901),
+            options: 0,
+            relation_ids: vec![16_385]
+        }))
     );
     assert_eq!(decoder.decode(wire(&[b"E"])), Ok(Message::StreamStop));
     assert_eq!(decoder.stream_xid(), None);
-    let commit = wire(&[b"c", &900_u32.to_be_bytes(), &[0], &FINAL_LSN.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes()]);
+    let commit = wire(&[
+        b"c",
+        &900_u32.to_be_bytes(),
+        &[0],
+        &FINAL_LSN.to_be_bytes(),
+        &END_LSN.to_be_bytes(),
+        &TIME.to_be_bytes(),
+    ]);
     assert_eq!(
         decoder.decode(commit),
         Ok(Message::StreamCommit(StreamCommit {
@@ -269,21 +459,52 @@ fn stream_block_messages_carry_xids() {
 #[test]
 fn stream_abort_per_version() {
     let short = wire(&[b"A", &900_u32.to_be_bytes(), &901_u32.to_be_bytes()]);
-    let long = wire(&[b"A", &900_u32.to_be_bytes(), &901_u32.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes()]);
-    let abort = |abort| Ok(Message::StreamAbort(StreamAbort { xid: 900, subxid: 901, abort }));
+    let long = wire(&[
+        b"A",
+        &900_u32.to_be_bytes(),
+        &901_u32.to_be_bytes(),
+        &END_LSN.to_be_bytes(),
+        &TIME.to_be_bytes(),
+    ]);
+    let abort = |abort| {
+        Ok(Message::StreamAbort(StreamAbort {
+            xid: 900,
+            subxid: 901,
+            abort,
+        }))
+    };
     let mut v2 = Decoder::new(2).expect("v2");
     assert_eq!(v2.decode(short.clone()), abort(None));
-    assert_eq!(v2.decode(long.clone()), Err(DecodeError::TrailingBytes { message: "Stream Abort", count: 16 }));
+    assert_eq!(
+        v2.decode(long.clone()),
+        Err(DecodeError::TrailingBytes {
+            message: "Stream Abort",
+            count: 16
+        })
+    );
     let mut v4 = Decoder::new(4).expect("v4");
     assert_eq!(v4.decode(short), abort(None));
-    assert_eq!(v4.decode(long), abort(Some(StreamAbortInfo { lsn: Lsn(END_LSN), time: TIME })));
+    assert_eq!(
+        v4.decode(long),
+        abort(Some(StreamAbortInfo {
+            lsn: Lsn(END_LSN),
+            time: TIME
+        }))
+    );
 }
 
 #[test]
 fn two_phase_messages() {
     let mut decoder = Decoder::new(3).expect("v3");
     let xid = 555_u32.to_be_bytes();
-    let begin = wire(&[b"b", &FINAL_LSN.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes(), &xid, b"gid-1\0"]);
+    let begin = wire(&[
+        b"b",
+        &FINAL_LSN.to_be_bytes(),
+        &END_LSN.to_be_bytes(),
+        &TIME.to_be_bytes(),
+        &xid,
+        b"gid-1\0",
+    ]);
     assert_eq!(
         decoder.decode(begin),
         Ok(Message::BeginPrepare(BeginPrepare {
@@ -294,8 +515,19 @@ fn two_phase_messages() {
             gid: "gid-1".into()
         }))
     );
-    assert!(decoder.decode(insert_bytes()).is_ok(), "changes allowed inside a prepared transaction");
-    let prepare = wire(&[b"P", &[0], &FINAL_LSN.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes(), &xid, b"gid-1\0"]);
+    assert!(
+        decoder.decode(insert_bytes()).is_ok(),
+        "changes allowed inside a prepared transaction"
+    );
+    let prepare = wire(&[
+        b"P",
+        &[0],
+        &FINAL_LSN.to_be_bytes(),
+        &END_LSN.to_be_bytes(),
+        &TIME.to_be_bytes(),
+        &xid,
+        b"gid-1\0",
+    ]);
     assert_eq!(
         decoder.decode(prepare),
         Ok(Message::Prepare(Prepare {
@@ -307,7 +539,15 @@ fn two_phase_messages() {
             gid: "gid-1".into()
         }))
     );
-    let commit = wire(&[b"K", &[0], &0x30_u64.to_be_bytes(), &0x40_u64.to_be_bytes(), &TIME.to_be_bytes(), &xid, b"gid-1\0"]);
+    let commit = wire(&[
+        b"K",
+        &[0],
+        &0x30_u64.to_be_bytes(),
+        &0x40_u64.to_be_bytes(),
+        &TIME.to_be_bytes(),
+        &xid,
+        b"gid-1\0",
+    ]);
     assert_eq!(
         decoder.decode(commit),
         Ok(Message::CommitPrepared(CommitPrepared {
@@ -341,8 +581,15 @@ fn two_phase_messages() {
             gid: "gid-2".into()
         }))
     );
-    let stream_prepare =
-        wire(&[b"p", &[0], &FINAL_LSN.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes(), &xid, b"gid-3\0"]);
+    let stream_prepare = wire(&[
+        b"p",
+        &[0],
+        &FINAL_LSN.to_be_bytes(),
+        &END_LSN.to_be_bytes(),
+        &TIME.to_be_bytes(),
+        &xid,
+        b"gid-3\0",
+    ]);
     assert_eq!(
         decoder.decode(stream_prepare),
         Ok(Message::StreamPrepare(StreamPrepare {
@@ -359,18 +606,50 @@ fn two_phase_messages() {
 #[test]
 fn prepare_must_match_begin_prepare() {
     let mut decoder = Decoder::new(3).expect("v3");
-    let prepare = |lsn: u64| wire(&[b"P", &[0], &lsn.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes(), &[0; 4], b"g\0"]);
-    assert_eq!(decoder.decode(prepare(FINAL_LSN)), Err(DecodeError::PrepareWithoutBegin));
-    let begin = wire(&[b"b", &FINAL_LSN.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes(), &[0; 4], b"g\0"]);
+    let prepare = |lsn: u64| {
+        wire(&[
+            b"P",
+            &[0],
+            &lsn.to_be_bytes(),
+            &END_LSN.to_be_bytes(),
+            &TIME.to_be_bytes(),
+            &[0; 4],
+            b"g\0",
+        ])
+    };
+    assert_eq!(
+        decoder.decode(prepare(FINAL_LSN)),
+        Err(DecodeError::PrepareWithoutBegin)
+    );
+    let begin = wire(&[
+        b"b",
+        &FINAL_LSN.to_be_bytes(),
+        &END_LSN.to_be_bytes(),
+        &TIME.to_be_bytes(),
+        &[0; 4],
+        b"g\0",
+    ]);
     decoder.decode(begin.clone()).expect("begin prepare");
     assert_eq!(
         decoder.decode(begin),
-        Err(DecodeError::BeginInsideTransaction { open: Lsn(FINAL_LSN), new: Lsn(FINAL_LSN) })
+        Err(DecodeError::BeginInsideTransaction {
+            open: Lsn(FINAL_LSN),
+            new: Lsn(FINAL_LSN)
+        })
     );
-    assert_eq!(decoder.decode(begin_bytes()), Err(DecodeError::BeginInsideTransaction { open: Lsn(FINAL_LSN), new: Lsn(FINAL_LSN) }));
+    assert_eq!(
+        decoder.decode(begin_bytes()),
+        Err(DecodeError::BeginInsideTransaction {
+            open: Lsn(FINAL_LSN),
+            new: Lsn(FINAL_LSN)
+        })
+    );
     assert_eq!(
         decoder.decode(prepare(FINAL_LSN + 1)),
-        Err(DecodeError::PrepareLsnMismatch { begin_prepare_lsn: Lsn(FINAL_LSN), prepare_lsn: Lsn(FINAL_LSN + 1) })
+        Err(DecodeError::PrepareLsnMismatch {
+            begin_prepare_lsn: Lsn(FINAL_LSN),
+            prepare_lsn: Lsn(FINAL_LSN + 1)
+        })
     );
     assert!(decoder.decode(prepare(FINAL_LSN)).is_ok());
 }
@@ -380,20 +659,37 @@ fn commit_must_match_begin() {
     let mut decoder = in_transaction(1);
     assert_eq!(
         decoder.decode(commit_bytes(FINAL_LSN + 8)),
-        Err(DecodeError::CommitLsnMismatch { begin_final_lsn: Lsn(FINAL_LSN), commit_lsn: Lsn(FINAL_LSN + 8) })
+        Err(DecodeError::CommitLsnMismatch {
+            begin_final_lsn: Lsn(FINAL_LSN),
+            commit_lsn: Lsn(FINAL_LSN + 8)
+        })
     );
-    assert!(decoder.transaction().is_some(), "state unchanged by the failed Commit");
+    assert!(
+        decoder.transaction().is_some(),
+        "state unchanged by the failed Commit"
+    );
     assert!(decoder.decode(commit_bytes(FINAL_LSN)).is_ok());
-    assert_eq!(decoder.decode(commit_bytes(FINAL_LSN)), Err(DecodeError::CommitWithoutBegin));
+    assert_eq!(
+        decoder.decode(commit_bytes(FINAL_LSN)),
+        Err(DecodeError::CommitWithoutBegin)
+    );
 }
 
 #[test]
 fn begin_inside_transaction() {
     let mut decoder = in_transaction(1);
-    let second = wire(&[b"B", &(FINAL_LSN + 64).to_be_bytes(), &TIME.to_be_bytes(), &1235_u32.to_be_bytes()]);
+    let second = wire(&[
+        b"B",
+        &(FINAL_LSN + 64).to_be_bytes(),
+        &TIME.to_be_bytes(),
+        &1235_u32.to_be_bytes(),
+    ]);
     assert_eq!(
         decoder.decode(second),
-        Err(DecodeError::BeginInsideTransaction { open: Lsn(FINAL_LSN), new: Lsn(FINAL_LSN + 64) })
+        Err(DecodeError::BeginInsideTransaction {
+            open: Lsn(FINAL_LSN),
+            new: Lsn(FINAL_LSN + 64)
+        })
     );
 }
 
@@ -404,9 +700,15 @@ fn changes_outside_transaction() {
     let update = wire(&[b"U", &16_385_u32.to_be_bytes(), b"N", TUPLE]);
     let truncate = wire(&[b"T", &1_u32.to_be_bytes(), &[0], &16_385_u32.to_be_bytes()]);
     for data in [insert_bytes(), update, delete, truncate] {
-        assert_eq!(decoder.decode(data), Err(DecodeError::ChangeOutsideTransaction));
+        assert_eq!(
+            decoder.decode(data),
+            Err(DecodeError::ChangeOutsideTransaction)
+        );
     }
-    assert!(decoder.decode(relation_bytes()).is_ok(), "Relation is not a change");
+    assert!(
+        decoder.decode(relation_bytes()).is_ok(),
+        "Relation is not a change"
+    );
 }
 
 #[test]
@@ -414,18 +716,37 @@ fn stream_block_errors() {
     let mut decoder = in_stream(2);
     assert_eq!(
         decoder.decode(wire(&[b"S", &901_u32.to_be_bytes(), &[0]])),
-        Err(DecodeError::StreamStartInsideStream { open_xid: 900, new_xid: 901 })
+        Err(DecodeError::StreamStartInsideStream {
+            open_xid: 900,
+            new_xid: 901
+        })
     );
-    assert_eq!(decoder.decode(begin_bytes()), Err(DecodeError::UnexpectedInStream { message: "Begin" }));
-    assert_eq!(decoder.decode(commit_bytes(1)), Err(DecodeError::UnexpectedInStream { message: "Commit" }));
+    assert_eq!(
+        decoder.decode(begin_bytes()),
+        Err(DecodeError::UnexpectedInStream { message: "Begin" })
+    );
+    assert_eq!(
+        decoder.decode(commit_bytes(1)),
+        Err(DecodeError::UnexpectedInStream { message: "Commit" })
+    );
     let abort = wire(&[b"A", &900_u32.to_be_bytes(), &900_u32.to_be_bytes()]);
-    assert_eq!(decoder.decode(abort), Err(DecodeError::UnexpectedInStream { message: "Stream Abort" }));
+    assert_eq!(
+        decoder.decode(abort),
+        Err(DecodeError::UnexpectedInStream {
+            message: "Stream Abort"
+        })
+    );
     decoder.decode(wire(&[b"E"])).expect("stop");
-    assert_eq!(decoder.decode(wire(&[b"E"])), Err(DecodeError::StreamStopWithoutStart));
+    assert_eq!(
+        decoder.decode(wire(&[b"E"])),
+        Err(DecodeError::StreamStopWithoutStart)
+    );
     let mut decoder = in_transaction(2);
     assert_eq!(
         decoder.decode(wire(&[b"S", &901_u32.to_be_bytes(), &[0]])),
-        Err(DecodeError::UnexpectedInTransaction { message: "Stream Start" })
+        Err(DecodeError::UnexpectedInTransaction {
+            message: "Stream Start"
+        })
     );
 }
 
@@ -434,23 +755,40 @@ fn messages_outside_their_protocol_version() {
     let mut decoder = Decoder::new(1).expect("v1");
     assert_eq!(
         decoder.decode(wire(&[b"S", &900_u32.to_be_bytes(), &[1]])),
-        Err(DecodeError::MessageNotInProtocol { tag: b'S', protocol_version: 1 })
+        Err(DecodeError::MessageNotInProtocol {
+            tag: b'S',
+            protocol_version: 1
+        })
     );
     let mut decoder = Decoder::new(2).expect("v2");
     assert_eq!(
         decoder.decode(wire(&[b"K", &[0; 29], b"\0"])),
-        Err(DecodeError::MessageNotInProtocol { tag: b'K', protocol_version: 2 })
+        Err(DecodeError::MessageNotInProtocol {
+            tag: b'K',
+            protocol_version: 2
+        })
     );
 }
 
 #[test]
 fn unknown_tag_and_empty_message() {
     let mut decoder = Decoder::new(4).expect("v4");
-    assert_eq!(decoder.decode(wire(&[b"Z", &[0; 8]])), Err(DecodeError::UnknownTag(b'Z')));
-    assert_eq!(decoder.decode(wire(&[b"k"])), Err(DecodeError::UnknownTag(b'k')), "keepalive is not pgoutput");
+    assert_eq!(
+        decoder.decode(wire(&[b"Z", &[0; 8]])),
+        Err(DecodeError::UnknownTag(b'Z'))
+    );
+    assert_eq!(
+        decoder.decode(wire(&[b"k"])),
+        Err(DecodeError::UnknownTag(b'k')),
+        "keepalive is not pgoutput"
+    );
     assert_eq!(
         decoder.decode(Bytes::new()),
-        Err(DecodeError::Truncated { message: "message tag", needed: 1, available: 0 })
+        Err(DecodeError::Truncated {
+            message: "message tag",
+            needed: 1,
+            available: 0
+        })
     );
 }
 
@@ -459,63 +797,148 @@ fn trailing_bytes() {
     let mut decoder = Decoder::new(1).expect("v1");
     let mut data = begin_bytes().to_vec();
     data.push(0);
-    assert_eq!(decoder.decode(Bytes::from(data)), Err(DecodeError::TrailingBytes { message: "Begin", count: 1 }));
+    assert_eq!(
+        decoder.decode(Bytes::from(data)),
+        Err(DecodeError::TrailingBytes {
+            message: "Begin",
+            count: 1
+        })
+    );
     assert_eq!(decoder.transaction(), None);
 }
 
 #[test]
 fn invalid_utf8_in_names() {
     let mut decoder = Decoder::new(1).expect("v1");
-    let data = wire(&[b"R", &1_u32.to_be_bytes(), b"public\0", b"out\xffbox\0", b"d", &0_u16.to_be_bytes()]);
+    let data = wire(&[
+        b"R",
+        &1_u32.to_be_bytes(),
+        b"public\0",
+        b"out\xffbox\0",
+        b"d",
+        &0_u16.to_be_bytes(),
+    ]);
     assert_eq!(
         decoder.decode(data),
-        Err(DecodeError::InvalidUtf8 { message: "Relation", field: "relation name", valid_up_to: 3 })
+        Err(DecodeError::InvalidUtf8 {
+            message: "Relation",
+            field: "relation name",
+            valid_up_to: 3
+        })
     );
-    let column = wire(&[b"R", &1_u32.to_be_bytes(), b"\0", b"t\0", b"d", &1_u16.to_be_bytes(), &[0], b"\xc3\0", &[0; 8]]);
-    assert!(matches!(decoder.decode(column), Err(DecodeError::InvalidUtf8 { field: "column name", .. })));
+    let column = wire(&[
+        b"R",
+        &1_u32.to_be_bytes(),
+        b"\0",
+        b"t\0",
+        b"d",
+        &1_u16.to_be_bytes(),
+        &[0],
+        b"\xc3\0",
+        &[0; 8],
+    ]);
+    assert!(matches!(
+        decoder.decode(column),
+        Err(DecodeError::InvalidUtf8 {
+            field: "column name",
+            ..
+        })
+    ));
     let prefix = wire(&[b"M", &[0], &[0; 8], b"\xe2\x82\0", &0_u32.to_be_bytes()]);
-    assert!(matches!(decoder.decode(prefix), Err(DecodeError::InvalidUtf8 { message: "Message", field: "prefix", .. })));
+    assert!(matches!(
+        decoder.decode(prefix),
+        Err(DecodeError::InvalidUtf8 {
+            message: "Message",
+            field: "prefix",
+            ..
+        })
+    ));
 }
 
 #[test]
 fn missing_nul_and_unknown_column_kind() {
     let mut decoder = in_transaction(1);
-    assert_eq!(decoder.decode(wire(&[b"O", &[0; 8], b"node"])), Err(DecodeError::MissingNul));
+    assert_eq!(
+        decoder.decode(wire(&[b"O", &[0; 8], b"node"])),
+        Err(DecodeError::MissingNul)
+    );
     let data = wire(&[b"I", &1_u32.to_be_bytes(), b"N", &1_u16.to_be_bytes(), b"x"]);
-    assert_eq!(decoder.decode(data), Err(DecodeError::UnknownColumnKind { message: "Insert", kind: b'x' }));
-    let long = wire(&[b"I", &1_u32.to_be_bytes(), b"N", &1_u16.to_be_bytes(), b"t", &u32::MAX.to_be_bytes(), b"ab"]);
-    assert!(matches!(decoder.decode(long), Err(DecodeError::Truncated { message: "Insert", .. })));
+    assert_eq!(
+        decoder.decode(data),
+        Err(DecodeError::UnknownColumnKind {
+            message: "Insert",
+            kind: b'x'
+        })
+    );
+    let long = wire(&[
+        b"I",
+        &1_u32.to_be_bytes(),
+        b"N",
+        &1_u16.to_be_bytes(),
+        b"t",
+        &u32::MAX.to_be_bytes(),
+        b"ab",
+    ]);
+    assert!(matches!(
+        decoder.decode(long),
+        Err(DecodeError::Truncated {
+            message: "Insert",
+            ..
+        })
+    ));
 }
 
 #[test]
 fn row_checks_relation_and_column_count() {
     let mut cache = RelationCache::new();
-    assert_eq!(cache.row(16_385, &tuple()).err(), Some(DecodeError::UnknownRelation(16_385)));
+    assert_eq!(
+        cache.row(16_385, &tuple()).err(),
+        Some(DecodeError::UnknownRelation(16_385))
+    );
     assert!(cache.insert(relation()).is_none());
     let short = Tuple(vec![TupleValue::Null]);
     assert_eq!(
         cache.row(16_385, &short).err(),
-        Some(DecodeError::ColumnCountMismatch { relation: "public.outbox".into(), expected: 2, actual: 1 })
+        Some(DecodeError::ColumnCountMismatch {
+            relation: "public.outbox".into(),
+            expected: 2,
+            actual: 1
+        })
     );
     let full = tuple();
     let row = cache.row(16_385, &full).expect("row");
     assert_eq!(row.relation().name, "outbox");
-    assert_eq!(row.get("payload"), Some(&TupleValue::Text(Bytes::from_static(b"hi"))));
+    assert_eq!(
+        row.get("payload"),
+        Some(&TupleValue::Text(Bytes::from_static(b"hi")))
+    );
     assert_eq!(row.get("nope"), None);
     assert_eq!(row.value("id"), Ok(Some(crate::Value::Int4(42))));
-    assert_eq!(row.value("payload"), Ok(Some(crate::Value::Text("hi".into()))));
+    assert_eq!(
+        row.value("payload"),
+        Ok(Some(crate::Value::Text("hi".into())))
+    );
     assert_eq!(row.value("nope"), Ok(None));
     let names: Vec<&str> = row.iter().map(|(column, _)| column.name.as_str()).collect();
     assert_eq!(names, ["id", "payload"]);
-    let bad = Tuple(vec![TupleValue::Text(Bytes::from_static(b"x")), TupleValue::Null]);
+    let bad = Tuple(vec![
+        TupleValue::Text(Bytes::from_static(b"x")),
+        TupleValue::Null,
+    ]);
     let row = cache.row(16_385, &bad).expect("row");
     assert!(matches!(
         row.value("id"),
         Err(DecodeError::InvalidValue { column: Some(c), type_oid: 23, .. }) if c == "id"
     ));
-    let replaced = Relation { columns: vec![], ..relation() };
+    let replaced = Relation {
+        columns: vec![],
+        ..relation()
+    };
     assert!(cache.insert(replaced).is_some(), "insert replaces");
-    assert!(matches!(cache.row(16_385, &full), Err(DecodeError::ColumnCountMismatch { expected: 0, .. })));
+    assert!(matches!(
+        cache.row(16_385, &full),
+        Err(DecodeError::ColumnCountMismatch { expected: 0, .. })
+    ));
 }
 
 /// Builds a decoder of a protocol version in the state a fixture needs.
@@ -531,13 +954,33 @@ fn fixtures() -> Vec<(u32, Setup, Bytes)> {
         (1, in_transaction, commit_bytes(FINAL_LSN)),
         (1, in_transaction, wire(&[b"O", &[0; 8], b"node\0"])),
         (1, in_transaction, relation_bytes()),
-        (1, in_transaction, wire(&[b"Y", &[0; 4], b"public\0", b"mood\0"])),
+        (
+            1,
+            in_transaction,
+            wire(&[b"Y", &[0; 4], b"public\0", b"mood\0"]),
+        ),
         (1, in_transaction, insert_bytes()),
-        (1, in_transaction, wire(&[b"U", &[0; 4], b"K", TUPLE, b"N", TUPLE])),
-        (1, in_transaction, wire(&[b"U", &[0; 4], b"O", TUPLE, b"N", TUPLE])),
+        (
+            1,
+            in_transaction,
+            wire(&[b"U", &[0; 4], b"K", TUPLE, b"N", TUPLE]),
+        ),
+        (
+            1,
+            in_transaction,
+            wire(&[b"U", &[0; 4], b"O", TUPLE, b"N", TUPLE]),
+        ),
         (1, in_transaction, wire(&[b"D", &[0; 4], b"O", TUPLE])),
-        (1, in_transaction, wire(&[b"T", &2_u32.to_be_bytes(), &[0], &[0; 8]])),
-        (1, in_transaction, wire(&[b"M", &[1], &[0; 8], b"p\0", &2_u32.to_be_bytes(), b"hi"])),
+        (
+            1,
+            in_transaction,
+            wire(&[b"T", &2_u32.to_be_bytes(), &[0], &[0; 8]]),
+        ),
+        (
+            1,
+            in_transaction,
+            wire(&[b"M", &[1], &[0; 8], b"p\0", &2_u32.to_be_bytes(), b"hi"]),
+        ),
         (2, fresh, wire(&[b"S", &xid, &[1]])),
         (2, in_stream, wire(&[b"E"])),
         (2, in_stream, wire(&[b"I", &xid, &[0; 4], b"N", TUPLE])),
@@ -569,8 +1012,15 @@ fn truncated_at_every_offset_is_an_error() {
             let mut decoder = setup(version);
             let before = (decoder.transaction(), decoder.stream_xid());
             let result = decoder.decode(data.slice(..len));
-            assert!(result.is_err(), "prefix of {len} bytes of {data:?} decoded as {result:?}");
-            assert_eq!((decoder.transaction(), decoder.stream_xid()), before, "state unchanged");
+            assert!(
+                result.is_err(),
+                "prefix of {len} bytes of {data:?} decoded as {result:?}"
+            );
+            assert_eq!(
+                (decoder.transaction(), decoder.stream_xid()),
+                before,
+                "state unchanged"
+            );
         }
     }
 }

@@ -1,0 +1,334 @@
+//! Reading history without consuming it: what `peek` shows and what `replay` re-sends.
+//!
+//! In: a slot (the main one for `peek`, `<slot>_replay` for `replay`), a start LSN and an end. Out: the events of
+//! the transactions committed in that range, decoded and mapped exactly as `run` publishes them (same ids, subjects,
+//! headers, indexes), in commit order.
+//!
+//! The slot itself is never read: a throwaway copy is made with `pg_copy_logical_replication_slot` (same
+//! `restart_lsn` and `confirmed_flush_lsn`), read over its own replication session and dropped afterwards, so the
+//! original's `confirmed_flush_lsn` does not move, also while `run` holds it. The copy is not temporary: a temporary
+//! slot belongs to the SQL session that created it and a replication session could not acquire it.
+//! The end of the range is marked with a non-transactional logical message (`pg_logical_emit_message`), which the
+//! walsender delivers in WAL order; everything committed before it has been sent when it arrives.
+//! See <https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-REPLICATION>.
+
+use std::{collections::HashSet, time::Duration};
+
+use pgoutput::{Decoder, Lsn, Message, TransactionGuard};
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use tokio_postgres::Client;
+
+use crate::{
+    config::Settings,
+    event::Event,
+    outbox::{InvalidEvent, OutboxMapper},
+    relay::RelayError,
+    replication::{self, StartAt},
+    slot,
+    source::SourceError,
+};
+
+/// Longest wait for the next replication message before the read is declared stalled.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Prefix of the logical message that marks the end of the range.
+const END_MARKER_PREFIX: &str = "walrelay.end-marker";
+
+/// A throwaway copy of a slot, named `<source>_<purpose>_<pid>`. Drop it with [`SlotCopy::remove`] on every path.
+#[derive(Debug)]
+pub(crate) struct SlotCopy {
+    /// The copy's name.
+    pub name: String,
+    /// The source's `confirmed_flush_lsn` at copy time: the oldest commit LSN the copy can deliver.
+    pub confirmed_flush: Lsn,
+}
+
+impl SlotCopy {
+    /// Copies `source` to a new persistent slot.
+    pub async fn create(control: &Client, source: &str, purpose: &str) -> Result<Self, SourceError> {
+        let suffix = format!("_{purpose}_{}", std::process::id());
+        let keep = 63usize.saturating_sub(suffix.len()).min(source.len());
+        let name = format!("{}{suffix}", source.get(..keep).unwrap_or(source));
+        slot::copy(control, source, &name, false).await?;
+        let confirmed_flush = match slot::info(control, &name).await {
+            Ok(info) => info.and_then(|i| i.confirmed_flush_lsn).unwrap_or(Lsn::ZERO),
+            Err(err) => {
+                let _ = slot::drop(control, &name).await;
+                return Err(err);
+            }
+        };
+        tracing::debug!(slot = %name, source, confirmed_flush_lsn = %confirmed_flush, "slot copy created");
+        Ok(Self { name, confirmed_flush })
+    }
+
+    /// Drops the copy (waiting briefly for its walsender to let go).
+    pub async fn remove(self, control: &Client) {
+        for _ in 0..100 {
+            match slot::drop(control, &self.name).await {
+                Ok(_) => return,
+                Err(SourceError::Query { code: Some(code), .. }) if code == "55006" => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => {
+                    tracing::warn!(slot = %self.name, error = %err, "could not drop the slot copy; drop it with SELECT pg_drop_replication_slot('{}')", self.name);
+                    return;
+                }
+            }
+        }
+        tracing::warn!(slot = %self.name, "slot copy still active; drop it later with `walrelay teardown` or pg_drop_replication_slot");
+    }
+}
+
+/// Writes the end-of-range marker and returns its LSN; falls back to the current WAL position when the marker cannot
+/// be written.
+pub(crate) async fn end_marker(control: &Client) -> Result<Lsn, SourceError> {
+    match control
+        .query_one("SELECT pg_logical_emit_message(false, $1, '')::text AS lsn", &[&END_MARKER_PREFIX])
+        .await
+    {
+        Ok(row) => Ok(crate::source::lsn_col(&row, "lsn").unwrap_or(Lsn::ZERO)),
+        Err(err) => {
+            tracing::debug!(error = %err, "cannot write an end marker, using the current WAL position");
+            slot::current_wal_lsn(control).await
+        }
+    }
+}
+
+/// One mapped outbox row.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// Ready to publish.
+    Event(Box<Event>),
+    /// Cannot be published as is (`--on-invalid` decides).
+    Invalid(Box<InvalidEvent>),
+}
+
+/// The transaction being read.
+struct OpenTxn {
+    commit_lsn: Lsn,
+    commit_time: i64,
+    next_index: u32,
+    included: bool,
+}
+
+/// Which transactions to deliver.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Range {
+    /// `START_REPLICATION` position: transactions whose commit record starts at or after it.
+    pub start: Lsn,
+    /// The last commit LSN to include, if bounded.
+    pub last_commit: Option<Lsn>,
+    /// The end marker: nothing that commits after it.
+    pub end: Lsn,
+}
+
+/// A pull-based reader of mapped events from a slot copy.
+pub(crate) struct HistoryReader {
+    repl: ReplicationClient,
+    decoder: Decoder,
+    guard: TransactionGuard,
+    mapper: OutboxMapper,
+    other_relations: HashSet<u32>,
+    open: Option<OpenTxn>,
+    range: Range,
+    /// Highest position seen, for progress.
+    pub position: Lsn,
+    done: bool,
+}
+
+impl HistoryReader {
+    /// Starts replication on `slot` (a copy) at `range.start`.
+    pub async fn open(settings: &Settings, slot: &str, range: Range, mapper: OutboxMapper) -> Result<Self, RelayError> {
+        let at = StartAt { start: range.start, ack: range.start, status_interval: Duration::from_secs(1), stop: Some(range.end) };
+        let repl = replication::open(&settings.pg_url, slot, &settings.publication, at).await?;
+        Ok(Self {
+            repl,
+            decoder: Decoder::new(1).map_err(|e| SourceError::Decode { lsn: range.start, source: e })?,
+            guard: TransactionGuard::default(),
+            mapper,
+            other_relations: HashSet::new(),
+            open: None,
+            range,
+            position: range.start,
+            done: false,
+        })
+    }
+
+    /// The next event in commit order, `None` at the end of the range.
+    pub async fn next(&mut self, settings: &Settings) -> Result<Option<Item>, RelayError> {
+        while !self.done {
+            let event = match tokio::time::timeout(STALL_TIMEOUT, self.repl.recv()).await {
+                Ok(event) => event.map_err(|e| replication::classify(e, &settings.slot, &settings.publication, &settings.pg_url))?,
+                Err(_) => {
+                    return Err(SourceError::Replication {
+                        reason: format!("no replication message for {STALL_TIMEOUT:?} before reaching {}", self.range.end),
+                        transient: false,
+                    }
+                    .into())
+                }
+            };
+            let Some(event) = event else {
+                self.done = true;
+                break;
+            };
+            if let Some(item) = self.on_event(event)? {
+                return Ok(Some(item));
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_event(&mut self, event: ReplicationEvent) -> Result<Option<Item>, RelayError> {
+        match event {
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                let wal_end = Lsn(wal_end.0);
+                self.position = self.position.max(wal_end);
+                if self.open.is_none() && wal_end >= self.range.end {
+                    self.done = true;
+                }
+            }
+            ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+                let lsn = Lsn(final_lsn.0);
+                self.guard.begin(lsn, xid).map_err(|e| SourceError::Decode { lsn, source: e })?;
+                self.position = self.position.max(lsn);
+                let past_last = self.range.last_commit.is_some_and(|last| lsn > last);
+                if past_last || lsn >= self.range.end {
+                    self.done = true;
+                }
+                let included = !self.done && lsn >= self.range.start;
+                self.open = Some(OpenTxn { commit_lsn: lsn, commit_time: commit_time_micros, next_index: 0, included });
+            }
+            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                let lsn = Lsn(lsn.0);
+                self.guard.commit(lsn).map_err(|e| SourceError::Decode { lsn, source: e })?;
+                self.position = self.position.max(Lsn(end_lsn.0));
+                self.open = None;
+            }
+            ReplicationEvent::XLogData { data, wal_start, .. } => {
+                let at = Lsn(wal_start.0);
+                let message = self.decoder.decode(data).map_err(|e| SourceError::Decode { lsn: at, source: e })?;
+                return self.on_message(message, at);
+            }
+            ReplicationEvent::Message { lsn, prefix, transactional, .. } => {
+                if !transactional && prefix == END_MARKER_PREFIX && Lsn(lsn.0) >= self.range.end {
+                    self.done = true;
+                }
+            }
+            ReplicationEvent::StoppedAt { .. } => self.done = true,
+        }
+        Ok(None)
+    }
+
+    /// Same logic as the relay's session: index counts outbox inserts per transaction.
+    fn on_message(&mut self, message: Message, at: Lsn) -> Result<Option<Item>, RelayError> {
+        match message {
+            Message::Relation(rel) => {
+                if self.mapper.is_outbox(&rel) {
+                    self.mapper.relation(&rel)?;
+                } else {
+                    self.other_relations.insert(rel.id);
+                }
+            }
+            Message::Insert(insert) => {
+                self.guard.change().map_err(|e| SourceError::Decode { lsn: at, source: e })?;
+                if !self.mapper.knows(insert.relation_id) {
+                    if self.other_relations.contains(&insert.relation_id) {
+                        return Ok(None);
+                    }
+                    return Err(SourceError::Decode { lsn: at, source: pgoutput::DecodeError::UnknownRelation(insert.relation_id) }.into());
+                }
+                let Some(open) = self.open.as_mut() else {
+                    return Err(SourceError::Decode { lsn: at, source: pgoutput::DecodeError::ChangeOutsideTransaction }.into());
+                };
+                let index = open.next_index;
+                open.next_index += 1;
+                if !open.included {
+                    return Ok(None);
+                }
+                let (commit_lsn, commit_time) = (open.commit_lsn, open.commit_time);
+                return match self.mapper.map(insert.relation_id, &insert.new, commit_lsn, commit_time, index) {
+                    Ok(event) => Ok(Some(Item::Event(Box::new(event)))),
+                    Err(Ok(invalid)) => Ok(Some(Item::Invalid(Box::new(invalid)))),
+                    Err(Err(source)) => Err(source.into()),
+                };
+            }
+            Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {
+                self.guard.change().map_err(|e| SourceError::Decode { lsn: at, source: e })?;
+            }
+            Message::Begin(_) | Message::Commit(_) | Message::Origin(_) | Message::Type(_) | Message::Message(_) => {}
+            other => {
+                return Err(SourceError::Replication {
+                    reason: format!("unexpected pgoutput message {other:?}: streaming and two-phase must be off (protocol v1)"),
+                    transient: false,
+                }
+                .into());
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends the replication session without confirming anything.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.repl.shutdown()).await;
+        self.repl.abort();
+    }
+}
+
+/// An event as one NDJSON object (design.md §4): `{"id", "table", "subject", "headers", "payload", "commit_lsn",
+/// "index", "commit_time"}`; the payload as a JSON value, or a string when it is not JSON.
+pub(crate) fn event_json(event: &Event) -> serde_json::Value {
+    let headers: serde_json::Map<String, serde_json::Value> =
+        event.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    let payload = serde_json::from_slice::<serde_json::Value>(&event.payload)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&event.payload).into_owned()));
+    serde_json::json!({
+        "id": event.id,
+        "table": event.table,
+        "subject": event.subject,
+        "headers": headers,
+        "payload": payload,
+        "commit_lsn": event.position.commit_lsn.to_string(),
+        "index": event.position.index,
+        "commit_time": event.commit_time,
+    })
+}
+
+/// A requested stop (SIGINT or SIGTERM), for the commands that hold a slot copy and must drop it before exiting.
+pub(crate) async fn stop_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_json_has_the_contract_fields() {
+        let event = Event {
+            id: "a".into(),
+            subject: "outbox.order.created".into(),
+            headers: vec![("Nats-Msg-Id".into(), "a".into())],
+            payload: bytes::Bytes::from_static(b"{\"n\":1}"),
+            position: crate::event::Position { commit_lsn: Lsn(0x1_0000_00FF), index: 2 },
+            commit_time: "2024-01-01T00:00:00.000000Z".into(),
+            table: "public.outbox".into(),
+            dead_letter: false,
+        };
+        let v = event_json(&event);
+        assert_eq!(v["payload"]["n"], 1);
+        assert_eq!(v["commit_lsn"], "1/FF");
+        assert_eq!(v["index"], 2);
+        assert_eq!(v["headers"]["Nats-Msg-Id"], "a");
+        let text = Event { payload: bytes::Bytes::from_static(b"not json"), ..event };
+        assert_eq!(event_json(&text)["payload"], "not json");
+    }
+}

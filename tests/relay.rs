@@ -1,0 +1,388 @@
+//! `walrelay run` against real PostgreSQL and NATS: exact content, order and count of what reaches the stream, and
+//! where the slot's confirmed position stands (issue 3).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::{collections::HashMap, time::Duration};
+
+use walrelay_tests::{
+    connect, insert_events, lsn, stream_count, stream_messages, wait_for, wait_stream_count,
+    walrelay_testkit::{Nats, Postgres, Process},
+    Env, Stored,
+};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Stops a relay with SIGTERM and asserts exit code 0.
+fn stop(relay: &Process) {
+    relay.sigterm().unwrap();
+    let status = relay.wait_timeout(Duration::from_secs(30)).unwrap().expect("relay exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "relay output:\n{}", relay.output_tail(40));
+}
+
+fn header_index(m: &Stored) -> u32 {
+    m.header("Outbox-Index").parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_in_100_transactions_arrive_exactly_in_order() {
+    let env = Env::start();
+    env.setup();
+    let relay = env.spawn_run(&[]);
+    let pg = env.client().await;
+    let mut expected: Vec<(String, u64, u32)> = Vec::new(); // (id, txn, index)
+    for txn in 0..100u64 {
+        let rows = pg
+            .query(
+                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers) \
+                 SELECT CASE WHEN g % 2 = 0 THEN 'order' ELSE 'invoice' END, 'agg-' || $1::text, \
+                        CASE WHEN g % 3 = 0 THEN 'created' ELSE 'updated' END, \
+                        jsonb_build_object('txn', $1::bigint, 'i', g), \
+                        jsonb_build_object('trace-id', 't-' || $1::text || '-' || g, 'attempt', g % 4, 'Outbox-Index', 'spoof') \
+                 FROM generate_series(0, 99) g ORDER BY g RETURNING id::text",
+                &[&(txn as i64)],
+            )
+            .await
+            .unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            expected.push((r.get(0), txn, i as u32));
+        }
+    }
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, 10_000, LONG).await;
+    let got = stream_messages(&js, &env.stream).await;
+    assert_eq!(got.len(), 10_000);
+    let mut last_lsn = 0u64;
+    let mut lsn_of_txn: HashMap<u64, u64> = HashMap::new();
+    for (m, (id, txn, index)) in got.iter().zip(&expected) {
+        let g = *index as u64;
+        assert_eq!(m.id(), id, "order of ids");
+        let agg_type = if g % 2 == 0 { "order" } else { "invoice" };
+        let ev_type = if g % 3 == 0 { "created" } else { "updated" };
+        assert_eq!(m.subject, format!("outbox.{agg_type}.{ev_type}"));
+        assert_eq!(m.header("Outbox-Aggregate-Type"), agg_type);
+        assert_eq!(m.header("Outbox-Aggregate-Id"), format!("agg-{txn}"));
+        assert_eq!(m.header("Outbox-Event-Type"), ev_type);
+        assert_eq!(header_index(m), *index, "index within transaction");
+        assert_eq!(m.header("trace-id"), format!("t-{txn}-{g}"), "string user header as is");
+        assert_eq!(m.header("attempt"), (g % 4).to_string(), "non-string user header as JSON text");
+        assert!(humantime::parse_rfc3339(m.header("Outbox-Commit-Time")).is_ok(), "{}", m.header("Outbox-Commit-Time"));
+        assert_eq!(m.json(), serde_json::json!({"txn": txn, "i": g}));
+        let l = m.commit_lsn();
+        assert!(m.header("Outbox-Commit-Lsn").chars().all(|c| c == '/' || c.is_ascii_digit() || c.is_ascii_uppercase()));
+        assert!(l >= last_lsn, "commit LSNs never decrease");
+        last_lsn = l;
+        assert_eq!(*lsn_of_txn.entry(*txn).or_insert(l), l, "one commit LSN per transaction");
+    }
+    assert_eq!(lsn_of_txn.len(), 100);
+    assert!(relay.output().contains("dropped"), "the spoofed Outbox-Index user header is dropped with a warning");
+    // The slot confirms past the last transaction.
+    wait_for("slot confirms the last commit", LONG, || async { env.confirmed_flush() > last_lsn }).await;
+    stop(&relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_committed_outbox_inserts_are_published() {
+    let env = Env::start();
+    env.pg.psql("CREATE TABLE orders (id int PRIMARY KEY, note text)").unwrap();
+    env.setup();
+    let relay = env.spawn_run(&[]);
+    let pg = env.client().await;
+    let ins = "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', $1, 'created', '{}') RETURNING id::text";
+    let mut expected = Vec::new();
+    // 1. committed, with a row of another table in the same transaction
+    pg.batch_execute("BEGIN").await.unwrap();
+    pg.execute("INSERT INTO orders VALUES (1, 'a')", &[]).await.unwrap();
+    expected.push(pg.query_one(ins, &[&"a1"]).await.unwrap().get::<_, String>(0));
+    pg.batch_execute("COMMIT").await.unwrap();
+    // 2. rolled back
+    pg.batch_execute("BEGIN").await.unwrap();
+    pg.query_one(ins, &[&"rolled-back"]).await.unwrap();
+    pg.batch_execute("ROLLBACK").await.unwrap();
+    // 3. another table only
+    pg.execute("INSERT INTO orders VALUES (2, 'b')", &[]).await.unwrap();
+    // 4. updates and deletes of outbox rows
+    pg.execute("UPDATE outbox SET payload = '{\"changed\":true}'", &[]).await.unwrap();
+    let kept: String = pg.query_one(ins, &[&"a2"]).await.unwrap().get(0);
+    expected.push(kept.clone());
+    pg.execute("DELETE FROM outbox WHERE id::text = $1", &[&kept]).await.unwrap();
+    // 5. inserted and deleted in the same transaction: published once
+    pg.batch_execute("BEGIN").await.unwrap();
+    let gone: String = pg.query_one(ins, &[&"a3"]).await.unwrap().get(0);
+    pg.execute("DELETE FROM outbox WHERE id::text = $1", &[&gone]).await.unwrap();
+    pg.batch_execute("COMMIT").await.unwrap();
+    expected.push(gone);
+    // 6. a savepoint rolled back inside a committed transaction
+    pg.batch_execute("BEGIN").await.unwrap();
+    expected.push(pg.query_one(ins, &[&"a4"]).await.unwrap().get(0));
+    pg.batch_execute("SAVEPOINT s").await.unwrap();
+    pg.query_one(ins, &[&"rolled-back-savepoint"]).await.unwrap();
+    pg.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();
+    pg.batch_execute("COMMIT").await.unwrap();
+    // A marker transaction last, so we know everything before it was read.
+    expected.push(pg.query_one(ins, &[&"marker"]).await.unwrap().get(0));
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, expected.len() as u64, LONG).await;
+    let got = stream_messages(&js, &env.stream).await;
+    let ids: Vec<&str> = got.iter().map(|m| m.id()).collect();
+    assert_eq!(ids, expected.iter().map(String::as_str).collect::<Vec<_>>());
+    let aggs: Vec<&str> = got.iter().map(|m| m.header("Outbox-Aggregate-Id")).collect();
+    assert_eq!(aggs, ["a1", "a2", "a3", "a4", "marker"]);
+    assert!(got.iter().all(|m| m.json() == serde_json::json!({})), "updates are never published");
+    stop(&relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_producers_keep_commit_order() {
+    let env = Env::start();
+    env.setup();
+    let relay = env.spawn_run(&[]);
+    let url = env.pg_url();
+    let mut tasks = Vec::new();
+    for p in 0..8u64 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&url).await;
+            let mut next = 0u64;
+            for t in 0..40u64 {
+                let n = 1 + (p + t) % 5;
+                insert_events(&client, &format!("p{p}"), next, n).await;
+                next += n;
+            }
+            next
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, total, LONG).await;
+    let got = stream_messages(&js, &env.stream).await;
+    let mut last = 0u64;
+    let mut next_seq: HashMap<String, u64> = HashMap::new();
+    for m in &got {
+        assert!(m.commit_lsn() >= last, "Outbox-Commit-Lsn never decreases");
+        last = m.commit_lsn();
+        let v = m.json();
+        let producer = v["producer"].as_str().unwrap().to_owned();
+        let seq = v["seq"].as_u64().unwrap();
+        let expected = next_seq.entry(producer.clone()).or_insert(0);
+        assert_eq!(seq, *expected, "producer {producer}'s events in its order, none missing or repeated");
+        *expected += 1;
+    }
+    assert_eq!(next_seq.len(), 8);
+    stop(&relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toasted_500kb_payload_and_unicode_arrive_intact() {
+    let env = Env::start();
+    env.setup();
+    let relay = env.spawn_run(&[]);
+    let pg = env.client().await;
+    let big: String = pg
+        .query_one(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+             SELECT 'doc', 'big', 'stored', jsonb_build_object('blob', string_agg(md5(g::text || random()::text), '')) \
+             FROM generate_series(1, 16000) g RETURNING payload::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(big.len() > 500_000);
+    let toasted: i32 = pg
+        .query_one("SELECT pg_column_size(payload) FROM outbox WHERE aggregate_id = 'big'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(toasted > 0);
+    let unicode: String = pg
+        .query_one(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers) \
+             VALUES ('greeting', 'Grüße-日本-🚀', 'said', '{\"text\": \"Grüße, 日本語, emoji 🚀, quote \\\" and tab \\t\"}', '{\"lang\": \"日本語\"}') \
+             RETURNING payload::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, 2, LONG).await;
+    let got = stream_messages(&js, &env.stream).await;
+    assert_eq!(got[0].payload.len(), big.len());
+    assert_eq!(std::str::from_utf8(&got[0].payload).unwrap(), big, "500 KB jsonb byte for byte");
+    assert_eq!(std::str::from_utf8(&got[1].payload).unwrap(), unicode);
+    assert_eq!(got[1].header("Outbox-Aggregate-Id"), "Grüße-日本-🚀");
+    assert_eq!(got[1].header("lang"), "日本語");
+    assert_eq!(got[1].json()["text"], "Grüße, 日本語, emoji 🚀, quote \" and tab \t");
+    stop(&relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_outbox_does_not_pin_wal_while_other_tables_churn() {
+    let env = Env::start();
+    env.pg.psql("CREATE TABLE noise (id bigserial PRIMARY KEY, body text)").unwrap();
+    env.setup();
+    let relay = env.spawn_run(&[]);
+    let start = env.current_lsn();
+    // About 100 MB of WAL in other tables, in many transactions.
+    for _ in 0..20 {
+        env.pg
+            .psql("INSERT INTO noise (body) SELECT md5(g::text) || repeat('x', 1000) FROM generate_series(1, 5000) g")
+            .unwrap();
+    }
+    let end = env.current_lsn();
+    assert!(end - start > 100_000_000, "generated {} bytes of WAL", end - start);
+    let t0 = std::time::Instant::now();
+    wait_for("slot lag under 1 MB", Duration::from_secs(10), || async {
+        env.current_lsn().saturating_sub(env.confirmed_flush()) < 1_000_000
+    })
+    .await;
+    eprintln!("lag under 1 MB {:?} after the load stopped", t0.elapsed());
+    let js = env.js().await;
+    assert_eq!(stream_count(&js, &env.stream).await, 0);
+    stop(&relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_midstream_with_stream_ahead_of_slot_then_restart() {
+    let env = Env::start();
+    env.setup();
+    let pg = env.client().await;
+    let mut expected = Vec::new();
+    for t in 0..200u64 {
+        expected.extend(insert_events(&pg, "p", t * 100, 100).await);
+    }
+    let js = env.js().await;
+    let relay = env.spawn_run(&["--max-in-flight", "256"]);
+    wait_for("some events stored", LONG, || async { stream_count(&js, &env.stream).await >= 3000 }).await;
+    relay.kill9().unwrap();
+    let stored = stream_messages(&js, &env.stream).await;
+    let tail = stored.last().unwrap().commit_lsn();
+    let confirmed = env.confirmed_flush();
+    assert!(tail > confirmed, "the stream ({tail:X}) is ahead of the slot ({confirmed:X})");
+    assert!(stored.len() < expected.len());
+    let relay = env.spawn_run(&[]);
+    wait_stream_count(&js, &env.stream, expected.len() as u64, LONG).await;
+    let got = stream_messages(&js, &env.stream).await;
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), expected);
+    assert!(relay.output().contains("high_water"), "{}", relay.output_tail(20));
+    stop(&relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_slot_ahead_of_stream_then_restart() {
+    let env = Env::start();
+    env.pg.psql("CREATE TABLE noise (id bigserial PRIMARY KEY, body text)").unwrap();
+    env.setup();
+    let pg = env.client().await;
+    let mut expected = insert_events(&pg, "p", 0, 50).await;
+    let js = env.js().await;
+    let relay = env.spawn_run(&[]);
+    wait_stream_count(&js, &env.stream, 50, LONG).await;
+    // Other tables move the slot past the stream's last event (idle keepalives are confirmed).
+    let tail = stream_messages(&js, &env.stream).await.last().unwrap().commit_lsn();
+    env.pg.psql("INSERT INTO noise (body) SELECT repeat('y', 500) FROM generate_series(1, 20000)").unwrap();
+    let target = env.current_lsn();
+    wait_for("slot confirms past the noise", LONG, || async { env.confirmed_flush() >= target }).await;
+    relay.kill9().unwrap();
+    assert!(env.confirmed_flush() > tail, "slot ahead of the stream");
+    // Events committed while no relay runs, then a mid-stream kill of the next relay.
+    for t in 1..=40u64 {
+        expected.extend(insert_events(&pg, "p", t * 50, 50).await);
+    }
+    let relay = env.spawn_run(&["--max-in-flight", "64"]);
+    wait_for("some new events stored", LONG, || async { stream_count(&js, &env.stream).await >= 500 }).await;
+    relay.kill9().unwrap();
+    let relay = env.spawn_run(&[]);
+    wait_stream_count(&js, &env.stream, expected.len() as u64, LONG).await;
+    let got = stream_messages(&js, &env.stream).await;
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), expected);
+    stop(&relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_nats_holds_back_confirmation_until_acked() {
+    let env = Env::start();
+    env.setup();
+    let relay = env.spawn_run(&["--publish-timeout", "30s"]);
+    let pg = env.client().await;
+    let js = env.js().await;
+    let before = insert_events(&pg, "warm", 0, 10).await;
+    wait_stream_count(&js, &env.stream, 10, LONG).await;
+    let first_lsn = env.current_lsn();
+    env.nats.pause().unwrap();
+    let mut expected = before;
+    for t in 0..10u64 {
+        expected.extend(insert_events(&pg, "p", t * 100, 100).await);
+    }
+    let last_lsn = env.current_lsn();
+    // For a few seconds, the slot must not confirm any of the 1,000 unacked events.
+    let watch_until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < watch_until {
+        let c = env.confirmed_flush();
+        assert!(c <= first_lsn, "confirmed_flush_lsn {c:X} passed unacked events starting at {first_lsn:X}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.nats.resume().unwrap();
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, 1010, LONG).await;
+    let got = stream_messages(&js, &env.stream).await;
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), expected);
+    wait_for("slot catches up", LONG, || async { env.confirmed_flush() >= last_lsn }).await;
+    stop(&relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_event_stops_then_dead_letters_on_restart() {
+    let pg = Postgres::start().unwrap();
+    let nats = Nats::builder().max_payload(64 * 1024).start().unwrap();
+    let env = Env::with(pg, nats);
+    env.setup();
+    let client = env.client().await;
+    let mut before = insert_events(&client, "a", 0, 3).await;
+    let first_end = env.current_lsn();
+    let big: String = client
+        .query_one(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+             SELECT 'doc', 'big', 'stored', jsonb_build_object('blob', string_agg(md5(g::text), '')) \
+             FROM generate_series(1, 3000) g RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let after = insert_events(&client, "b", 0, 2).await;
+    let relay = Process::spawn(env.walrelay(&["run"])).unwrap();
+    let status = relay.wait_timeout(LONG).unwrap().expect("relay stops on the oversize event");
+    assert_eq!(status.code(), Some(1), "{}", relay.output_tail(30));
+    let out = relay.output();
+    assert!(out.contains(&big), "error names the event id: {out}");
+    assert!(out.contains("public.outbox") && out.contains("max_payload") && out.contains("commit LSN"), "{out}");
+    let js = env.js().await;
+    let got = stream_messages(&js, &env.stream).await;
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), before, "events before it, nothing after");
+    assert!(env.confirmed_flush() >= first_end, "earlier events are confirmed");
+    // Restart with dead-lettering: the record and every later event, once, in order.
+    let relay = env.spawn_run(&["--on-invalid", "dead-letter"]);
+    wait_stream_count(&js, &env.stream, 6, LONG).await;
+    let got = stream_messages(&js, &env.stream).await;
+    let dl = &got[3];
+    assert_eq!(dl.subject, "outbox.dead-letter");
+    assert_eq!(dl.id(), format!("dead-letter:{big}"));
+    assert_eq!(dl.header("Outbox-Aggregate-Id"), "big");
+    assert_eq!(dl.header("Outbox-Index"), "0");
+    assert!(dl.header("Outbox-Error").contains("max_payload"));
+    let body = dl.json();
+    assert_eq!(body["id"], big.as_str());
+    assert_eq!(body["table"], "public.outbox");
+    assert_eq!(body["index"], 0);
+    assert_eq!(lsn(body["commit_lsn"].as_str().unwrap()), dl.commit_lsn());
+    assert!(body["size"].as_u64().unwrap() > 64 * 1024);
+    assert!(body["reason"].as_str().unwrap().contains("max_payload"));
+    before.push(format!("dead-letter:{big}"));
+    before.extend(after);
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), before);
+    stop(&relay);
+}
