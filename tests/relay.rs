@@ -34,10 +34,10 @@ async fn ten_thousand_events_in_100_transactions_arrive_exactly_in_order() {
         let rows = pg
             .query(
                 "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers) \
-                 SELECT CASE WHEN g % 2 = 0 THEN 'order' ELSE 'invoice' END, 'agg-' || $1::text, \
+                 SELECT CASE WHEN g % 2 = 0 THEN 'order' ELSE 'invoice' END, 'agg-' || $1::bigint::text, \
                         CASE WHEN g % 3 = 0 THEN 'created' ELSE 'updated' END, \
                         jsonb_build_object('txn', $1::bigint, 'i', g), \
-                        jsonb_build_object('trace-id', 't-' || $1::text || '-' || g, 'attempt', g % 4, 'Outbox-Index', 'spoof') \
+                        jsonb_build_object('trace-id', 't-' || $1::bigint::text || '-' || g, 'attempt', g % 4, 'Outbox-Index', 'spoof') \
                  FROM generate_series(0, 99) g ORDER BY g RETURNING id::text",
                 &[&(txn as i64)],
             )

@@ -130,10 +130,8 @@ fn nats_stops_restarts_and_pauses() -> TestResult {
     nats.restart()?;
 
     nats.pause()?;
-    assert!(
-        nats_greeting(port, Duration::from_millis(500)).is_none(),
-        "paused server answered"
-    );
+    let greeting = nats_greeting(port, Duration::from_millis(500));
+    assert!(greeting.is_none(), "paused server answered: {greeting:?}");
     nats.resume()?;
     assert!(nats_greeting(port, Duration::from_secs(2)).is_some());
 

@@ -249,11 +249,11 @@ impl Nats {
         self.paused.store(false, Ordering::SeqCst);
     }
 
-    /// Freezes the server with SIGSTOP: connections stay open but nothing answers.
+    /// Freezes the server with SIGSTOP (returns once it is stopped): connections stay open but nothing answers.
     pub fn pause(&self) -> Result<(), KitError> {
         let pid = self.pid().ok_or_else(|| self.not_running())?;
         self.paused.store(true, Ordering::SeqCst);
-        proctree::send(pid, Signal::SIGSTOP)
+        proctree::stop(pid)
     }
 
     /// Undoes [`pause`](Self::pause) with SIGCONT.

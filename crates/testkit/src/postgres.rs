@@ -367,7 +367,7 @@ impl Postgres {
         )
     }
 
-    /// Freezes the server: SIGSTOP to the postmaster, then to all its children. Connections stay open but nothing
+    /// Freezes the server: SIGSTOP to the postmaster, then to all its children; returns once all are stopped. Connections stay open but nothing
     /// answers, like a stalled host.
     pub fn pause(&self) -> Result<(), KitError> {
         let pid = self.pid().ok_or_else(|| self.not_running())?;

@@ -1,6 +1,8 @@
 //! Signalling servers and their process trees, found by scanning `/proc` (see proc(5)): a postmaster's backends are
 //! its children, and pausing or killing "the server" means all of them.
 
+use std::time::Duration;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -69,11 +71,37 @@ pub(crate) fn send(pid: u32, signal: Signal) -> Result<(), KitError> {
     }
 }
 
-/// Stops (`SIGSTOP`) `root` first, so it cannot start new children, then every descendant.
+/// Whether every thread of `pid` is stopped (or the process is gone): `kill(2)` returns before a busy
+/// multi-threaded process has actually stopped.
+fn is_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_none_or(|state| matches!(state, "T" | "t" | "Z" | "X"))
+        })
+    })
+}
+
+/// Sends SIGSTOP to `pid` and waits until all its threads are stopped.
+pub(crate) fn stop(pid: u32) -> Result<(), KitError> {
+    send(pid, Signal::SIGSTOP)?;
+    crate::wait_until(
+        &format!("pid {pid} to stop after SIGSTOP"),
+        Duration::from_secs(5),
+        || is_stopped(pid).then_some(()),
+    )
+}
+
+/// Stops (`SIGSTOP`) `root` first, so it cannot start new children, then every descendant; returns once all of
+/// them are stopped.
 pub(crate) fn pause_tree(root: u32) -> Result<(), KitError> {
-    send(root, Signal::SIGSTOP)?;
+    stop(root)?;
     for pid in descendants(root) {
-        send(pid, Signal::SIGSTOP)?;
+        stop(pid)?;
     }
     Ok(())
 }

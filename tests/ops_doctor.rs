@@ -1,0 +1,125 @@
+//! `walrelay doctor` on real servers: each broken prerequisite fails with its exact remedy, and applying the remedy
+//! makes the check pass.
+
+#[path = "ops_support.rs"]
+mod support;
+
+use support::{Env, Output, TestResult};
+use walrelay_testkit::{free_port, Nats, Postgres};
+
+/// The line of a check, asserting the output has exactly one.
+fn line<'a>(out: &'a Output, check: &str) -> &'a str {
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(&format!("{check}:")))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one `{check}` line in:\n{}", out.stdout);
+    lines[0]
+}
+
+fn assert_well_formed(out: &Output) {
+    for l in out.stdout.lines().filter(|l| !l.is_empty()) {
+        let ok = l.starts_with("ok   ") || l.starts_with("warn ") || l.starts_with("fail ") || l.contains(" failed, ");
+        assert!(ok, "unexpected doctor line: {l}");
+        if l.starts_with("fail ") {
+            assert!(l.contains("; remedy: "), "failure without remedy: {l}");
+        }
+    }
+}
+
+#[test]
+fn doctor_names_the_remedy_for_each_failure() -> TestResult {
+    let env = Env::start()?;
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    let healthy = env.walrelay(&["doctor"])?;
+    assert_well_formed(&healthy);
+    assert_eq!(healthy.code, 0, "{healthy:?}");
+    assert!(!healthy.stdout.contains("\nfail "), "{}", healthy.stdout);
+    for check in ["wal_level", "role", "table", "primary_key", "publication", "slot", "nats", "jetstream", "stream", "stream_subjects"] {
+        assert!(line(&healthy, check).starts_with("ok "), "{}", healthy.stdout);
+    }
+
+    // A missing publication.
+    env.sql("DROP PUBLICATION walrelay")?;
+    let out = env.walrelay(&["doctor"])?;
+    assert_well_formed(&out);
+    assert_eq!(out.code, 1, "{out:?}");
+    let remedy = "CREATE PUBLICATION \"walrelay\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert');";
+    assert_eq!(
+        line(&out, "publication"),
+        format!("fail publication: walrelay does not exist; remedy: walrelay setup, or: {remedy}")
+    );
+    env.sql(remedy)?;
+    let fixed = env.walrelay(&["doctor"])?;
+    assert_eq!(fixed.code, 0, "{fixed:?}");
+
+    // A table without a primary key.
+    env.sql(
+        "CREATE TABLE public.nopk (id uuid DEFAULT gen_random_uuid(), aggregate_type text, aggregate_id text, \
+         event_type text, payload jsonb); CREATE PUBLICATION nopk FOR TABLE public.nopk WITH (publish = 'insert')",
+    )?;
+    let nopk = ["doctor", "--table", "public.nopk", "--publication", "nopk"];
+    let out = env.walrelay(&nopk)?;
+    assert_well_formed(&out);
+    assert_eq!(out.code, 1, "{out:?}");
+    let remedy = "ALTER TABLE \"public\".\"nopk\" ADD PRIMARY KEY (\"id\");";
+    assert_eq!(line(&out, "primary_key"), format!("fail primary_key: public.nopk has no primary key; remedy: {remedy}"));
+    env.sql(remedy)?;
+    let out = env.walrelay(&nopk)?;
+    assert!(line(&out, "primary_key").starts_with("ok "), "{}", out.stdout);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // A role without REPLICATION.
+    env.sql("CREATE ROLE app LOGIN")?;
+    let app_url = env.pg_url.replacen("postgres://postgres@", "postgres://app@", 1);
+    assert_ne!(app_url, env.pg_url);
+    let out = env.walrelay(&["doctor", "--pg-url", &app_url])?;
+    assert_well_formed(&out);
+    assert_eq!(out.code, 1, "{out:?}");
+    let remedy = "ALTER ROLE \"app\" WITH REPLICATION;";
+    assert_eq!(line(&out, "role"), format!("fail role: app lacks REPLICATION; remedy: {remedy}"));
+    env.sql(remedy)?;
+    let out = env.walrelay(&["doctor", "--pg-url", &app_url])?;
+    assert!(line(&out, "role").starts_with("ok   role: app has LOGIN and REPLICATION"), "{}", out.stdout);
+
+    // An absent stream.
+    let out = env.walrelay(&["doctor", "--stream", "ABSENT"])?;
+    assert_well_formed(&out);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        line(&out, "stream"),
+        "fail stream: ABSENT does not exist; remedy: walrelay setup, or: nats stream add ABSENT \
+         --subjects 'outbox.*.*' --subjects 'outbox.dead-letter' --storage file --dupe-window 20m --defaults"
+    );
+
+    // An unreachable NATS.
+    let unreachable = format!("nats://127.0.0.1:{}", free_port());
+    let out = env.walrelay(&["doctor", "--nats-url", &unreachable])?;
+    assert_well_formed(&out);
+    assert_eq!(out.code, 1, "{out:?}");
+    let nats = line(&out, "nats");
+    assert!(nats.starts_with("fail nats: nats at nats://127.0.0.1:"), "{nats}");
+    assert!(
+        nats.ends_with(&format!(
+            "; remedy: start nats-server with JetStream (nats-server -js), or set --nats-url / WALRELAY_NATS_URL (now {unreachable})"
+        )),
+        "{nats}"
+    );
+    assert!(!out.stdout.contains("jetstream:"), "{}", out.stdout);
+    Ok(())
+}
+
+#[test]
+fn doctor_fails_on_wal_level_replica() -> TestResult {
+    let pg = Postgres::builder().setting("wal_level", "replica").start()?;
+    let env = Env::with(pg, Nats::start()?)?;
+    let out = env.walrelay(&["doctor"])?;
+    assert_well_formed(&out);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        line(&out, "wal_level"),
+        "fail wal_level: replica, logical replication needs logical; remedy: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
+    );
+    Ok(())
+}

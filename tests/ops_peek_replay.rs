@@ -1,0 +1,177 @@
+//! `walrelay peek`, `replay` and `teardown` on real servers: peek shows exactly the pending events without moving
+//! the slot; replay from a stored `Outbox-Commit-Lsn` re-sends exactly that transaction and every later one, with the
+//! original ids, to an empty stream or as NDJSON; an LSN before the replay slot's horizon is refused; teardown
+//! refuses an active slot unless forced.
+
+#[path = "ops_support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::{stop_relay, Env, StoredMessage, TestResult};
+use walrelay_testkit::wait_until;
+
+/// Asserts an NDJSON event line equals what the relay stored.
+fn assert_same_event(line: &serde_json::Value, stored: &StoredMessage) {
+    assert_eq!(line["id"].as_str(), Some(stored.id()), "{line}");
+    assert_eq!(line["table"], "public.outbox", "{line}");
+    assert_eq!(line["subject"].as_str(), Some(stored.subject.as_str()), "{line}");
+    assert_eq!(line["commit_lsn"].as_str(), Some(stored.header("Outbox-Commit-Lsn")), "{line}");
+    assert_eq!(line["index"].to_string(), stored.header("Outbox-Index"), "{line}");
+    assert_eq!(line["commit_time"].as_str(), Some(stored.header("Outbox-Commit-Time")), "{line}");
+    let headers: std::collections::BTreeMap<String, String> = line["headers"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+        .unwrap_or_default();
+    assert_eq!(headers, stored.headers, "{line}");
+    let payload: serde_json::Value = serde_json::from_slice(&stored.payload).unwrap_or_default();
+    assert_eq!(line["payload"], payload, "{line}");
+}
+
+#[test]
+fn peek_shows_pending_events_without_consuming_them() -> TestResult {
+    let env = Env::start()?;
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    let empty = env.walrelay(&["peek"])?;
+    assert_eq!(empty.code, 0, "{empty:?}");
+    assert!(empty.stdout.contains("no pending events"), "{}", empty.stdout);
+
+    let mut ids = env.insert_txn(&[("created", r#"{"n": 0}"#), ("paid", r#"{"n": 1}"#)])?;
+    env.sql("CREATE TABLE other (x int); INSERT INTO other VALUES (1)")?;
+    ids.extend(env.insert_txn(&[("shipped", r#"{"n": 2}"#)])?);
+    env.sql("BEGIN; INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', 'x', 'lost', '{}'); ROLLBACK")?;
+    ids.extend(env.insert_txn(&[("closed", r#""just text""#)])?);
+    let before = env.confirmed_flush("walrelay")?;
+
+    let out = env.walrelay(&["peek", "--json"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines = out.json_lines()?;
+    let got: Vec<&str> = lines.iter().filter_map(|l| l["id"].as_str()).collect();
+    assert_eq!(got, ids);
+    let indexes: Vec<u64> = lines.iter().filter_map(|l| l["index"].as_u64()).collect();
+    assert_eq!(indexes, [0, 1, 0, 0]);
+    assert_eq!(lines[0]["commit_lsn"], lines[1]["commit_lsn"]);
+    assert_ne!(lines[1]["commit_lsn"], lines[2]["commit_lsn"]);
+    assert_eq!(lines[1]["subject"], "outbox.order.paid");
+    assert_eq!(lines[1]["payload"]["n"], 1);
+    assert_eq!(lines[3]["payload"], "just text");
+    assert_eq!(lines[0]["headers"]["trace"], "t-0");
+    assert_eq!(env.confirmed_flush("walrelay")?, before, "peek moved the slot");
+    assert_eq!(env.slots()?, ["walrelay"], "peek left a slot behind");
+
+    let limited = env.walrelay(&["peek", "--json", "--limit", "2"])?;
+    assert_eq!(limited.json_lines()?.len(), 2, "{limited:?}");
+    let human = env.walrelay(&["peek"])?;
+    assert_eq!(human.code, 0, "{human:?}");
+    assert!(human.stdout.contains("4 pending events"), "{}", human.stdout);
+    assert!(human.stdout.contains(&format!("id={}", ids[2])), "{}", human.stdout);
+    assert_eq!(env.confirmed_flush("walrelay")?, before, "peek moved the slot");
+
+    // What peek showed is exactly what run publishes.
+    let relay = env.start_relay(&[])?;
+    let stored = env.wait_for_messages("OUTBOX", 4)?;
+    assert_eq!(stored.len(), 4);
+    for (line, msg) in lines.iter().zip(&stored) {
+        assert_same_event(line, msg);
+    }
+    // Peek while run holds the slot: nothing pending, the relay keeps the slot.
+    let pid = wait_until("slot active", Duration::from_secs(30), || {
+        let pid = env.sql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'walrelay' AND active").ok()?;
+        (!pid.is_empty()).then_some(pid)
+    })?;
+    wait_until("nothing pending", Duration::from_secs(30), || {
+        let out = env.walrelay(&["peek", "--json"]).ok()?;
+        (out.code == 0 && out.stdout.trim().is_empty()).then_some(())
+    })?;
+    let after = env.sql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'walrelay' AND active")?;
+    assert_eq!(after, pid);
+    stop_relay(relay)?;
+    assert_eq!(env.slots()?, ["walrelay"]);
+    Ok(())
+}
+
+#[test]
+fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResult {
+    let env = Env::start()?;
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    let relay = env.start_relay(&["--replay-retention", "1h"])?;
+    wait_until("replay slot", Duration::from_secs(30), || {
+        env.slots().ok().filter(|s| s.iter().any(|n| n == "walrelay_replay"))
+    })?;
+    let txns: Vec<Vec<String>> = vec![
+        env.insert_txn(&[("created", r#"{"n": 0}"#)])?,
+        env.insert_txn(&[("created", r#"{"n": 1}"#), ("paid", r#"{"n": 2}"#)])?,
+        env.insert_txn(&[("shipped", r#"{"n": 3}"#)])?,
+        env.insert_txn(&[("closed", r#"{"n": 4}"#)])?,
+    ];
+    let stored = env.wait_for_messages("OUTBOX", 5)?;
+    let ids: Vec<&str> = stored.iter().map(StoredMessage::id).collect();
+    assert_eq!(ids, txns.concat());
+    stop_relay(relay)?;
+    let main_confirmed = env.confirmed_flush("walrelay")?;
+
+    // Event k = the first of the second transaction; its stored Outbox-Commit-Lsn is the replay start.
+    let from = stored[1].header("Outbox-Commit-Lsn").to_owned();
+    let expected = &stored[1..];
+
+    let out = env.walrelay(&["replay", "--from", &from, "--stdout"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines = out.json_lines()?;
+    assert_eq!(lines.len(), expected.len(), "{}", out.stdout);
+    for (line, msg) in lines.iter().zip(expected) {
+        assert_same_event(line, msg);
+    }
+
+    // --to bounds the range by commit LSN (inclusive).
+    let to = stored[3].header("Outbox-Commit-Lsn").to_owned();
+    let out = env.walrelay(&["replay", "--from", &from, "--to", &to, "--stdout"])?;
+    let got: Vec<String> = out.json_lines()?.iter().filter_map(|l| l["id"].as_str().map(str::to_owned)).collect();
+    assert_eq!(got, txns[1..3].concat(), "{out:?}");
+
+    // Into an empty stream: exactly the events of k's transaction and every later one, in order, original ids.
+    env.delete_stream("OUTBOX")?;
+    let out = env.walrelay(&["replay", "--from", &from])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("4 stored, 0 dropped as duplicates"), "{}", out.stderr);
+    let replayed = env.stream_messages("OUTBOX")?;
+    assert_eq!(replayed.len(), expected.len());
+    for (got, want) in replayed.iter().zip(expected) {
+        assert_eq!((&got.subject, &got.headers, &got.payload), (&want.subject, &want.headers, &want.payload));
+    }
+    // Again, within the duplicate window: nothing new is stored.
+    let again = env.walrelay(&["replay", "--from", &from])?;
+    assert!(again.stderr.contains("0 stored, 4 dropped as duplicates"), "{}", again.stderr);
+    assert_eq!(env.stream_messages("OUTBOX")?.len(), 4);
+
+    // Before the horizon: refused, naming the oldest replayable LSN.
+    let oldest = env.confirmed_flush("walrelay_replay")?;
+    let out = env.walrelay(&["replay", "--from", "0/1", "--stdout"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.contains(&format!("cannot replay from 0/1: the oldest replayable LSN is {oldest}")), "{}", out.stderr);
+
+    // Neither slot moved, no copy left behind.
+    assert_eq!(env.confirmed_flush("walrelay")?, main_confirmed);
+    assert_eq!(env.slots()?, ["walrelay", "walrelay_replay"]);
+
+    // Teardown refuses an active slot, --force takes it down with everything else.
+    let relay = env.start_relay(&[])?;
+    wait_until("slot active", Duration::from_secs(30), || {
+        let active = env.sql("SELECT active FROM pg_replication_slots WHERE slot_name = 'walrelay'").ok()?;
+        (active == "t").then_some(())
+    })?;
+    let refused = env.walrelay(&["teardown", "--all"])?;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
+    assert_eq!(env.slots()?, ["walrelay", "walrelay_replay"]);
+    let forced = env.walrelay(&["teardown", "--all", "--force"])?;
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert!(forced.stdout.contains("slot walrelay: dropped"), "{}", forced.stdout);
+    assert!(forced.stdout.contains("slot walrelay_replay: dropped"), "{}", forced.stdout);
+    assert!(forced.stdout.contains("publication walrelay: dropped"), "{}", forced.stdout);
+    assert!(forced.stdout.contains("stream OUTBOX: deleted"), "{}", forced.stdout);
+    assert!(env.slots()?.is_empty());
+    assert_eq!(env.sql("SELECT count(*) FROM pg_publication")?, "0");
+    drop(relay);
+    Ok(())
+}

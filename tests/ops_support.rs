@@ -1,0 +1,248 @@
+//! Shared helpers of the operator-command tests (`ops_*.rs`): fresh servers with an outbox table, the real binary
+//! with a deadline, and the stream's messages read back with async-nats.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use walrelay_testkit::{walrelay_bin, wait_until, Nats, Postgres, Process};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub type Error = Box<dyn std::error::Error>;
+
+/// The default outbox table of design.md §4.
+pub const OUTBOX_DDL: &str = "CREATE TABLE public.outbox (
+  id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  aggregate_type text NOT NULL,
+  aggregate_id   text NOT NULL,
+  event_type     text NOT NULL,
+  payload        jsonb NOT NULL,
+  headers        jsonb,
+  created_at     timestamptz NOT NULL DEFAULT now()
+)";
+
+/// How long one walrelay command may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long to wait for the relay to deliver.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A finished walrelay command.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The stdout lines parsed as JSON.
+    pub fn json_lines(&self) -> Result<Vec<serde_json::Value>, Error> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| format!("not JSON ({e}): {l}").into()))
+            .collect()
+    }
+}
+
+/// Servers, a database with the outbox table, and how to call walrelay against them.
+pub struct Env {
+    pub pg: Postgres,
+    pub nats: Nats,
+    pub db: String,
+    pub pg_url: String,
+    pub nats_url: String,
+}
+
+impl Env {
+    /// Fresh PostgreSQL and NATS, database `app` with `public.outbox`.
+    pub fn start() -> Result<Env, Error> {
+        let pg = Postgres::start()?;
+        let nats = Nats::start()?;
+        Env::with(pg, nats)
+    }
+
+    /// Uses the given servers.
+    pub fn with(pg: Postgres, nats: Nats) -> Result<Env, Error> {
+        pg.create_database("app")?;
+        pg.psql_db("app", OUTBOX_DDL)?;
+        let pg_url = pg.url("app");
+        let nats_url = nats.url();
+        Ok(Env { pg, nats, db: "app".into(), pg_url, nats_url })
+    }
+
+    /// SQL in the app database.
+    pub fn sql(&self, sql: &str) -> Result<String, Error> {
+        Ok(self.pg.psql_db(&self.db, sql)?)
+    }
+
+    /// A walrelay command with the servers' URLs in the environment.
+    pub fn command(&self, args: &[&str]) -> Result<Command, Error> {
+        let mut cmd = Command::new(walrelay_bin()?);
+        cmd.args(args)
+            .env_remove("WALRELAY_CONFIG")
+            .env("WALRELAY_PG_URL", &self.pg_url)
+            .env("WALRELAY_NATS_URL", &self.nats_url)
+            .env("WALRELAY_LOG", "warn")
+            .env("WALRELAY_PROGRESS_INTERVAL", "1h");
+        Ok(cmd)
+    }
+
+    /// Runs a walrelay command to completion (at most [`COMMAND_TIMEOUT`]).
+    pub fn walrelay(&self, args: &[&str]) -> Result<Output, Error> {
+        run(self.command(args)?)
+    }
+
+    /// Starts `walrelay run` with extra arguments.
+    pub fn start_relay(&self, args: &[&str]) -> Result<Process, Error> {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        let mut cmd = self.command(&all)?;
+        cmd.env("WALRELAY_LOG", "info");
+        Ok(Process::spawn(cmd)?)
+    }
+
+    /// Inserts one transaction of events (`event_type`, `payload` JSON text); returns their ids in insert order.
+    pub fn insert_txn(&self, events: &[(&str, &str)]) -> Result<Vec<String>, Error> {
+        let values: Vec<String> = events
+            .iter()
+            .enumerate()
+            .map(|(i, (event_type, payload))| {
+                format!("('order', 'o-{i}', '{event_type}', '{payload}'::jsonb, '{{\"trace\": \"t-{i}\"}}'::jsonb)")
+            })
+            .collect();
+        // One statement with a multi-row VALUES keeps insert order and is one transaction.
+        let out = self.sql(&format!(
+            "WITH ins AS (INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, payload, headers) \
+             VALUES {} RETURNING id, created_at, ctid) SELECT id FROM ins",
+            values.join(", ")
+        ))?;
+        Ok(out.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect())
+    }
+
+    /// The slot's `confirmed_flush_lsn`.
+    pub fn confirmed_flush(&self, slot: &str) -> Result<String, Error> {
+        Ok(self.sql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"))?)
+    }
+
+    /// Names of all replication slots, sorted.
+    pub fn slots(&self) -> Result<Vec<String>, Error> {
+        let out = self.sql("SELECT slot_name FROM pg_replication_slots ORDER BY slot_name")?;
+        Ok(out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+    }
+
+    /// Messages of a stream (empty when it does not exist), in sequence order.
+    pub fn stream_messages(&self, stream: &str) -> Result<Vec<StoredMessage>, Error> {
+        read_stream(&self.nats_url, stream)
+    }
+
+    /// Waits until the stream holds `n` messages.
+    pub fn wait_for_messages(&self, stream: &str, n: usize) -> Result<Vec<StoredMessage>, Error> {
+        Ok(wait_until(&format!("{n} messages in {stream}"), DELIVERY_TIMEOUT, || {
+            self.stream_messages(stream).ok().filter(|m| m.len() >= n)
+        })?)
+    }
+
+    /// Deletes a stream.
+    pub fn delete_stream(&self, stream: &str) -> Result<(), Error> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let client = async_nats::connect(self.nats_url.as_str()).await?;
+            let js = async_nats::jetstream::new(client);
+            js.delete_stream(stream).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Stops a relay with SIGTERM and asserts it exits 0.
+pub fn stop_relay(relay: Process) -> TestResult {
+    relay.sigterm()?;
+    let status = relay.wait_timeout(Duration::from_secs(30))?.ok_or("relay did not stop")?;
+    assert!(status.success(), "relay exited with {status}: {}", relay.output_tail(30));
+    Ok(())
+}
+
+/// A message as the stream stored it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub sequence: u64,
+    pub subject: String,
+    pub headers: BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+impl StoredMessage {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+    pub fn id(&self) -> &str {
+        self.header("Nats-Msg-Id")
+    }
+}
+
+fn read_stream(url: &str, stream: &str) -> Result<Vec<StoredMessage>, Error> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = async_nats::connect(url).await?;
+        let js = async_nats::jetstream::new(client);
+        let mut s = match js.get_stream(stream).await {
+            Ok(s) => s,
+            Err(_) => return Ok(Vec::new()),
+        };
+        let state = s.info().await?.state.clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return Ok(out);
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            let msg = s.get_raw_message(seq).await?;
+            let mut headers = BTreeMap::new();
+            for (name, values) in msg.headers.iter() {
+                if let Some(v) = values.first() {
+                    headers.insert(name.to_string(), v.as_str().to_owned());
+                }
+            }
+            out.push(StoredMessage { sequence: msg.sequence, subject: msg.subject.to_string(), headers, payload: msg.payload.to_vec() });
+        }
+        Ok(out)
+    })
+}
+
+/// Runs a command to completion with a deadline, capturing stdout and stderr separately.
+pub fn run(mut cmd: Command) -> Result<Output, Error> {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut out_pipe = child.stdout.take().ok_or("no stdout")?;
+    let mut err_pipe = child.stderr.take().ok_or("no stderr")?;
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out_pipe.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let status = wait_until("walrelay command to finish", COMMAND_TIMEOUT, || child.try_wait().ok().flatten());
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e.into());
+        }
+    };
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Output { code: status.code().unwrap_or(-1), stdout, stderr })
+}
+
+/// Whether `s` looks like an LSN in Postgres `X/Y` upper-hex form.
+pub fn is_lsn(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && (a.chars().chain(b.chars())).all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c))
+    })
+}
