@@ -56,8 +56,8 @@ async fn ten_thousand_events_in_100_transactions_arrive_exactly_in_order() {
     for (m, (id, txn, index)) in got.iter().zip(&expected) {
         let g = *index as u64;
         assert_eq!(m.id(), id, "order of ids");
-        let agg_type = if g % 2 == 0 { "order" } else { "invoice" };
-        let ev_type = if g % 3 == 0 { "created" } else { "updated" };
+        let agg_type = if g.is_multiple_of(2) { "order" } else { "invoice" };
+        let ev_type = if g.is_multiple_of(3) { "created" } else { "updated" };
         assert_eq!(m.subject, format!("outbox.{agg_type}.{ev_type}"));
         assert_eq!(m.header("Outbox-Aggregate-Type"), agg_type);
         assert_eq!(m.header("Outbox-Aggregate-Id"), format!("agg-{txn}"));

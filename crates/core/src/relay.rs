@@ -270,6 +270,7 @@ impl Relay<'_> {
             self.standing_by = false;
         }
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let pg_version = slot::setting(&control, "server_version").await.unwrap_or_default();
         let mut mapper = OutboxMapper::new(settings)?;
         mapper.set_max_payload(client.server_info().max_payload);
         tracing::info!(
@@ -280,7 +281,8 @@ impl Relay<'_> {
             stream = %settings.stream,
             stream_last_sequence = hw.last_sequence,
             high_water = ?hw.position.map(|(l, i)| format!("{l}#{i}")),
-            server_version = %client.server_info().version,
+            postgres_version = %pg_version,
+            nats_version = %client.server_info().version,
             "relay started"
         );
         let mut session = Session {
