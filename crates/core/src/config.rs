@@ -138,7 +138,10 @@ impl PgUrl {
                 reason: "no host; expected e.g. postgres://user@host:5432/dbname".into(),
             });
         }
-        Ok(Self { secret: SecretString::from(url.to_owned()), parsed })
+        Ok(Self {
+            secret: SecretString::from(url.to_owned()),
+            parsed,
+        })
     }
 
     /// The parsed connection settings (holds the password; never log it).
@@ -187,7 +190,11 @@ pub fn redact_url(url: &str) -> String {
         let redacted: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(k, v)| {
-                let v = if k.eq_ignore_ascii_case("password") { "***".to_owned() } else { v.into_owned() };
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "***".to_owned()
+                } else {
+                    v.into_owned()
+                };
                 (k.into_owned(), v)
             })
             .collect();
@@ -310,7 +317,9 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Serialized::defaults(overrides));
-        let raw: RawSettings = figment.extract().map_err(|err| ConfigError::File(err.to_string()))?;
+        let raw: RawSettings = figment
+            .extract()
+            .map_err(|err| ConfigError::File(err.to_string()))?;
         Self::validate(raw)
     }
 
@@ -327,7 +336,11 @@ impl Settings {
             Ok(value.to_owned())
         };
         let slot = name("--slot", &raw.slot)?;
-        if !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || slot.len() > 63 {
+        if !slot
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            || slot.len() > 63
+        {
             return Err(ConfigError::Invalid {
                 option: "--slot",
                 value: slot,
@@ -349,8 +362,13 @@ impl Settings {
                 reason: "must be at least 1".into(),
             });
         }
-        let subject = crate::subject::SubjectTemplate::parse(&raw.subject)
-            .map_err(|reason| ConfigError::Invalid { option: "--subject", value: raw.subject.clone(), reason })?;
+        let subject = crate::subject::SubjectTemplate::parse(&raw.subject).map_err(|reason| {
+            ConfigError::Invalid {
+                option: "--subject",
+                value: raw.subject.clone(),
+                reason,
+            }
+        })?;
         crate::subject::validate_literal_subject(&raw.dead_letter_subject).map_err(|reason| {
             ConfigError::Invalid {
                 option: "--dead-letter-subject",
@@ -359,11 +377,14 @@ impl Settings {
             }
         })?;
         validate_nats_url(&raw.nats_url)?;
-        let on_invalid = raw.on_invalid.parse().map_err(|reason| ConfigError::Invalid {
-            option: "--on-invalid",
-            value: raw.on_invalid.clone(),
-            reason,
-        })?;
+        let on_invalid = raw
+            .on_invalid
+            .parse()
+            .map_err(|reason| ConfigError::Invalid {
+                option: "--on-invalid",
+                value: raw.on_invalid.clone(),
+                reason,
+            })?;
         let duplicate_window = parse_duration("--duplicate-window", &raw.duplicate_window)?;
         if duplicate_window < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
@@ -416,7 +437,9 @@ fn validate_nats_url(urls: &str) -> Result<(), ConfigError> {
         async_nats::ServerAddr::from_str(url.trim()).map_err(|err| ConfigError::Invalid {
             option: "--nats-url",
             value: redact_url(url),
-            reason: format!("{err}; expected e.g. nats://localhost:4222 (comma-separated for a cluster)"),
+            reason: format!(
+                "{err}; expected e.g. nats://localhost:4222 (comma-separated for a cluster)"
+            ),
         })?;
     }
     Ok(())
@@ -439,7 +462,9 @@ pub fn parse_size(option: &'static str, value: &str) -> Result<u64, ConfigError>
         reason: reason.to_owned(),
     };
     let s = value.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let number: f64 = number
         .parse()
@@ -454,7 +479,11 @@ pub fn parse_size(option: &'static str, value: &str) -> Result<u64, ConfigError>
         "mib" => 1 << 20,
         "gib" => 1 << 30,
         "tib" => 1 << 40,
-        _ => return Err(invalid("unknown unit; use B, KB, MB, GB (1000) or KiB, MiB, GiB (1024)")),
+        _ => {
+            return Err(invalid(
+                "unknown unit; use B, KB, MB, GB (1000) or KiB, MiB, GiB (1024)",
+            ))
+        }
     };
     let bytes = number * factor as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
@@ -465,11 +494,14 @@ pub fn parse_size(option: &'static str, value: &str) -> Result<u64, ConfigError>
 
 /// Parses an LSN in Postgres `X/Y` form.
 pub fn parse_lsn(option: &'static str, value: &str) -> Result<Lsn, ConfigError> {
-    value.trim().parse::<Lsn>().map_err(|_| ConfigError::Invalid {
-        option,
-        value: value.to_owned(),
-        reason: "expected an LSN in Postgres form X/Y (hex), e.g. 0/1A2B3C4".into(),
-    })
+    value
+        .trim()
+        .parse::<Lsn>()
+        .map_err(|_| ConfigError::Invalid {
+            option,
+            value: value.to_owned(),
+            reason: "expected an LSN in Postgres form X/Y (hex), e.g. 0/1A2B3C4".into(),
+        })
 }
 
 #[cfg(test)]
@@ -482,15 +514,30 @@ mod tests {
         assert_eq!(parse_size("--max-lag", "1KiB").ok(), Some(1024));
         assert_eq!(parse_size("--max-lag", "2 GiB").ok(), Some(2 << 30));
         assert_eq!(parse_size("--max-lag", "100").ok(), Some(100));
-        assert!(matches!(parse_size("--max-lag", "12 parsecs"), Err(ConfigError::Invalid { .. })));
-        assert!(matches!(parse_size("--max-lag", "MB"), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            parse_size("--max-lag", "12 parsecs"),
+            Err(ConfigError::Invalid { .. })
+        ));
+        assert!(matches!(
+            parse_size("--max-lag", "MB"),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn durations_parse() {
-        assert_eq!(parse_duration("--x", "90s").ok(), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("--x", "10m").ok(), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("--x", "1h").ok(), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_duration("--x", "90s").ok(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("--x", "10m").ok(),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            parse_duration("--x", "1h").ok(),
+            Some(Duration::from_secs(3600))
+        );
         assert!(parse_duration("--x", "soon").is_err());
     }
 
@@ -508,8 +555,14 @@ mod tests {
     #[test]
     fn table_names() {
         let t = TableName::parse("public.outbox").ok();
-        assert_eq!(t.map(|t| t.quoted()), Some("\"public\".\"outbox\"".to_owned()));
-        assert_eq!(TableName::parse("events").ok().map(|t| t.schema), Some("public".to_owned()));
+        assert_eq!(
+            t.map(|t| t.quoted()),
+            Some("\"public\".\"outbox\"".to_owned())
+        );
+        assert_eq!(
+            TableName::parse("events").ok().map(|t| t.schema),
+            Some("public".to_owned())
+        );
         assert!(TableName::parse("a.b.c").is_err());
     }
 
@@ -523,12 +576,20 @@ mod tests {
         struct Over {
             stream: Option<String>,
         }
-        let s = Settings::load(Some(&path), &Over { stream: Some("FLAG".into()) });
+        let s = Settings::load(
+            Some(&path),
+            &Over {
+                stream: Some("FLAG".into()),
+            },
+        );
         let s = s.ok();
         assert_eq!(s.as_ref().map(|s| s.slot.as_str()), Some("from_file"));
         assert_eq!(s.as_ref().map(|s| s.stream.as_str()), Some("FLAG"));
         std::fs::write(&path, "no_such_key = 1\n").ok();
-        assert!(matches!(Settings::load(Some(&path), &Over { stream: None }), Err(ConfigError::File(_))));
+        assert!(matches!(
+            Settings::load(Some(&path), &Over { stream: None }),
+            Err(ConfigError::File(_))
+        ));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

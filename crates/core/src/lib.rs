@@ -14,6 +14,7 @@ pub mod slot;
 pub mod source;
 pub mod stream;
 pub mod subject;
+pub mod transaction;
 
 /// Spawns a task inside a span named after it, so its logs say which task wrote them.
 pub fn spawn_named<F>(name: &'static str, future: F) -> tokio::task::JoinHandle<F::Output>

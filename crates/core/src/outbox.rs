@@ -30,7 +30,8 @@ pub fn commit_time_rfc3339(pg_micros: i64) -> String {
     let t = if pg_micros >= 0 {
         base + Duration::from_micros(pg_micros.unsigned_abs())
     } else {
-        base.checked_sub(Duration::from_micros(pg_micros.unsigned_abs())).unwrap_or(UNIX_EPOCH)
+        base.checked_sub(Duration::from_micros(pg_micros.unsigned_abs()))
+            .unwrap_or(UNIX_EPOCH)
     };
     humantime::format_rfc3339_micros(t).to_string()
 }
@@ -63,9 +64,15 @@ pub struct InvalidEvent {
 impl InvalidEvent {
     /// The dead-letter record standing in for this event (design.md §4).
     pub fn dead_letter(&self, subject: &str) -> Event {
-        let mut headers = vec![(header::MSG_ID.to_owned(), format!("dead-letter:{}", self.id))];
+        let mut headers = vec![(
+            header::MSG_ID.to_owned(),
+            format!("dead-letter:{}", self.id),
+        )];
         headers.extend(self.headers.iter().cloned());
-        headers.push((header::ERROR.to_owned(), sanitize_header_value(&self.reason)));
+        headers.push((
+            header::ERROR.to_owned(),
+            sanitize_header_value(&self.reason),
+        ));
         let body = serde_json::json!({
             "id": self.id,
             "table": self.table,
@@ -88,7 +95,9 @@ impl InvalidEvent {
 }
 
 fn sanitize_header_value(s: &str) -> String {
-    s.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect()
 }
 
 /// How the payload column is encoded.
@@ -129,11 +138,12 @@ pub struct OutboxMapper {
 impl OutboxMapper {
     /// A mapper for the configured table, columns and subject template.
     pub fn new(settings: &Settings) -> Result<Self, SourceError> {
-        let template = SubjectTemplate::parse(&settings.subject).map_err(|reason| SourceError::Query {
-            context: "subject template".into(),
-            reason,
-            code: None,
-        })?;
+        let template =
+            SubjectTemplate::parse(&settings.subject).map_err(|reason| SourceError::Query {
+                context: "subject template".into(),
+                reason,
+                code: None,
+            })?;
         Ok(Self {
             table: settings.table.clone(),
             table_label: settings.table.to_string(),
@@ -152,7 +162,11 @@ impl OutboxMapper {
 
     /// Whether a relation is the outbox table.
     pub fn is_outbox(&self, relation: &Relation) -> bool {
-        let ns = if relation.namespace.is_empty() { "pg_catalog" } else { relation.namespace.as_str() };
+        let ns = if relation.namespace.is_empty() {
+            "pg_catalog"
+        } else {
+            relation.namespace.as_str()
+        };
         ns == self.table.schema && relation.name == self.table.name
     }
 
@@ -166,14 +180,21 @@ impl OutboxMapper {
             purpose: purpose.to_owned(),
             option: option.to_owned(),
         };
-        let payload = find(&self.columns.payload).ok_or_else(|| missing(&self.columns.payload, "the message data", "--payload-column"))?;
+        let payload = find(&self.columns.payload).ok_or_else(|| {
+            missing(
+                &self.columns.payload,
+                "the message data",
+                "--payload-column",
+            )
+        })?;
         let payload_kind = match relation.columns.get(payload).map(|c| c.type_oid) {
             Some(pgoutput::oid::BYTEA) => PayloadKind::Bytea,
             _ => PayloadKind::Text,
         };
         let mut template = HashMap::new();
         for column in self.template.columns() {
-            let idx = find(column).ok_or_else(|| missing(column, "the subject template", "--subject"))?;
+            let idx =
+                find(column).ok_or_else(|| missing(column, "the subject template", "--subject"))?;
             template.insert(column.to_owned(), idx);
         }
         let layout = Layout {
@@ -226,7 +247,9 @@ impl OutboxMapper {
         }
         let text = |idx: Option<usize>| -> Option<String> {
             match tuple.0.get(idx?)? {
-                TupleValue::Text(b) | TupleValue::Binary(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                TupleValue::Text(b) | TupleValue::Binary(b) => {
+                    Some(String::from_utf8_lossy(b).into_owned())
+                }
                 _ => None,
             }
         };
@@ -270,18 +293,35 @@ impl OutboxMapper {
         // Fix the header values that must not carry CR/LF (they come from the row).
         for (k, v) in &base {
             if v.contains(['\r', '\n']) {
-                return Err(Ok(invalid(format!("header {k} value contains CR or LF"), &base, payload.len())));
+                return Err(Ok(invalid(
+                    format!("header {k} value contains CR or LF"),
+                    &base,
+                    payload.len(),
+                )));
             }
         }
         let id = match (layout.id, row_id.clone()) {
             (None, _) => fallback_id.clone(),
             (Some(_), Some(id)) if !id.is_empty() && !id.contains(['\r', '\n']) => id,
-            (Some(_), Some(_)) => return Err(Ok(invalid("id is empty or contains CR/LF".into(), &base, payload.len()))),
+            (Some(_), Some(_)) => {
+                return Err(Ok(invalid(
+                    "id is empty or contains CR/LF".into(),
+                    &base,
+                    payload.len(),
+                )))
+            }
             (Some(_), None) => {
-                return Err(Ok(invalid(format!("id column {} is NULL", self.columns.id), &base, payload.len())))
+                return Err(Ok(invalid(
+                    format!("id column {} is NULL", self.columns.id),
+                    &base,
+                    payload.len(),
+                )))
             }
         };
-        let subject = match self.template.render(|c| text(layout.template.get(c).copied())) {
+        let subject = match self
+            .template
+            .render(|c| text(layout.template.get(c).copied()))
+        {
             Ok(s) => s,
             Err(reason) => return Err(Ok(invalid(reason, &base, payload.len()))),
         };
@@ -317,8 +357,8 @@ impl OutboxMapper {
 
     /// Appends the keys of the `headers` JSON object.
     fn user_headers(&mut self, json: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
-        let value: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| format!("headers column is not valid JSON: {e}"))?;
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| format!("headers column is not valid JSON: {e}"))?;
         let map = match value {
             serde_json::Value::Null => return Ok(()),
             serde_json::Value::Object(map) => map,
@@ -332,7 +372,11 @@ impl OutboxMapper {
                 }
                 continue;
             }
-            if key.is_empty() || key.chars().any(|c| c == ':' || c.is_whitespace() || c.is_control()) {
+            if key.is_empty()
+                || key
+                    .chars()
+                    .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+            {
                 return Err(format!("header key {key:?} cannot be carried by NATS (empty, or has `:` or whitespace)"));
             }
             let value = match value {

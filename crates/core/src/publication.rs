@@ -23,7 +23,10 @@ pub struct TableColumn {
 }
 
 /// The table's columns in order, or `MissingTable`.
-pub async fn table_columns(client: &Client, table: &TableName) -> Result<Vec<TableColumn>, SourceError> {
+pub async fn table_columns(
+    client: &Client,
+    table: &TableName,
+) -> Result<Vec<TableColumn>, SourceError> {
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
@@ -38,11 +41,17 @@ pub async fn table_columns(client: &Client, table: &TableName) -> Result<Vec<Tab
         .await
         .map_err(|e| SourceError::query(format!("reading columns of {table}"), e))?;
     if rows.is_empty() {
-        return Err(SourceError::MissingTable { table: table.to_string() });
+        return Err(SourceError::MissingTable {
+            table: table.to_string(),
+        });
     }
     Ok(rows
         .iter()
-        .map(|r| TableColumn { name: r.get(0), type_name: r.get(1), primary_key: r.get(2) })
+        .map(|r| TableColumn {
+            name: r.get(0),
+            type_name: r.get(1),
+            primary_key: r.get(2),
+        })
         .collect())
 }
 
@@ -58,7 +67,11 @@ pub struct PublicationInfo {
 }
 
 /// Reads a publication, `None` when it does not exist.
-pub async fn info(client: &Client, publication: &str, table: &TableName) -> Result<Option<PublicationInfo>, SourceError> {
+pub async fn info(
+    client: &Client,
+    publication: &str,
+    table: &TableName,
+) -> Result<Option<PublicationInfo>, SourceError> {
     let row = client
         .query_opt(
             "SELECT p.pubinsert, p.puballtables, EXISTS (SELECT 1 FROM pg_publication_tables t \
@@ -68,18 +81,29 @@ pub async fn info(client: &Client, publication: &str, table: &TableName) -> Resu
         )
         .await
         .map_err(|e| SourceError::query(format!("reading publication {publication}"), e))?;
-    Ok(row.map(|r| PublicationInfo { inserts: r.get(0), all_tables: r.get(1), has_table: r.get(2) }))
+    Ok(row.map(|r| PublicationInfo {
+        inserts: r.get(0),
+        all_tables: r.get(1),
+        has_table: r.get(2),
+    }))
 }
 
 /// Creates the publication if missing (inserts only); returns whether it was created.
-pub async fn ensure(client: &Client, publication: &str, table: &TableName) -> Result<bool, SourceError> {
+pub async fn ensure(
+    client: &Client,
+    publication: &str,
+    table: &TableName,
+) -> Result<bool, SourceError> {
     match info(client, publication, table).await? {
         Some(p) => {
             if !p.has_table {
                 tracing::warn!(publication, table = %table, "publication does not contain the outbox table; its events will not be relayed");
             }
             if !p.inserts {
-                tracing::warn!(publication, "publication does not publish inserts; nothing will be relayed");
+                tracing::warn!(
+                    publication,
+                    "publication does not publish inserts; nothing will be relayed"
+                );
             }
             Ok(false)
         }
@@ -89,10 +113,9 @@ pub async fn ensure(client: &Client, publication: &str, table: &TableName) -> Re
                 quote_ident(publication),
                 table.quoted()
             );
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| SourceError::query(format!("creating publication {publication}"), e))?;
+            client.batch_execute(&sql).await.map_err(|e| {
+                SourceError::query(format!("creating publication {publication}"), e)
+            })?;
             Ok(true)
         }
     }

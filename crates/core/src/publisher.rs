@@ -54,7 +54,9 @@ pub enum PublishError {
     },
     /// The stream's sequence is not what the fence expected: a message was lost, duplicated or written by someone
     /// else. The relay re-reads the tail and resumes after it.
-    #[error("ordering fence: event {id} expected stream sequence {expected}, stream answered {actual}")]
+    #[error(
+        "ordering fence: event {id} expected stream sequence {expected}, stream answered {actual}"
+    )]
     Fence {
         /// Event id.
         id: String,
@@ -99,7 +101,13 @@ pub struct Publisher<T> {
 impl<T: Send + 'static> Publisher<T> {
     /// A publisher that expects the stream's last sequence to be `last_sequence`.
     pub fn new(js: jetstream::Context, last_sequence: u64) -> Self {
-        Self { js, last_sequence, in_flight: FuturesOrdered::new(), sizes: VecDeque::new(), in_flight_bytes: 0 }
+        Self {
+            js,
+            last_sequence,
+            in_flight: FuturesOrdered::new(),
+            sizes: VecDeque::new(),
+            in_flight_bytes: 0,
+        }
     }
 
     /// Events sent and not yet acked.
@@ -146,14 +154,28 @@ impl<T: Send + 'static> Publisher<T> {
                     expected,
                     actual: format!("duplicate of sequence {}", ack.sequence),
                 }),
-                Ok(ack) if ack.sequence != expected => {
-                    Err(PublishError::Fence { id, expected, actual: ack.sequence.to_string() })
-                }
-                Ok(ack) => Ok(Acked { tag, sequence: ack.sequence }),
+                Ok(ack) if ack.sequence != expected => Err(PublishError::Fence {
+                    id,
+                    expected,
+                    actual: ack.sequence.to_string(),
+                }),
+                Ok(ack) => Ok(Acked {
+                    tag,
+                    sequence: ack.sequence,
+                }),
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    Err(PublishError::Fence { id, expected, actual: e.to_string() })
+                    Err(PublishError::Fence {
+                        id,
+                        expected,
+                        actual: e.to_string(),
+                    })
                 }
-                Err(e) => Err(PublishError::Publish { id, subject, position, reason: e.to_string() }),
+                Err(e) => Err(PublishError::Publish {
+                    id,
+                    subject,
+                    position,
+                    reason: e.to_string(),
+                }),
             }
         }));
         self.sizes.push_back(event.payload.len());

@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pgoutput::{Decoder, Lsn, Message};
+use pgoutput::Lsn;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 
@@ -37,13 +37,14 @@ use crate::{
     checkpoint::{Checkpoint, TxnTag},
     config::{OnInvalid, Settings},
     event::Position,
-    outbox::{InvalidEvent, OutboxMapper},
+    outbox::InvalidEvent,
     publication,
     publisher::{PublishError, Publisher},
     replication::{self, StartAt},
     slot,
     source::{self, SourceError},
     stream::{self, HighWater},
+    transaction::{Assembled, Assembler},
 };
 
 /// Why the relay stopped.
@@ -105,9 +106,19 @@ struct Relay<'a> {
 }
 
 /// Runs the relay until shutdown (Ok) or a permanent error.
-pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Arc<Stats>) -> Result<(), RelayError> {
+pub async fn run(
+    settings: &Settings,
+    shutdown: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) -> Result<(), RelayError> {
     let status_interval = prepare(settings).await?;
-    let mut relay = Relay { settings, shutdown, stats, status_interval, standing_by: false };
+    let mut relay = Relay {
+        settings,
+        shutdown,
+        stats,
+        status_interval,
+        standing_by: false,
+    };
     let mut attempt: u32 = 0;
     loop {
         let started = Instant::now();
@@ -122,8 +133,13 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
         if *relay.shutdown.borrow() {
             return Ok(());
         }
-        let progressed = relay.stats.acked.load(Ordering::Relaxed) > acked_before || started.elapsed() > Duration::from_secs(30);
-        attempt = if progressed { 1 } else { attempt.saturating_add(1) };
+        let progressed = relay.stats.acked.load(Ordering::Relaxed) > acked_before
+            || started.elapsed() > Duration::from_secs(30);
+        attempt = if progressed {
+            1
+        } else {
+            attempt.saturating_add(1)
+        };
         let delay = match &err {
             RelayError::Source(SourceError::SlotActive { slot, pid }) => {
                 if !relay.standing_by {
@@ -160,7 +176,10 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
     slot::check_wal_level(&control).await?;
     check_table(&control, settings).await?;
     if settings.no_create {
-        if publication::info(&control, &settings.publication, &settings.table).await?.is_none() {
+        if publication::info(&control, &settings.publication, &settings.table)
+            .await?
+            .is_none()
+        {
             return Err(SourceError::MissingPublication {
                 publication: settings.publication.clone(),
                 table: settings.table.quoted(),
@@ -176,7 +195,11 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
     match slot::info(&control, &settings.slot).await? {
         Some(info) => check_slot(&info)?,
         None if settings.no_create => {
-            return Err(SourceError::MissingSlot { slot: settings.slot.clone(), detail: " and --no-create is set".into() }.into())
+            return Err(SourceError::MissingSlot {
+                slot: settings.slot.clone(),
+                detail: " and --no-create is set".into(),
+            }
+            .into())
         }
         None => {
             if let Some((lsn, index)) = hw.position {
@@ -204,19 +227,28 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
 /// The slot must be a pgoutput logical slot that is not lost.
 fn check_slot(info: &slot::SlotInfo) -> Result<(), SourceError> {
     if info.is_lost() {
-        return Err(SourceError::SlotLost { slot: info.name.clone(), wal_status: "lost".into() });
+        return Err(SourceError::SlotLost {
+            slot: info.name.clone(),
+            wal_status: "lost".into(),
+        });
     }
     if info.plugin.as_deref() != Some("pgoutput") {
         return Err(SourceError::WrongPlugin {
             slot: info.name.clone(),
-            plugin: info.plugin.clone().unwrap_or_else(|| "none (physical)".into()),
+            plugin: info
+                .plugin
+                .clone()
+                .unwrap_or_else(|| "none (physical)".into()),
         });
     }
     Ok(())
 }
 
 /// The table must exist and have the payload column and the template's columns.
-async fn check_table(control: &tokio_postgres::Client, settings: &Settings) -> Result<(), SourceError> {
+async fn check_table(
+    control: &tokio_postgres::Client,
+    settings: &Settings,
+) -> Result<(), SourceError> {
     let columns = publication::table_columns(control, &settings.table).await?;
     let has = |name: &str| columns.iter().any(|c| c.name == name);
     let missing = |column: &str, purpose: &str, option: &str| SourceError::MissingColumn {
@@ -226,7 +258,11 @@ async fn check_table(control: &tokio_postgres::Client, settings: &Settings) -> R
         option: option.to_owned(),
     };
     if !has(&settings.columns.payload) {
-        return Err(missing(&settings.columns.payload, "the message data", "--payload-column"));
+        return Err(missing(
+            &settings.columns.payload,
+            "the message data",
+            "--payload-column",
+        ));
     }
     if let Ok(t) = crate::subject::SubjectTemplate::parse(&settings.subject) {
         for column in t.columns() {
@@ -238,14 +274,6 @@ async fn check_table(control: &tokio_postgres::Client, settings: &Settings) -> R
     Ok(())
 }
 
-/// The transaction being read.
-struct OpenTxn {
-    tag: TxnTag,
-    commit_lsn: Lsn,
-    commit_time: i64,
-    next_index: u32,
-}
-
 impl Relay<'_> {
     /// One replication session: from the stream's high-water mark until shutdown or an error.
     async fn session(&mut self) -> Result<SessionEnd, RelayError> {
@@ -254,25 +282,44 @@ impl Relay<'_> {
         let (client, js) = stream::connect(settings).await?;
         stream::ensure(&js, settings, !settings.no_create).await?;
         let hw = stream::high_water(&js, &settings.stream).await?;
-        let info = slot::info(&control, &settings.slot)
-            .await?
-            .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: " (it was dropped while walrelay ran)".into() })?;
+        let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| {
+            SourceError::MissingSlot {
+                slot: settings.slot.clone(),
+                detail: " (it was dropped while walrelay ran)".into(),
+            }
+        })?;
         check_slot(&info)?;
         if let (true, Some(pid)) = (info.active, info.active_pid) {
-            return Err(SourceError::SlotActive { slot: settings.slot.clone(), pid }.into());
+            return Err(SourceError::SlotActive {
+                slot: settings.slot.clone(),
+                pid,
+            }
+            .into());
         }
         let confirmed = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
-        let start = hw.position.map(|(lsn, _)| lsn).unwrap_or(Lsn::ZERO).max(confirmed);
-        let at = StartAt { start, ack: confirmed, status_interval: self.status_interval, stop: None };
-        let mut repl = replication::open(&settings.pg_url, &settings.slot, &settings.publication, at).await?;
+        let start = hw
+            .position
+            .map(|(lsn, _)| lsn)
+            .unwrap_or(Lsn::ZERO)
+            .max(confirmed);
+        let at = StartAt {
+            start,
+            ack: confirmed,
+            status_interval: self.status_interval,
+            stop: None,
+        };
+        let mut repl =
+            replication::open(&settings.pg_url, &settings.slot, &settings.publication, at).await?;
         if self.standing_by {
             tracing::info!(slot = %settings.slot, "slot acquired, taking over");
             self.standing_by = false;
         }
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        let pg_version = slot::setting(&control, "server_version").await.unwrap_or_default();
-        let mut mapper = OutboxMapper::new(settings)?;
-        mapper.set_max_payload(client.server_info().max_payload);
+        let pg_version = slot::setting(&control, "server_version")
+            .await
+            .unwrap_or_default();
+        let mut assembler = Assembler::new(settings)?;
+        assembler.set_max_payload(client.server_info().max_payload);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             slot = %settings.slot,
@@ -289,11 +336,9 @@ impl Relay<'_> {
             relay: self,
             publisher: Publisher::new(js, hw.last_sequence),
             checkpoint: Checkpoint::new(confirmed),
-            mapper,
-            decoder: Decoder::new(1).map_err(|e| SourceError::Decode { lsn: start, source: e })?,
-            open: None,
+            assembler,
+            open_tag: None,
             hw,
-            other_relations: std::collections::HashSet::new(),
             wal_end: start,
         };
         let result = session.main_loop(&mut repl).await;
@@ -313,11 +358,9 @@ struct Session<'r, 'a> {
     relay: &'r mut Relay<'a>,
     publisher: Publisher<TxnTag>,
     checkpoint: Checkpoint,
-    mapper: OutboxMapper,
-    decoder: Decoder,
-    open: Option<OpenTxn>,
+    assembler: Assembler,
+    open_tag: Option<TxnTag>,
     hw: HighWater,
-    other_relations: std::collections::HashSet<u32>,
     wal_end: Lsn,
 }
 
@@ -387,75 +430,50 @@ impl Session<'_, '_> {
         }
     }
 
-    async fn on_event(&mut self, event: ReplicationEvent, repl: &ReplicationClient) -> Result<(), RelayError> {
-        match event {
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                let wal_end = Lsn(wal_end.0);
+    async fn on_event(
+        &mut self,
+        event: ReplicationEvent,
+        repl: &ReplicationClient,
+    ) -> Result<(), RelayError> {
+        match self.assembler.push(event)? {
+            Assembled::KeepAlive { wal_end, idle } => {
                 self.wal_end = self.wal_end.max(wal_end);
-                if self.open.is_none() && self.checkpoint.idle(wal_end) {
+                if idle && self.checkpoint.idle(wal_end) {
                     self.report(repl);
                 }
             }
-            ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
-                let lsn = Lsn(final_lsn.0);
-                self.decoder.begin_transaction(lsn, xid).map_err(|e| SourceError::Decode { lsn, source: e })?;
-                let tag = self.checkpoint.begin();
-                self.open = Some(OpenTxn { tag, commit_lsn: lsn, commit_time: commit_time_micros, next_index: 0 });
-            }
-            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                let (lsn, end_lsn) = (Lsn(lsn.0), Lsn(end_lsn.0));
-                self.decoder.commit_transaction(lsn).map_err(|e| SourceError::Decode { lsn, source: e })?;
+            Assembled::Begin { .. } => self.open_tag = Some(self.checkpoint.begin()),
+            Assembled::Commit { end_lsn, .. } => {
                 self.wal_end = self.wal_end.max(end_lsn);
-                if let Some(open) = self.open.take() {
-                    self.checkpoint.commit(open.tag, end_lsn);
+                if let Some(tag) = self.open_tag.take() {
+                    self.checkpoint.commit(tag, end_lsn);
                     self.report(repl);
                 }
             }
-            ReplicationEvent::XLogData { data, wal_start, .. } => {
-                let at = Lsn(wal_start.0);
-                let message = self.decoder.decode(data).map_err(|e| SourceError::Decode { lsn: at, source: e })?;
-                self.on_message(message, at).await?;
-            }
-            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
-        }
-        Ok(())
-    }
-
-    async fn on_message(&mut self, message: Message, at: Lsn) -> Result<(), RelayError> {
-        match message {
-            Message::Relation(rel) => {
-                if self.mapper.is_outbox(&rel) {
-                    self.mapper.relation(&rel)?;
-                } else {
-                    self.other_relations.insert(rel.id);
-                }
-            }
-            Message::Insert(insert) => {
-                if !self.mapper.knows(insert.relation_id) {
-                    if self.other_relations.contains(&insert.relation_id) {
-                        return Ok(());
-                    }
-                    return Err(SourceError::Decode { lsn: at, source: pgoutput::DecodeError::UnknownRelation(insert.relation_id) }.into());
-                }
-                let Some(open) = self.open.as_mut() else {
-                    return Err(SourceError::Decode { lsn: at, source: pgoutput::DecodeError::ChangeOutsideTransaction }.into());
+            Assembled::Row { position, event } => {
+                let Some(tag) = self.open_tag else {
+                    return Ok(());
                 };
-                let index = open.next_index;
-                open.next_index += 1;
-                let (tag, commit_lsn, commit_time) = (open.tag, open.commit_lsn, open.commit_time);
-                let position = Position { commit_lsn, index };
-                if self.hw.position.is_some_and(|(lsn, idx)| position <= Position { commit_lsn: lsn, index: idx }) {
+                if self.hw.position.is_some_and(|(lsn, idx)| {
+                    position
+                        <= Position {
+                            commit_lsn: lsn,
+                            index: idx,
+                        }
+                }) {
                     self.relay.stats.skipped.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-                let event = match self.mapper.map(insert.relation_id, &insert.new, commit_lsn, commit_time, index) {
+                let event = match event {
                     Ok(event) => event,
-                    Err(Err(source)) => return Err(source.into()),
-                    Err(Ok(invalid)) => match self.relay.settings.on_invalid {
-                        OnInvalid::Stop => return Err(RelayError::Invalid(Box::new(invalid))),
+                    Err(invalid) => match self.relay.settings.on_invalid {
+                        OnInvalid::Stop => return Err(RelayError::Invalid(invalid)),
                         OnInvalid::DeadLetter => {
-                            tracing::warn!(id = %invalid.id, commit_lsn = %commit_lsn, index, reason = %invalid.reason, "invalid event, publishing a dead-letter record");
-                            self.relay.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(id = %invalid.id, commit_lsn = %position.commit_lsn, index = position.index, reason = %invalid.reason, "invalid event, publishing a dead-letter record");
+                            self.relay
+                                .stats
+                                .dead_lettered
+                                .fetch_add(1, Ordering::Relaxed);
                             invalid.dead_letter(&self.relay.settings.dead_letter_subject)
                         }
                     },
@@ -464,18 +482,7 @@ impl Session<'_, '_> {
                 self.checkpoint.published(tag);
                 self.relay.stats.published.fetch_add(1, Ordering::Relaxed);
             }
-            Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {}
-            Message::Begin(_) | Message::Commit(_) => {
-                // The transport hands these over as typed boundaries; a raw one here is unexpected but harmless.
-            }
-            Message::Origin(_) | Message::Type(_) | Message::Message(_) => {}
-            other => {
-                return Err(SourceError::Replication {
-                    reason: format!("unexpected pgoutput message {other:?}: streaming and two-phase must be off (protocol v1)"),
-                    transient: false,
-                }
-                .into());
-            }
+            Assembled::Nothing | Assembled::Stopped { .. } => {}
         }
         Ok(())
     }
@@ -484,7 +491,9 @@ impl Session<'_, '_> {
     /// LSN.
     async fn settle(&mut self) -> Lsn {
         let settings = self.relay.settings;
-        let timeout = settings.shutdown_timeout.min(settings.publish_timeout.max(Duration::from_secs(1)));
+        let timeout = settings
+            .shutdown_timeout
+            .min(settings.publish_timeout.max(Duration::from_secs(1)));
         let (acked, err) = self.publisher.drain(timeout).await;
         for tag in acked {
             self.relay.stats.acked.fetch_add(1, Ordering::Relaxed);
@@ -507,12 +516,18 @@ async fn final_confirm(control: &tokio_postgres::Client, slot_name: &str, confir
             Ok(Some(info)) if info.confirmed_flush_lsn.is_some_and(|c| c >= confirmed) => return,
             Ok(Some(info)) if !info.active => {
                 match slot::advance(control, slot_name, confirmed).await {
-                    Ok(()) => tracing::debug!(slot = slot_name, lsn = %confirmed, "slot advanced to the confirmed position"),
-                    Err(err) => tracing::warn!(slot = slot_name, error = %err, "could not advance slot after stopping"),
+                    Ok(()) => {
+                        tracing::debug!(slot = slot_name, lsn = %confirmed, "slot advanced to the confirmed position")
+                    }
+                    Err(err) => {
+                        tracing::warn!(slot = slot_name, error = %err, "could not advance slot after stopping")
+                    }
                 }
                 return;
             }
-            Ok(Some(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(Some(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
             _ => return,
         }
     }

@@ -86,7 +86,12 @@ pub async fn create(client: &Client, slot: &str) -> Result<Lsn, SourceError> {
 }
 
 /// Creates a logical slot as a copy of another (same position), e.g. a temporary one to peek without consuming.
-pub async fn copy(client: &Client, source: &str, target: &str, temporary: bool) -> Result<(), SourceError> {
+pub async fn copy(
+    client: &Client,
+    source: &str,
+    target: &str,
+    temporary: bool,
+) -> Result<(), SourceError> {
     client
         .execute(
             "SELECT pg_copy_logical_replication_slot($1, $2, $3)",

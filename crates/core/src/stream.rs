@@ -14,7 +14,9 @@ use pgoutput::Lsn;
 use crate::{config::Settings, event::header, publisher::PublishError, subject::SubjectTemplate};
 
 /// Connects to NATS (comma-separated URLs for a cluster) and returns a JetStream context.
-pub async fn connect(settings: &Settings) -> Result<(async_nats::Client, jetstream::Context), PublishError> {
+pub async fn connect(
+    settings: &Settings,
+) -> Result<(async_nats::Client, jetstream::Context), PublishError> {
     let urls: Vec<async_nats::ServerAddr> = settings
         .nats_url
         .split(',')
@@ -28,7 +30,10 @@ pub async fn connect(settings: &Settings) -> Result<(async_nats::Client, jetstre
         .ignore_discovered_servers()
         .connect(urls)
         .await
-        .map_err(|e| PublishError::Connect { url: crate::config::redact_url(&settings.nats_url), reason: e.to_string() })?;
+        .map_err(|e| PublishError::Connect {
+            url: crate::config::redact_url(&settings.nats_url),
+            reason: e.to_string(),
+        })?;
     // With retry_on_initial_connect the call returns at once; wait (bounded) for the first connection.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while client.connection_state() != async_nats::connection::State::Connected {
@@ -54,7 +59,10 @@ pub fn stream_subjects(settings: &Settings) -> Vec<String> {
     if let Ok(t) = SubjectTemplate::parse(&settings.subject) {
         subjects.push(t.filter());
     }
-    if !subjects.iter().any(|f| crate::subject::filter_matches(f, &settings.dead_letter_subject)) {
+    if !subjects
+        .iter()
+        .any(|f| crate::subject::filter_matches(f, &settings.dead_letter_subject))
+    {
         subjects.push(settings.dead_letter_subject.clone());
     }
     subjects
@@ -74,13 +82,23 @@ pub fn stream_config(settings: &Settings) -> stream::Config {
 }
 
 /// Gets the stream, creating it when missing (unless `create` is false). Returns whether it was created.
-pub async fn ensure(js: &jetstream::Context, settings: &Settings, create: bool) -> Result<(stream::Stream, bool), PublishError> {
+pub async fn ensure(
+    js: &jetstream::Context,
+    settings: &Settings,
+    create: bool,
+) -> Result<(stream::Stream, bool), PublishError> {
     match js.get_stream(&settings.stream).await {
         Ok(s) => {
             let info = s.cached_info();
             let missing: Vec<String> = stream_subjects(settings)
                 .into_iter()
-                .filter(|want| !info.config.subjects.iter().any(|have| crate::subject::filter_matches(have, want) || have == want))
+                .filter(|want| {
+                    !info
+                        .config
+                        .subjects
+                        .iter()
+                        .any(|have| crate::subject::filter_matches(have, want) || have == want)
+                })
                 .collect();
             if !missing.is_empty() {
                 tracing::warn!(stream = %settings.stream, subjects = ?missing, "stream does not cover these subjects; publishes to them will fail");
@@ -89,16 +107,24 @@ pub async fn ensure(js: &jetstream::Context, settings: &Settings, create: bool) 
         }
         Err(err) if is_stream_not_found(&err) => {
             if !create {
-                return Err(PublishError::MissingStream { stream: settings.stream.clone() });
+                return Err(PublishError::MissingStream {
+                    stream: settings.stream.clone(),
+                });
             }
             let s = js
                 .create_stream(stream_config(settings))
                 .await
-                .map_err(|e| PublishError::Stream { stream: settings.stream.clone(), reason: e.to_string() })?;
+                .map_err(|e| PublishError::Stream {
+                    stream: settings.stream.clone(),
+                    reason: e.to_string(),
+                })?;
             tracing::info!(stream = %settings.stream, subjects = ?stream_subjects(settings), "stream created");
             Ok((s, true))
         }
-        Err(err) => Err(PublishError::Stream { stream: settings.stream.clone(), reason: err.to_string() }),
+        Err(err) => Err(PublishError::Stream {
+            stream: settings.stream.clone(),
+            reason: err.to_string(),
+        }),
     }
 }
 
@@ -120,29 +146,50 @@ pub struct HighWater {
 }
 
 /// Reads the stream's tail: its last sequence and the position of the last relayed event.
-pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<HighWater, PublishError> {
+pub async fn high_water(
+    js: &jetstream::Context,
+    stream_name: &str,
+) -> Result<HighWater, PublishError> {
     let mut s = js
         .get_stream(stream_name)
         .await
-        .map_err(|e| PublishError::Stream { stream: stream_name.to_owned(), reason: e.to_string() })?;
+        .map_err(|e| PublishError::Stream {
+            stream: stream_name.to_owned(),
+            reason: e.to_string(),
+        })?;
     let state = s
         .info()
         .await
-        .map_err(|e| PublishError::Stream { stream: stream_name.to_owned(), reason: e.to_string() })?
+        .map_err(|e| PublishError::Stream {
+            stream: stream_name.to_owned(),
+            reason: e.to_string(),
+        })?
         .state
         .clone();
-    let mut hw = HighWater { last_sequence: state.last_sequence, messages: state.messages, position: None };
+    let mut hw = HighWater {
+        last_sequence: state.last_sequence,
+        messages: state.messages,
+        position: None,
+    };
     if state.messages == 0 {
         return Ok(hw);
     }
     // Walk back from the last sequence to the newest message that carries our headers (skipping deleted ones).
     let mut seq = state.last_sequence;
-    let floor = state.first_sequence.max(state.last_sequence.saturating_sub(1000));
+    let floor = state
+        .first_sequence
+        .max(state.last_sequence.saturating_sub(1000));
     while seq >= floor && seq > 0 {
         match s.get_raw_message(seq).await {
             Ok(msg) => {
-                let lsn = msg.headers.get(header::COMMIT_LSN).and_then(|v| v.as_str().parse::<Lsn>().ok());
-                let index = msg.headers.get(header::INDEX).and_then(|v| v.as_str().parse::<u32>().ok());
+                let lsn = msg
+                    .headers
+                    .get(header::COMMIT_LSN)
+                    .and_then(|v| v.as_str().parse::<Lsn>().ok());
+                let index = msg
+                    .headers
+                    .get(header::INDEX)
+                    .and_then(|v| v.as_str().parse::<u32>().ok());
                 if let (Some(lsn), Some(index)) = (lsn, index) {
                     hw.position = Some((lsn, index));
                     return Ok(hw);
@@ -151,7 +198,10 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
             }
             Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
             Err(err) => {
-                return Err(PublishError::Stream { stream: stream_name.to_owned(), reason: err.to_string() });
+                return Err(PublishError::Stream {
+                    stream: stream_name.to_owned(),
+                    reason: err.to_string(),
+                });
             }
         }
         seq -= 1;

@@ -59,7 +59,10 @@ const SCHEMA: &str = "CREATE TABLE public.outbox (
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let (pg, nats) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Postgres, Nats)> {
-        Ok((Postgres::start().context("starting PostgreSQL")?, Nats::start().context("starting nats-server")?))
+        Ok((
+            Postgres::start().context("starting PostgreSQL")?,
+            Nats::start().context("starting nats-server")?,
+        ))
     })
     .await??;
     pg.psql(SCHEMA)?;
@@ -102,7 +105,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let stats = Arc::new(relay::Stats::default());
     let task = {
         let (settings, stats) = (settings.clone(), stats.clone());
-        walrelay_core::spawn_named("relay", async move { relay::run(&settings, stop_rx, stats).await })
+        walrelay_core::spawn_named("relay", async move {
+            relay::run(&settings, stop_rx, stats).await
+        })
     };
     let started = Instant::now();
     let mut first_ack: Option<Instant> = None;
@@ -115,7 +120,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
             break;
         }
         if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("backlog not drained within 600s ({acked} of {} acked)", args.events);
+            anyhow::bail!(
+                "backlog not drained within 600s ({acked} of {} acked)",
+                args.events
+            );
         }
         if task.is_finished() {
             anyhow::bail!("relay stopped during the benchmark");
@@ -136,7 +144,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     if args.latency_events > 0 {
         live_latency(args, &control, &nats, &stats).await?;
     }
-    println!("peak memory (VmHWM, relay + bench in one process): {}", peak_rss());
+    println!(
+        "peak memory (VmHWM, relay + bench in one process): {}",
+        peak_rss()
+    );
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
     tokio::task::spawn_blocking(move || {
@@ -167,7 +178,10 @@ async fn live_latency(
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while stats.acked.load(Ordering::Relaxed) < base + args.latency_events {
-        anyhow::ensure!(Instant::now() < deadline, "live events not acked within 60s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "live events not acked within 60s"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let offered = args.latency_events as f64 / t0.elapsed().as_secs_f64();
@@ -208,6 +222,10 @@ async fn live_latency(
 fn peak_rss() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.trim_start_matches("VmHWM:").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".into())
 }

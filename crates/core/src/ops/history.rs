@@ -45,20 +45,29 @@ pub(crate) struct SlotCopy {
 
 impl SlotCopy {
     /// Copies `source` to a new persistent slot.
-    pub async fn create(control: &Client, source: &str, purpose: &str) -> Result<Self, SourceError> {
+    pub async fn create(
+        control: &Client,
+        source: &str,
+        purpose: &str,
+    ) -> Result<Self, SourceError> {
         let suffix = format!("_{purpose}_{}", std::process::id());
         let keep = 63usize.saturating_sub(suffix.len()).min(source.len());
         let name = format!("{}{suffix}", source.get(..keep).unwrap_or(source));
         slot::copy(control, source, &name, false).await?;
         let confirmed_flush = match slot::info(control, &name).await {
-            Ok(info) => info.and_then(|i| i.confirmed_flush_lsn).unwrap_or(Lsn::ZERO),
+            Ok(info) => info
+                .and_then(|i| i.confirmed_flush_lsn)
+                .unwrap_or(Lsn::ZERO),
             Err(err) => {
                 let _ = slot::drop(control, &name).await;
                 return Err(err);
             }
         };
         tracing::debug!(slot = %name, source, confirmed_flush_lsn = %confirmed_flush, "slot copy created");
-        Ok(Self { name, confirmed_flush })
+        Ok(Self {
+            name,
+            confirmed_flush,
+        })
     }
 
     /// Drops the copy (waiting briefly for its walsender to let go).
@@ -66,7 +75,9 @@ impl SlotCopy {
         for _ in 0..100 {
             match slot::drop(control, &self.name).await {
                 Ok(_) => return,
-                Err(SourceError::Query { code: Some(code), .. }) if code == "55006" => {
+                Err(SourceError::Query {
+                    code: Some(code), ..
+                }) if code == "55006" => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(err) => {
@@ -83,7 +94,10 @@ impl SlotCopy {
 /// be written.
 pub(crate) async fn end_marker(control: &Client) -> Result<Lsn, SourceError> {
     match control
-        .query_one("SELECT pg_logical_emit_message(false, $1, '')::text AS lsn", &[&END_MARKER_PREFIX])
+        .query_one(
+            "SELECT pg_logical_emit_message(false, $1, '')::text AS lsn",
+            &[&END_MARKER_PREFIX],
+        )
         .await
     {
         Ok(row) => Ok(crate::source::lsn_col(&row, "lsn").unwrap_or(Lsn::ZERO)),
@@ -138,12 +152,25 @@ pub(crate) struct HistoryReader {
 
 impl HistoryReader {
     /// Starts replication on `slot` (a copy) at `range.start`.
-    pub async fn open(settings: &Settings, slot: &str, range: Range, mapper: OutboxMapper) -> Result<Self, RelayError> {
-        let at = StartAt { start: range.start, ack: range.start, status_interval: Duration::from_secs(1), stop: Some(range.end) };
+    pub async fn open(
+        settings: &Settings,
+        slot: &str,
+        range: Range,
+        mapper: OutboxMapper,
+    ) -> Result<Self, RelayError> {
+        let at = StartAt {
+            start: range.start,
+            ack: range.start,
+            status_interval: Duration::from_secs(1),
+            stop: Some(range.end),
+        };
         let repl = replication::open(&settings.pg_url, slot, &settings.publication, at).await?;
         Ok(Self {
             repl,
-            decoder: Decoder::new(1).map_err(|e| SourceError::Decode { lsn: range.start, source: e })?,
+            decoder: Decoder::new(1).map_err(|e| SourceError::Decode {
+                lsn: range.start,
+                source: e,
+            })?,
             guard: TransactionGuard::default(),
             mapper,
             other_relations: HashSet::new(),
@@ -158,10 +185,20 @@ impl HistoryReader {
     pub async fn next(&mut self, settings: &Settings) -> Result<Option<Item>, RelayError> {
         while !self.done {
             let event = match tokio::time::timeout(STALL_TIMEOUT, self.repl.recv()).await {
-                Ok(event) => event.map_err(|e| replication::classify(e, &settings.slot, &settings.publication, &settings.pg_url))?,
+                Ok(event) => event.map_err(|e| {
+                    replication::classify(
+                        e,
+                        &settings.slot,
+                        &settings.publication,
+                        &settings.pg_url,
+                    )
+                })?,
                 Err(_) => {
                     return Err(SourceError::Replication {
-                        reason: format!("no replication message for {STALL_TIMEOUT:?} before reaching {}", self.range.end),
+                        reason: format!(
+                            "no replication message for {STALL_TIMEOUT:?} before reaching {}",
+                            self.range.end
+                        ),
                         transient: false,
                     }
                     .into())
@@ -187,29 +224,52 @@ impl HistoryReader {
                     self.done = true;
                 }
             }
-            ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
                 let lsn = Lsn(final_lsn.0);
-                self.guard.begin(lsn, xid).map_err(|e| SourceError::Decode { lsn, source: e })?;
+                self.guard
+                    .begin(lsn, xid)
+                    .map_err(|e| SourceError::Decode { lsn, source: e })?;
                 self.position = self.position.max(lsn);
                 let past_last = self.range.last_commit.is_some_and(|last| lsn > last);
                 if past_last || lsn >= self.range.end {
                     self.done = true;
                 }
                 let included = !self.done && lsn >= self.range.start;
-                self.open = Some(OpenTxn { commit_lsn: lsn, commit_time: commit_time_micros, next_index: 0, included });
+                self.open = Some(OpenTxn {
+                    commit_lsn: lsn,
+                    commit_time: commit_time_micros,
+                    next_index: 0,
+                    included,
+                });
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
                 let lsn = Lsn(lsn.0);
-                self.guard.commit(lsn).map_err(|e| SourceError::Decode { lsn, source: e })?;
+                self.guard
+                    .commit(lsn)
+                    .map_err(|e| SourceError::Decode { lsn, source: e })?;
                 self.position = self.position.max(Lsn(end_lsn.0));
                 self.open = None;
             }
-            ReplicationEvent::XLogData { data, wal_start, .. } => {
+            ReplicationEvent::XLogData {
+                data, wal_start, ..
+            } => {
                 let at = Lsn(wal_start.0);
-                let message = self.decoder.decode(data).map_err(|e| SourceError::Decode { lsn: at, source: e })?;
+                let message = self
+                    .decoder
+                    .decode(data)
+                    .map_err(|e| SourceError::Decode { lsn: at, source: e })?;
                 return self.on_message(message, at);
             }
-            ReplicationEvent::Message { lsn, prefix, transactional, .. } => {
+            ReplicationEvent::Message {
+                lsn,
+                prefix,
+                transactional,
+                ..
+            } => {
                 if !transactional && prefix == END_MARKER_PREFIX && Lsn(lsn.0) >= self.range.end {
                     self.done = true;
                 }
@@ -230,15 +290,25 @@ impl HistoryReader {
                 }
             }
             Message::Insert(insert) => {
-                self.guard.change().map_err(|e| SourceError::Decode { lsn: at, source: e })?;
+                self.guard
+                    .change()
+                    .map_err(|e| SourceError::Decode { lsn: at, source: e })?;
                 if !self.mapper.knows(insert.relation_id) {
                     if self.other_relations.contains(&insert.relation_id) {
                         return Ok(None);
                     }
-                    return Err(SourceError::Decode { lsn: at, source: pgoutput::DecodeError::UnknownRelation(insert.relation_id) }.into());
+                    return Err(SourceError::Decode {
+                        lsn: at,
+                        source: pgoutput::DecodeError::UnknownRelation(insert.relation_id),
+                    }
+                    .into());
                 }
                 let Some(open) = self.open.as_mut() else {
-                    return Err(SourceError::Decode { lsn: at, source: pgoutput::DecodeError::ChangeOutsideTransaction }.into());
+                    return Err(SourceError::Decode {
+                        lsn: at,
+                        source: pgoutput::DecodeError::ChangeOutsideTransaction,
+                    }
+                    .into());
                 };
                 let index = open.next_index;
                 open.next_index += 1;
@@ -246,16 +316,28 @@ impl HistoryReader {
                     return Ok(None);
                 }
                 let (commit_lsn, commit_time) = (open.commit_lsn, open.commit_time);
-                return match self.mapper.map(insert.relation_id, &insert.new, commit_lsn, commit_time, index) {
+                return match self.mapper.map(
+                    insert.relation_id,
+                    &insert.new,
+                    commit_lsn,
+                    commit_time,
+                    index,
+                ) {
                     Ok(event) => Ok(Some(Item::Event(Box::new(event)))),
                     Err(Ok(invalid)) => Ok(Some(Item::Invalid(Box::new(invalid)))),
                     Err(Err(source)) => Err(source.into()),
                 };
             }
             Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {
-                self.guard.change().map_err(|e| SourceError::Decode { lsn: at, source: e })?;
+                self.guard
+                    .change()
+                    .map_err(|e| SourceError::Decode { lsn: at, source: e })?;
             }
-            Message::Begin(_) | Message::Commit(_) | Message::Origin(_) | Message::Type(_) | Message::Message(_) => {}
+            Message::Begin(_)
+            | Message::Commit(_)
+            | Message::Origin(_)
+            | Message::Type(_)
+            | Message::Message(_) => {}
             other => {
                 return Err(SourceError::Replication {
                     reason: format!("unexpected pgoutput message {other:?}: streaming and two-phase must be off (protocol v1)"),
@@ -277,10 +359,15 @@ impl HistoryReader {
 /// An event as one NDJSON object (design.md §4): `{"id", "table", "subject", "headers", "payload", "commit_lsn",
 /// "index", "commit_time"}`; the payload as a JSON value, or a string when it is not JSON.
 pub(crate) fn event_json(event: &Event) -> serde_json::Value {
-    let headers: serde_json::Map<String, serde_json::Value> =
-        event.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-    let payload = serde_json::from_slice::<serde_json::Value>(&event.payload)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&event.payload).into_owned()));
+    let headers: serde_json::Map<String, serde_json::Value> = event
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let payload =
+        serde_json::from_slice::<serde_json::Value>(&event.payload).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&event.payload).into_owned())
+        });
     serde_json::json!({
         "id": event.id,
         "table": event.table,
@@ -296,7 +383,10 @@ pub(crate) fn event_json(event: &Event) -> serde_json::Value {
 /// A requested stop (SIGINT or SIGTERM), for the commands that hold a slot copy and must drop it before exiting.
 pub(crate) async fn stop_requested() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -318,7 +408,10 @@ mod tests {
             subject: "outbox.order.created".into(),
             headers: vec![("Nats-Msg-Id".into(), "a".into())],
             payload: bytes::Bytes::from_static(b"{\"n\":1}"),
-            position: crate::event::Position { commit_lsn: Lsn(0x1_0000_00FF), index: 2 },
+            position: crate::event::Position {
+                commit_lsn: Lsn(0x1_0000_00FF),
+                index: 2,
+            },
             commit_time: "2024-01-01T00:00:00.000000Z".into(),
             table: "public.outbox".into(),
             dead_letter: false,
@@ -328,7 +421,10 @@ mod tests {
         assert_eq!(v["commit_lsn"], "1/FF");
         assert_eq!(v["index"], 2);
         assert_eq!(v["headers"]["Nats-Msg-Id"], "a");
-        let text = Event { payload: bytes::Bytes::from_static(b"not json"), ..event };
+        let text = Event {
+            payload: bytes::Bytes::from_static(b"not json"),
+            ..event
+        };
         assert_eq!(event_json(&text)["payload"], "not json");
     }
 }

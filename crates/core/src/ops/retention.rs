@@ -30,10 +30,16 @@ const TICK: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Starts the task; `None` when `--replay-retention` is not set.
-pub fn spawn(settings: &Settings, shutdown: watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    settings: &Settings,
+    shutdown: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
     let retention = settings.replay_retention?;
     let settings = settings.clone();
-    Some(crate::spawn_named("replay-retention", keep(settings, retention, shutdown)))
+    Some(crate::spawn_named(
+        "replay-retention",
+        keep(settings, retention, shutdown),
+    ))
 }
 
 /// Samples of the main slot's confirmed position, oldest first; consecutive equal positions keep the first time.
@@ -104,7 +110,9 @@ async fn step(
         tracing::debug!(slot = %settings.slot, "replay slot: main slot not there yet");
         return Ok(RETRY);
     };
-    let Some(confirmed) = main.confirmed_flush_lsn else { return Ok(RETRY) };
+    let Some(confirmed) = main.confirmed_flush_lsn else {
+        return Ok(RETRY);
+    };
     let now = Instant::now();
     history.record(now, confirmed);
     let Some(replay) = slot::info(control, replay_slot).await? else {
@@ -116,7 +124,9 @@ async fn step(
         tracing::error!(slot = %replay_slot, "replay slot is lost; drop it (SELECT pg_drop_replication_slot('{replay_slot}')) and it is recreated");
         return Ok(TICK);
     }
-    let Some(target) = history.horizon(now, retention) else { return Ok(TICK) };
+    let Some(target) = history.horizon(now, retention) else {
+        return Ok(TICK);
+    };
     let target = target.min(confirmed);
     let current = replay.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
     if target > current && !replay.active {

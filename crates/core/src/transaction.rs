@@ -1,0 +1,197 @@
+//! The transaction assembler: replication events in, outbox events with their transaction boundaries out.
+//!
+//! In: what the replication session yields (typed Begin/Commit boundaries and keepalives from `pgwire-replication`,
+//! raw pgoutput bytes for everything else). Out: [`Assembled`] steps: a transaction began, an outbox row became an
+//! [`Event`] (or an [`InvalidEvent`]) at its (commit LSN, index) position, a transaction committed with its end LSN,
+//! or the server reported its position while idle. Shared by `run`, `peek` and `replay`, so all three decode and
+//! map rows identically. See
+//! <https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html>.
+
+use std::collections::HashSet;
+
+use pgoutput::{Decoder, Lsn, Message};
+use pgwire_replication::ReplicationEvent;
+
+use crate::{
+    config::Settings,
+    event::{Event, Position},
+    outbox::{InvalidEvent, OutboxMapper},
+    source::SourceError,
+};
+
+/// One step of the assembled stream.
+#[derive(Debug)]
+pub enum Assembled {
+    /// Nothing for the caller (a Relation, another table's change, an update or delete, a logical message).
+    Nothing,
+    /// A transaction began; its commit record starts at `commit_lsn`.
+    Begin {
+        /// Begin's final LSN.
+        commit_lsn: Lsn,
+    },
+    /// An outbox insert, mapped (or the reason it cannot be published).
+    Row {
+        /// Its position.
+        position: Position,
+        /// The event, or why it is invalid.
+        event: Result<Event, Box<InvalidEvent>>,
+    },
+    /// The open transaction committed.
+    Commit {
+        /// Start of the commit record.
+        commit_lsn: Lsn,
+        /// End of the commit record: the LSN to confirm (design.md rule 1).
+        end_lsn: Lsn,
+    },
+    /// A keepalive; `idle` when no transaction is open.
+    KeepAlive {
+        /// The server's WAL end.
+        wal_end: Lsn,
+        /// Whether no transaction is open.
+        idle: bool,
+    },
+    /// The session reached its stop LSN.
+    Stopped {
+        /// Where it stopped.
+        at: Lsn,
+    },
+}
+
+struct OpenTxn {
+    commit_lsn: Lsn,
+    commit_time: i64,
+    next_index: u32,
+}
+
+/// Turns replication events into outbox events.
+pub struct Assembler {
+    decoder: Decoder,
+    mapper: OutboxMapper,
+    open: Option<OpenTxn>,
+    other_relations: HashSet<u32>,
+}
+
+impl Assembler {
+    /// An assembler for a new replication session (protocol v1).
+    pub fn new(settings: &Settings) -> Result<Self, SourceError> {
+        Ok(Self {
+            decoder: Decoder::new(1).map_err(|e| SourceError::Decode {
+                lsn: Lsn::ZERO,
+                source: e,
+            })?,
+            mapper: OutboxMapper::new(settings)?,
+            open: None,
+            other_relations: HashSet::new(),
+        })
+    }
+
+    /// Events larger than the NATS server's `max_payload` are invalid.
+    pub fn set_max_payload(&mut self, max: usize) {
+        self.mapper.set_max_payload(max);
+    }
+
+    /// Whether a transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Processes one replication event.
+    pub fn push(&mut self, event: ReplicationEvent) -> Result<Assembled, SourceError> {
+        Ok(match event {
+            ReplicationEvent::KeepAlive { wal_end, .. } => Assembled::KeepAlive {
+                wal_end: Lsn(wal_end.0),
+                idle: self.open.is_none(),
+            },
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                let lsn = Lsn(final_lsn.0);
+                self.decoder
+                    .begin_transaction(lsn, xid)
+                    .map_err(|e| SourceError::Decode { lsn, source: e })?;
+                self.open = Some(OpenTxn {
+                    commit_lsn: lsn,
+                    commit_time: commit_time_micros,
+                    next_index: 0,
+                });
+                Assembled::Begin { commit_lsn: lsn }
+            }
+            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                let (lsn, end_lsn) = (Lsn(lsn.0), Lsn(end_lsn.0));
+                self.decoder
+                    .commit_transaction(lsn)
+                    .map_err(|e| SourceError::Decode { lsn, source: e })?;
+                self.open = None;
+                Assembled::Commit {
+                    commit_lsn: lsn,
+                    end_lsn,
+                }
+            }
+            ReplicationEvent::XLogData {
+                data, wal_start, ..
+            } => {
+                let at = Lsn(wal_start.0);
+                let message = self
+                    .decoder
+                    .decode(data)
+                    .map_err(|e| SourceError::Decode { lsn: at, source: e })?;
+                self.message(message, at)?
+            }
+            ReplicationEvent::StoppedAt { reached } => Assembled::Stopped { at: Lsn(reached.0) },
+            ReplicationEvent::Message { .. } => Assembled::Nothing,
+        })
+    }
+
+    fn message(&mut self, message: Message, at: Lsn) -> Result<Assembled, SourceError> {
+        match message {
+            Message::Relation(rel) => {
+                if self.mapper.is_outbox(&rel) {
+                    self.mapper.relation(&rel)?;
+                } else {
+                    self.other_relations.insert(rel.id);
+                }
+                Ok(Assembled::Nothing)
+            }
+            Message::Insert(insert) => {
+                if !self.mapper.knows(insert.relation_id) {
+                    if self.other_relations.contains(&insert.relation_id) {
+                        return Ok(Assembled::Nothing);
+                    }
+                    return Err(SourceError::Decode {
+                        lsn: at,
+                        source: pgoutput::DecodeError::UnknownRelation(insert.relation_id),
+                    });
+                }
+                let Some(open) = self.open.as_mut() else {
+                    return Err(SourceError::Decode { lsn: at, source: pgoutput::DecodeError::ChangeOutsideTransaction });
+                };
+                let index = open.next_index;
+                open.next_index += 1;
+                let (commit_lsn, commit_time) = (open.commit_lsn, open.commit_time);
+                let event = match self.mapper.map(insert.relation_id, &insert.new, commit_lsn, commit_time, index) {
+                    Ok(event) => Ok(event),
+                    Err(Ok(invalid)) => Err(Box::new(invalid)),
+                    Err(Err(source)) => return Err(source),
+                };
+                Ok(Assembled::Row { position: Position { commit_lsn, index }, event })
+            }
+            Message::Update(_)
+            | Message::Delete(_)
+            | Message::Truncate(_)
+            | Message::Origin(_)
+            | Message::Type(_)
+            | Message::Message(_)
+            | Message::Begin(_)
+            | Message::Commit(_) => Ok(Assembled::Nothing),
+            other => Err(SourceError::Replication {
+                reason: format!(
+                    "unexpected pgoutput message {:?} at {at}: streaming and two-phase must be off (protocol v1)",
+                    other.tag() as char
+                ),
+                transient: false,
+            }),
+        }
+    }
+}
