@@ -82,7 +82,7 @@ fn capture(pg: &Postgres, binary: bool) -> Result<Vec<Change>, Box<dyn std::erro
 
 fn unhex(hex: &str) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let digits = hex.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("odd hex length".into());
     }
     digits
@@ -356,9 +356,10 @@ fn expected(typed: u32, full: u32, mood: u32, big: &str) -> Vec<Message> {
 }
 
 /// Typed values of every Insert and Update's new row, by column, via the relation cache.
-fn typed_rows(
-    messages: &[Message],
-) -> Result<Vec<Vec<(String, Value)>>, Box<dyn std::error::Error>> {
+/// Column name and typed value, in column order.
+type TypedRow = Vec<(String, Value)>;
+
+fn typed_rows(messages: &[Message]) -> Result<Vec<TypedRow>, Box<dyn std::error::Error>> {
     let mut cache = RelationCache::new();
     let mut rows = Vec::new();
     for message in messages {

@@ -317,10 +317,16 @@ enum Expect<'a> {
     All,
     /// The stream was lost at some point: per producer a contiguous suffix of its commits that includes every
     /// transaction begun in phase `from_phase` or later, plus `extra` (rows committed outside the producers).
+    /// The stream was deleted and recreated: per producer a contiguous suffix of its commits that includes every
+    /// transaction begun in phase `from_phase` or later and `extra`; every row it lacks is in `earlier` (the deleted
+    /// stream's content), so nothing was confirmed to Postgres before JetStream stored it.
     SuffixFrom {
         from_phase: u64,
         extra: &'a [String],
+        earlier: &'a [Stored],
     },
+    /// A stream that was deleted: per producer a contiguous prefix of its commits; its last transaction may be cut.
+    Prefix,
 }
 
 /// Where a committed row is: producer, batch, and position in the producer's sequence.
@@ -401,19 +407,38 @@ fn verify(
         let first = match expect {
             Expect::All => 0,
             Expect::SuffixFrom { .. } => ordinals.first().copied().unwrap_or(committed),
+            Expect::Prefix => 0,
         };
-        let want: Vec<usize> = (first..committed).collect();
+        let end = match expect {
+            Expect::Prefix => ordinals.len(),
+            _ => committed,
+        };
+        let want: Vec<usize> = (first..end).collect();
         if *ordinals != want {
             let missing = want.iter().filter(|o| !ordinals.contains(o)).count();
             panic!(
-                "{label}: producer {} has {} rows in the stream, expected its rows {first}..{committed} in commit order \
+                "{label}: producer {} has {} rows in the stream, expected its rows {first}..{end} in commit order \
                  ({missing} missing; first divergence at stream position {:?})",
                 log.name,
                 ordinals.len(),
                 ordinals.iter().zip(&want).position(|(a, b)| a != b)
             );
         }
-        if let Expect::SuffixFrom { from_phase, .. } = expect {
+        if let Expect::SuffixFrom {
+            from_phase,
+            earlier,
+            ..
+        } = expect
+        {
+            // What the new stream lacks, the deleted one held: nothing was confirmed before it was stored.
+            let held: HashSet<&str> = earlier.iter().map(Stored::id).collect();
+            let ids = log.batches.iter().flat_map(|b| b.ids.iter());
+            if let Some(lost) = ids.take(first).find(|id| !held.contains(id.as_str())) {
+                panic!(
+                    "{label}: producer {} row {lost} is in neither the deleted nor the new stream",
+                    log.name
+                );
+            }
             // Everything begun after the loss must be there.
             let mut ord = 0;
             for batch in &log.batches {
@@ -431,6 +456,7 @@ fn verify(
             "{label}: stream holds {} rows, {total} committed",
             messages.len()
         ),
+        Expect::Prefix => {}
         Expect::SuffixFrom { extra, .. } => {
             for id in extra {
                 assert!(
@@ -464,6 +490,9 @@ fn verify(
         );
         for (k, id) in batch.ids.iter().enumerate() {
             let Some(mk) = messages.get(i + k) else {
+                if matches!(expect, Expect::Prefix) {
+                    break;
+                }
                 panic!(
                     "{label}: stream ends inside a transaction of {} rows",
                     batch.ids.len()
@@ -625,6 +654,58 @@ async fn messages_by_get(js: &jetstream::Context, stream: &str) -> Vec<Stored> {
         }
     }
     out
+}
+
+/// Deletes the stream at a moment whose content is known exactly: the relay is frozen (SIGSTOP) so nothing more
+/// reaches the stream, the stream is read once its last sequence stands still, deleted, and the relay thawed.
+/// Returns the deleted stream's content.
+async fn delete_stream_frozen(
+    js: &jetstream::Context,
+    stream: &str,
+    relay: &Process,
+) -> Vec<Stored> {
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &relay.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} relay");
+    };
+    signal("-STOP");
+    // Publishes already on the wire land within milliseconds; wait until the tail stands still for 300 ms.
+    let mut last = (u64::MAX, Instant::now());
+    let started = Instant::now();
+    loop {
+        let seq = js
+            .get_stream(stream)
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .last_sequence;
+        if seq != last.0 {
+            last = (seq, Instant::now());
+        } else if last.1.elapsed() > Duration::from_millis(300) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stream tail never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = stream_messages(js, stream).await;
+    assert_eq!(
+        old.last().map(|m| m.sequence),
+        Some(last.0),
+        "the frozen stream changed while read"
+    );
+    js.delete_stream(stream).await.expect("delete stream");
+    signal("-CONT");
+    old
 }
 
 /// Waits until the stream has grown by at least `by` messages past `from` (the relay flows).
@@ -986,7 +1067,7 @@ async fn stream_deleted_with_no_create_exits_1_with_remedy() {
     let producers = Producers::start(&env.pg_url(), &light_load(), &mut rng);
     wait_growth(&js, &env.stream, 0, 300, Duration::from_secs(60), &relay).await;
     tokio::time::sleep(rng.millis(0..=500)).await;
-    js.delete_stream(&env.stream).await.expect("delete stream");
+    let old = delete_stream_frozen(&js, &env.stream, &relay).await;
     let phase = producers.next_phase();
     let status = blocking(|| relay.wait_timeout(Duration::from_secs(30))).expect("wait relay");
     let status = status.unwrap_or_else(|| {
@@ -1018,6 +1099,13 @@ async fn stream_deleted_with_no_create_exits_1_with_remedy() {
     let logs = producers.finish(true).await;
     let sentinel = commit_sentinel_and_drain(&env.pg_url(), &js, &env.stream, &[&relay]).await;
     assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
+    verify(
+        &format!("{label} (deleted stream)"),
+        &old,
+        &logs,
+        &[],
+        Expect::Prefix,
+    );
     let messages = stream_messages(&js, &env.stream).await;
     verify(
         label,
@@ -1027,6 +1115,7 @@ async fn stream_deleted_with_no_create_exits_1_with_remedy() {
         Expect::SuffixFrom {
             from_phase: phase,
             extra: &sentinel,
+            earlier: &old,
         },
     );
 }
@@ -1046,7 +1135,7 @@ async fn stream_deleted_without_no_create_is_recreated() {
     wait_growth(&js, &env.stream, 0, 300, Duration::from_secs(60), &relay).await;
     tokio::time::sleep(rng.millis(0..=500)).await;
     let out = relay.output().len();
-    js.delete_stream(&env.stream).await.expect("delete stream");
+    let old = delete_stream_frozen(&js, &env.stream, &relay).await;
     let phase = producers.next_phase();
     wait_for(
         "the relay to recreate the stream",
@@ -1061,6 +1150,13 @@ async fn stream_deleted_without_no_create_is_recreated() {
     let logs = producers.finish(true).await;
     let sentinel = commit_sentinel_and_drain(&env.pg_url(), &js, &env.stream, &[&relay]).await;
     assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
+    verify(
+        &format!("{label} (deleted stream)"),
+        &old,
+        &logs,
+        &[],
+        Expect::Prefix,
+    );
     let messages = stream_messages(&js, &env.stream).await;
     verify(
         label,
@@ -1070,6 +1166,7 @@ async fn stream_deleted_without_no_create_is_recreated() {
         Expect::SuffixFrom {
             from_phase: phase,
             extra: &sentinel,
+            earlier: &old,
         },
     );
     assert!(

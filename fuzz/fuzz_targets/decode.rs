@@ -34,7 +34,9 @@ const KNOWN_TYPES: [u32; 18] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let version = u32::from(mode & 3) + 1;
     let frames = frames(rest);
 
@@ -72,7 +74,11 @@ fn frames(mut rest: &[u8]) -> Vec<&[u8]> {
 
 fn check_roundtrip(mut decoder: Decoder, message: &Message) {
     let data = encode(message).expect("a decoded message encodes");
-    assert_eq!(decoder.decode(data).as_ref(), Ok(message), "re-encoded message decodes to itself");
+    assert_eq!(
+        decoder.decode(data).as_ref(),
+        Ok(message),
+        "re-encoded message decodes to itself"
+    );
 }
 
 fn exercise(cache: &mut RelationCache, message: &Message) {
@@ -82,8 +88,20 @@ fn exercise(cache: &mut RelationCache, message: &Message) {
             return;
         }
         Message::Insert(m) => (m.relation_id, vec![&m.new]),
-        Message::Update(m) => (m.relation_id, [m.old_key.as_ref(), m.old.as_ref(), Some(&m.new)].into_iter().flatten().collect()),
-        Message::Delete(m) => (m.relation_id, [m.old_key.as_ref(), m.old.as_ref()].into_iter().flatten().collect()),
+        Message::Update(m) => (
+            m.relation_id,
+            [m.old_key.as_ref(), m.old.as_ref(), Some(&m.new)]
+                .into_iter()
+                .flatten()
+                .collect(),
+        ),
+        Message::Delete(m) => (
+            m.relation_id,
+            [m.old_key.as_ref(), m.old.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect(),
+        ),
         _ => return,
     };
     for tuple in tuples {
@@ -104,10 +122,14 @@ fn exercise(cache: &mut RelationCache, message: &Message) {
 fn decoders(version: u32) -> Vec<Decoder> {
     let fresh = Decoder::new(version).expect("versions 1 to 4 are supported");
     let mut in_transaction = fresh.clone();
-    let _ = in_transaction.decode(Bytes::from_static(b"B\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\0\0\0\0\x01"));
+    let _ = in_transaction.decode(Bytes::from_static(
+        b"B\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\0\0\0\0\x01",
+    ));
     let mut in_stream = fresh.clone();
     let _ = in_stream.decode(Bytes::from_static(b"S\0\0\0\x01\x01"));
     let mut in_prepare = fresh.clone();
-    let _ = in_prepare.decode(Bytes::from_static(b"b\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0\0\0\0\0\x01g\0"));
+    let _ = in_prepare.decode(Bytes::from_static(
+        b"b\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0\0\0\0\0\x01g\0",
+    ));
     vec![fresh, in_transaction, in_stream, in_prepare]
 }

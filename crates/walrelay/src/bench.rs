@@ -144,6 +144,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     if args.latency_events > 0 {
         live_latency(args, &control, &nats, &stats).await?;
     }
+    raw_ceiling(args, &settings).await?;
     println!(
         "peak memory (VmHWM, relay + bench in one process): {}",
         peak_rss()
@@ -215,6 +216,57 @@ async fn live_latency(
         pct(0.9),
         pct(0.99),
         pct(1.0)
+    );
+    Ok(())
+}
+
+/// The same number of messages of the same size published straight to JetStream with the relay's publisher and
+/// window: the ceiling the relay is measured against.
+async fn raw_ceiling(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()> {
+    let mut raw = settings.clone();
+    raw.stream = "BENCH_RAW".into();
+    raw.subject = "raw.{x}".into();
+    raw.dead_letter_subject = "raw.dead-letter".into();
+    let (_client, js) = walrelay_core::stream::connect(&raw).await?;
+    walrelay_core::stream::ensure(&js, &raw, true).await?;
+    let mut publisher = walrelay_core::publisher::Publisher::new(js, 0);
+    let payload = bytes::Bytes::from(format!("{{\"n\":0,\"pad\":\"{}\"}}", "x".repeat(args.payload_bytes.saturating_sub(40))));
+    let t0 = Instant::now();
+    let mut acked = 0u64;
+    for i in 0..args.events {
+        let event = walrelay_core::event::Event {
+            id: format!("raw-{i}"),
+            subject: "raw.x".into(),
+            headers: vec![
+                ("Nats-Msg-Id".into(), format!("raw-{i}")),
+                ("Outbox-Aggregate-Type".into(), "order".into()),
+                ("Outbox-Aggregate-Id".into(), i.to_string()),
+                ("Outbox-Event-Type".into(), "created".into()),
+                ("Outbox-Commit-Lsn".into(), "0/1A2B3C4".into()),
+                ("Outbox-Commit-Time".into(), "2026-01-01T00:00:00.000000Z".into()),
+                ("Outbox-Index".into(), (i % 100).to_string()),
+            ],
+            payload: payload.clone(),
+            position: walrelay_core::event::Position { commit_lsn: pgoutput::Lsn(0), index: 0 },
+            commit_time: String::new(),
+            table: String::new(),
+            dead_letter: false,
+        };
+        while publisher.in_flight() >= raw.max_in_flight {
+            publisher.next_ack().await?;
+            acked += 1;
+        }
+        publisher.send(&event, ()).await?;
+    }
+    while acked < args.events {
+        publisher.next_ack().await?;
+        acked += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "ceiling: {} messages published straight to JetStream (same size, headers and window) in {secs:.2}s = {:.0} msgs/s",
+        args.events,
+        args.events as f64 / secs
     );
     Ok(())
 }

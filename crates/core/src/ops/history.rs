@@ -12,20 +12,21 @@
 //! walsender delivers in WAL order; everything committed before it has been sent when it arrives.
 //! See <https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-REPLICATION>.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
-use pgoutput::{Decoder, Lsn, Message, TransactionGuard};
+use pgoutput::Lsn;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio_postgres::Client;
 
 use crate::{
     config::Settings,
     event::Event,
-    outbox::{InvalidEvent, OutboxMapper},
+    outbox::InvalidEvent,
     relay::RelayError,
     replication::{self, StartAt},
     slot,
     source::SourceError,
+    transaction::{Assembled, Assembler},
 };
 
 /// Longest wait for the next replication message before the read is declared stalled.
@@ -117,14 +118,6 @@ pub(crate) enum Item {
     Invalid(Box<InvalidEvent>),
 }
 
-/// The transaction being read.
-struct OpenTxn {
-    commit_lsn: Lsn,
-    commit_time: i64,
-    next_index: u32,
-    included: bool,
-}
-
 /// Which transactions to deliver.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Range {
@@ -136,15 +129,13 @@ pub(crate) struct Range {
     pub end: Lsn,
 }
 
-/// A pull-based reader of mapped events from a slot copy.
+/// A pull-based reader of mapped events from a slot copy, on the relay's own [`Assembler`].
 pub(crate) struct HistoryReader {
     repl: ReplicationClient,
-    decoder: Decoder,
-    guard: TransactionGuard,
-    mapper: OutboxMapper,
-    other_relations: HashSet<u32>,
-    open: Option<OpenTxn>,
+    assembler: Assembler,
     range: Range,
+    /// Whether the open transaction is in the range.
+    included: bool,
     /// Highest position seen, for progress.
     pub position: Lsn,
     done: bool,
@@ -156,7 +147,7 @@ impl HistoryReader {
         settings: &Settings,
         slot: &str,
         range: Range,
-        mapper: OutboxMapper,
+        assembler: Assembler,
     ) -> Result<Self, RelayError> {
         let at = StartAt {
             start: range.start,
@@ -167,15 +158,9 @@ impl HistoryReader {
         let repl = replication::open(&settings.pg_url, slot, &settings.publication, at).await?;
         Ok(Self {
             repl,
-            decoder: Decoder::new(1).map_err(|e| SourceError::Decode {
-                lsn: range.start,
-                source: e,
-            })?,
-            guard: TransactionGuard::default(),
-            mapper,
-            other_relations: HashSet::new(),
-            open: None,
+            assembler,
             range,
+            included: false,
             position: range.start,
             done: false,
         })
@@ -208,142 +193,46 @@ impl HistoryReader {
                 self.done = true;
                 break;
             };
-            if let Some(item) = self.on_event(event)? {
-                return Ok(Some(item));
-            }
-        }
-        Ok(None)
-    }
-
-    fn on_event(&mut self, event: ReplicationEvent) -> Result<Option<Item>, RelayError> {
-        match event {
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                let wal_end = Lsn(wal_end.0);
-                self.position = self.position.max(wal_end);
-                if self.open.is_none() && wal_end >= self.range.end {
-                    self.done = true;
-                }
-            }
-            ReplicationEvent::Begin {
-                final_lsn,
-                xid,
-                commit_time_micros,
-            } => {
-                let lsn = Lsn(final_lsn.0);
-                self.guard
-                    .begin(lsn, xid)
-                    .map_err(|e| SourceError::Decode { lsn, source: e })?;
-                self.position = self.position.max(lsn);
-                let past_last = self.range.last_commit.is_some_and(|last| lsn > last);
-                if past_last || lsn >= self.range.end {
-                    self.done = true;
-                }
-                let included = !self.done && lsn >= self.range.start;
-                self.open = Some(OpenTxn {
-                    commit_lsn: lsn,
-                    commit_time: commit_time_micros,
-                    next_index: 0,
-                    included,
-                });
-            }
-            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                let lsn = Lsn(lsn.0);
-                self.guard
-                    .commit(lsn)
-                    .map_err(|e| SourceError::Decode { lsn, source: e })?;
-                self.position = self.position.max(Lsn(end_lsn.0));
-                self.open = None;
-            }
-            ReplicationEvent::XLogData {
-                data, wal_start, ..
-            } => {
-                let at = Lsn(wal_start.0);
-                let message = self
-                    .decoder
-                    .decode(data)
-                    .map_err(|e| SourceError::Decode { lsn: at, source: e })?;
-                return self.on_message(message, at);
-            }
-            ReplicationEvent::Message {
+            // The end marker is a non-transactional logical message; the assembler ignores messages.
+            if let ReplicationEvent::Message {
                 lsn,
                 prefix,
-                transactional,
+                transactional: false,
                 ..
-            } => {
-                if !transactional && prefix == END_MARKER_PREFIX && Lsn(lsn.0) >= self.range.end {
+            } = &event
+            {
+                if prefix == END_MARKER_PREFIX && Lsn(lsn.0) >= self.range.end {
                     self.done = true;
+                    break;
                 }
             }
-            ReplicationEvent::StoppedAt { .. } => self.done = true,
-        }
-        Ok(None)
-    }
-
-    /// Same logic as the relay's session: index counts outbox inserts per transaction.
-    fn on_message(&mut self, message: Message, at: Lsn) -> Result<Option<Item>, RelayError> {
-        match message {
-            Message::Relation(rel) => {
-                if self.mapper.is_outbox(&rel) {
-                    self.mapper.relation(&rel)?;
-                } else {
-                    self.other_relations.insert(rel.id);
-                }
-            }
-            Message::Insert(insert) => {
-                self.guard
-                    .change()
-                    .map_err(|e| SourceError::Decode { lsn: at, source: e })?;
-                if !self.mapper.knows(insert.relation_id) {
-                    if self.other_relations.contains(&insert.relation_id) {
-                        return Ok(None);
+            match self.assembler.push(event)? {
+                Assembled::KeepAlive { wal_end, idle } => {
+                    self.position = self.position.max(wal_end);
+                    if idle && wal_end >= self.range.end {
+                        self.done = true;
                     }
-                    return Err(SourceError::Decode {
-                        lsn: at,
-                        source: pgoutput::DecodeError::UnknownRelation(insert.relation_id),
+                }
+                Assembled::Begin { commit_lsn } => {
+                    self.position = self.position.max(commit_lsn);
+                    let past_last = self.range.last_commit.is_some_and(|last| commit_lsn > last);
+                    if past_last || commit_lsn >= self.range.end {
+                        self.done = true;
                     }
-                    .into());
+                    self.included = !self.done && commit_lsn >= self.range.start;
                 }
-                let Some(open) = self.open.as_mut() else {
-                    return Err(SourceError::Decode {
-                        lsn: at,
-                        source: pgoutput::DecodeError::ChangeOutsideTransaction,
-                    }
-                    .into());
-                };
-                let index = open.next_index;
-                open.next_index += 1;
-                if !open.included {
-                    return Ok(None);
+                Assembled::Commit { end_lsn, .. } => {
+                    self.position = self.position.max(end_lsn);
+                    self.included = false;
                 }
-                let (commit_lsn, commit_time) = (open.commit_lsn, open.commit_time);
-                return match self.mapper.map(
-                    insert.relation_id,
-                    &insert.new,
-                    commit_lsn,
-                    commit_time,
-                    index,
-                ) {
-                    Ok(event) => Ok(Some(Item::Event(Box::new(event)))),
-                    Err(Ok(invalid)) => Ok(Some(Item::Invalid(Box::new(invalid)))),
-                    Err(Err(source)) => Err(source.into()),
-                };
-            }
-            Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {
-                self.guard
-                    .change()
-                    .map_err(|e| SourceError::Decode { lsn: at, source: e })?;
-            }
-            Message::Begin(_)
-            | Message::Commit(_)
-            | Message::Origin(_)
-            | Message::Type(_)
-            | Message::Message(_) => {}
-            other => {
-                return Err(SourceError::Replication {
-                    reason: format!("unexpected pgoutput message {other:?}: streaming and two-phase must be off (protocol v1)"),
-                    transient: false,
+                Assembled::Row { event, .. } if self.included => {
+                    return Ok(Some(match event {
+                        Ok(event) => Item::Event(Box::new(event)),
+                        Err(invalid) => Item::Invalid(invalid),
+                    }));
                 }
-                .into());
+                Assembled::Stopped { .. } => self.done = true,
+                Assembled::Row { .. } | Assembled::Nothing => {}
             }
         }
         Ok(None)

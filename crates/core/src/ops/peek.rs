@@ -7,10 +7,10 @@
 
 use crate::{
     config::{OnInvalid, Settings},
-    outbox::OutboxMapper,
     relay::RelayError,
     slot,
     source::{self, SourceError},
+    transaction::Assembler,
 };
 
 use super::history::{self, HistoryReader, Item, Range, SlotCopy};
@@ -57,7 +57,7 @@ async fn show(
             end,
         };
         let mut reader =
-            HistoryReader::open(settings, &copy.name, range, OutboxMapper::new(settings)?).await?;
+            HistoryReader::open(settings, &copy.name, range, Assembler::new(settings)?).await?;
         let result = async {
             while let Some(item) = reader.next(settings).await? {
                 print_item(settings, item, json);

@@ -23,12 +23,12 @@ use pgoutput::Lsn;
 use crate::{
     config::{OnInvalid, Settings},
     event::Event,
-    outbox::OutboxMapper,
     publisher::PublishError,
     relay::RelayError,
     slot,
     source::{self, SourceError},
     stream,
+    transaction::Assembler,
 };
 
 use super::history::{self, HistoryReader, Item, Range, SlotCopy};
@@ -103,13 +103,13 @@ async fn replay(
     stdout: bool,
 ) -> Result<(), RelayError> {
     let end = history::end_marker(control).await?;
-    let mut mapper = OutboxMapper::new(settings)?;
+    let mut assembler = Assembler::new(settings)?;
     let mut sink = if stdout {
         Sink::Stdout
     } else {
         let (client, js) = stream::connect(settings).await?;
         stream::ensure(&js, settings, !settings.no_create).await?;
-        mapper.set_max_payload(client.server_info().max_payload);
+        assembler.set_max_payload(client.server_info().max_payload);
         Sink::Stream(StreamSink {
             js,
             in_flight: FuturesOrdered::new(),
@@ -123,7 +123,7 @@ async fn replay(
         last_commit: to,
         end,
     };
-    let mut reader = HistoryReader::open(settings, &copy.name, range, mapper).await?;
+    let mut reader = HistoryReader::open(settings, &copy.name, range, assembler).await?;
     let progress = progress_bar(end.0.saturating_sub(from.0));
     let mut count = 0u64;
     let result = async {
