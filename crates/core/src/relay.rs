@@ -111,15 +111,25 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
     stats: Arc<Stats>,
 ) -> Result<(), RelayError> {
-    let status_interval = prepare(settings).await?;
-    let mut relay = Relay {
-        settings,
-        shutdown,
-        stats,
-        status_interval,
-        standing_by: false,
-    };
     let mut attempt: u32 = 0;
+    let status_interval = loop {
+        match prepare(settings).await {
+            Ok(interval) => break interval,
+            Err(err) if err.is_transient() => {
+                attempt = attempt.saturating_add(1);
+                let delay = backoff(attempt);
+                tracing::warn!(error = %source::error_chain(&err), retry_in = ?delay, attempt, "cannot start yet, retrying");
+                let mut shutdown = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = crate::stopped(&mut shutdown) => return Ok(()),
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    };
+    let mut relay = Relay { settings, shutdown, stats, status_interval, standing_by: false };
+    attempt = 0;
     loop {
         let started = Instant::now();
         let acked_before = relay.stats.acked.load(Ordering::Relaxed);

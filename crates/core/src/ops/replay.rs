@@ -110,13 +110,13 @@ async fn replay(
         let (client, js) = stream::connect(settings).await?;
         stream::ensure(&js, settings, !settings.no_create).await?;
         assembler.set_max_payload(client.server_info().max_payload);
-        Sink::Stream(StreamSink {
+        Sink::Stream(Box::new(StreamSink {
             js,
             in_flight: FuturesOrdered::new(),
             stored: 0,
             duplicates: 0,
             _client: client,
-        })
+        }))
     };
     let range = Range {
         start: from,
@@ -180,7 +180,7 @@ type AckFuture = Pin<Box<dyn Future<Output = Result<bool, PublishError>> + Send>
 /// Where replayed events go.
 enum Sink {
     Stdout,
-    Stream(StreamSink),
+    Stream(Box<StreamSink>),
 }
 
 /// Pipelined publishes without the ordering fence (the stream may hold other messages), acks awaited in order.
