@@ -6,9 +6,8 @@
 
 use bytes::Bytes;
 use pgoutput::{
-    Begin, Commit, Date, Decoder, Delete, Insert, LogicalMessage, Lsn, Message, Relation,
-    RelationCache, RelationColumn, Timestamp, Truncate, Tuple, TupleValue, TypeMessage, Update,
-    Uuid, Value,
+    Begin, Commit, Date, Decoder, Delete, Insert, LogicalMessage, Lsn, Message, Relation, RelationCache,
+    RelationColumn, Timestamp, Truncate, Tuple, TupleValue, TypeMessage, Update, Uuid, Value,
 };
 use walrelay_testkit::Postgres;
 
@@ -66,16 +65,11 @@ fn capture(pg: &Postgres, binary: bool) -> Result<Vec<Change>, Box<dyn std::erro
         .lines()
         .map(|line| {
             let mut fields = line.split('|');
-            let (Some(lsn), Some(xid), Some(hex), None) =
-                (fields.next(), fields.next(), fields.next(), fields.next())
+            let (Some(lsn), Some(xid), Some(hex), None) = (fields.next(), fields.next(), fields.next(), fields.next())
             else {
                 return Err(format!("unexpected row {line:?}").into());
             };
-            Ok(Change {
-                lsn: lsn.parse()?,
-                xid: xid.parse()?,
-                data: Bytes::from(unhex(hex)?),
-            })
+            Ok(Change { lsn: lsn.parse()?, xid: xid.parse()?, data: Bytes::from(unhex(hex)?) })
         })
         .collect()
 }
@@ -85,18 +79,12 @@ fn unhex(hex: &str) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     if !digits.len().is_multiple_of(2) {
         return Err("odd hex length".into());
     }
-    digits
-        .chunks(2)
-        .map(|pair| Ok(u8::from_str_radix(std::str::from_utf8(pair)?, 16)?))
-        .collect()
+    digits.chunks(2).map(|pair| Ok(u8::from_str_radix(std::str::from_utf8(pair)?, 16)?)).collect()
 }
 
 /// Decodes a captured session, checks what the capture's own columns and the clock say about the server-assigned
 /// fields (LSNs, xids, commit times), then zeroes those fields so the sequence can be compared exactly.
-fn decode(
-    changes: &[Change],
-    clock: (i64, i64),
-) -> Result<Vec<Message>, Box<dyn std::error::Error>> {
+fn decode(changes: &[Change], clock: (i64, i64)) -> Result<Vec<Message>, Box<dyn std::error::Error>> {
     let mut decoder = Decoder::new(1)?;
     let mut open: Option<Begin> = None;
     let mut last_end = Lsn::ZERO;
@@ -107,34 +95,18 @@ fn decode(
             Message::Begin(begin) => {
                 assert_eq!(begin.xid, change.xid, "Begin carries the row's xid");
                 assert!(begin.final_lsn > last_end, "transactions in commit order");
-                assert!(
-                    (clock.0..=clock.1).contains(&begin.commit_time),
-                    "commit time {}",
-                    begin.commit_time
-                );
+                assert!((clock.0..=clock.1).contains(&begin.commit_time), "commit time {}", begin.commit_time);
                 open = Some(begin.clone());
-                *begin = Begin {
-                    final_lsn: Lsn::ZERO,
-                    commit_time: 0,
-                    xid: 0,
-                };
+                *begin = Begin { final_lsn: Lsn::ZERO, commit_time: 0, xid: 0 };
             }
             Message::Commit(commit) => {
                 let begin = open.take().ok_or("Commit without Begin")?;
                 assert_eq!(commit.commit_lsn, begin.final_lsn);
-                assert_eq!(
-                    commit.end_lsn, change.lsn,
-                    "the row's LSN is the transaction's end"
-                );
+                assert_eq!(commit.end_lsn, change.lsn, "the row's LSN is the transaction's end");
                 assert!(commit.end_lsn > commit.commit_lsn);
                 assert_eq!(commit.commit_time, begin.commit_time);
                 last_end = commit.end_lsn;
-                *commit = Commit {
-                    flags: 0,
-                    commit_lsn: Lsn::ZERO,
-                    end_lsn: Lsn::ZERO,
-                    commit_time: 0,
-                };
+                *commit = Commit { flags: 0, commit_lsn: Lsn::ZERO, end_lsn: Lsn::ZERO, commit_time: 0 };
             }
             Message::Message(logical) => {
                 assert_eq!(logical.lsn, change.lsn, "the row's LSN is the message's");
@@ -163,29 +135,15 @@ fn typed_row(id: &str, values: &[(usize, TupleValue)]) -> Tuple {
 }
 
 fn column(flags: u8, name: &str, type_oid: u32, type_modifier: i32) -> RelationColumn {
-    RelationColumn {
-        flags,
-        name: name.into(),
-        type_oid,
-        type_modifier,
-    }
+    RelationColumn { flags, name: name.into(), type_oid, type_modifier }
 }
 
 fn begin() -> Message {
-    Message::Begin(Begin {
-        final_lsn: Lsn::ZERO,
-        commit_time: 0,
-        xid: 0,
-    })
+    Message::Begin(Begin { final_lsn: Lsn::ZERO, commit_time: 0, xid: 0 })
 }
 
 fn commit() -> Message {
-    Message::Commit(Commit {
-        flags: 0,
-        commit_lsn: Lsn::ZERO,
-        end_lsn: Lsn::ZERO,
-        commit_time: 0,
-    })
+    Message::Commit(Commit { flags: 0, commit_lsn: Lsn::ZERO, end_lsn: Lsn::ZERO, commit_time: 0 })
 }
 
 #[allow(clippy::too_many_lines)]
@@ -254,30 +212,16 @@ fn expected(typed: u32, full: u32, mood: u32, big: &str) -> Vec<Message> {
     );
     let row2 = |id| typed_row(id, &[(14, t("infinity")), (15, t("-infinity"))]);
     let full_row = |note| Tuple(vec![t("1"), t(note)]);
-    let insert = |relation_id, new| {
-        Message::Insert(Insert {
-            xid: None,
-            relation_id,
-            new,
-        })
-    };
+    let insert = |relation_id, new| Message::Insert(Insert { xid: None, relation_id, new });
     vec![
         begin(),
-        Message::Type(TypeMessage {
-            xid: None,
-            type_oid: mood,
-            namespace: "public".into(),
-            name: "mood".into(),
-        }),
+        Message::Type(TypeMessage { xid: None, type_oid: mood, namespace: "public".into(), name: "mood".into() }),
         Message::Relation(typed_relation),
         insert(typed, row1),
         insert(typed, row2("2")),
         commit(),
         begin(),
-        insert(
-            typed,
-            typed_row("3", &[(1, t("f")), (7, t("before")), (18, t(big))]),
-        ),
+        insert(typed, typed_row("3", &[(1, t("f")), (7, t("before")), (18, t(big))])),
         commit(),
         begin(),
         Message::Update(Update {
@@ -285,14 +229,7 @@ fn expected(typed: u32, full: u32, mood: u32, big: &str) -> Vec<Message> {
             relation_id: typed,
             old_key: None,
             old: None,
-            new: typed_row(
-                "3",
-                &[
-                    (1, t("f")),
-                    (7, t("changed")),
-                    (18, TupleValue::UnchangedToast),
-                ],
-            ),
+            new: typed_row("3", &[(1, t("f")), (7, t("changed")), (18, TupleValue::UnchangedToast)]),
         }),
         commit(),
         begin(),
@@ -314,12 +251,7 @@ fn expected(typed: u32, full: u32, mood: u32, big: &str) -> Vec<Message> {
             old: Some(full_row("a")),
             new: full_row("b"),
         }),
-        Message::Delete(Delete {
-            xid: None,
-            relation_id: full,
-            old_key: None,
-            old: Some(full_row("b")),
-        }),
+        Message::Delete(Delete { xid: None, relation_id: full, old_key: None, old: Some(full_row("b")) }),
         Message::Message(LogicalMessage {
             xid: None,
             transactional: true,
@@ -336,21 +268,12 @@ fn expected(typed: u32, full: u32, mood: u32, big: &str) -> Vec<Message> {
             content: Bytes::from_static(b"\x00\xff"),
         }),
         begin(),
-        Message::Delete(Delete {
-            xid: None,
-            relation_id: typed,
-            old_key: Some(typed_row("1", &[])),
-            old: None,
-        }),
+        Message::Delete(Delete { xid: None, relation_id: typed, old_key: Some(typed_row("1", &[])), old: None }),
         commit(),
         begin(),
         // TRUNCATE gives the table a new relfilenode; the relcache invalidation makes pgoutput describe it again.
         Message::Relation(full_relation),
-        Message::Truncate(Truncate {
-            xid: None,
-            options: Truncate::RESTART_IDENTITY,
-            relation_ids: vec![full],
-        }),
+        Message::Truncate(Truncate { xid: None, options: Truncate::RESTART_IDENTITY, relation_ids: vec![full] }),
         commit(),
     ]
 }
@@ -375,10 +298,7 @@ fn typed_rows(messages: &[Message]) -> Result<Vec<TypedRow>, Box<dyn std::error:
         let row = cache.row(relation_id, tuple)?;
         let mut values = Vec::new();
         for (column, _) in row.iter() {
-            values.push((
-                column.name.clone(),
-                row.value(&column.name)?.ok_or("column exists")?,
-            ));
+            values.push((column.name.clone(), row.value(&column.name)?.ok_or("column exists")?));
         }
         rows.push(values);
     }
@@ -415,17 +335,14 @@ fn decodes_a_real_postgres_15_session() -> TestResult {
     let before = server_clock(&pg)?;
     pg.psql(WORKLOAD)?;
     let after = server_clock(&pg)?;
-    let ids = pg
-        .psql("SELECT 'typed'::regclass::oid, 'full_ident'::regclass::oid, 'mood'::regtype::oid")?;
+    let ids = pg.psql("SELECT 'typed'::regclass::oid, 'full_ident'::regclass::oid, 'mood'::regtype::oid")?;
     let ids: Vec<u32> = ids.split('|').map(str::parse).collect::<Result<_, _>>()?;
     let [typed, full, mood] = ids[..] else {
         return Err(format!("unexpected oids {ids:?}").into());
     };
     let big = pg.psql("SELECT big FROM typed WHERE id = 3")?;
     assert_eq!(big.len(), 512_000);
-    let toasted = pg.psql(
-        "SELECT pg_relation_size(reltoastrelid) > 500000 FROM pg_class WHERE relname = 'typed'",
-    )?;
+    let toasted = pg.psql("SELECT pg_relation_size(reltoastrelid) > 500000 FROM pg_class WHERE relname = 'typed'")?;
     assert_eq!(toasted, "t", "the big value is stored out of line");
 
     let text_capture = capture(&pg, false)?;
@@ -435,20 +352,10 @@ fn decodes_a_real_postgres_15_session() -> TestResult {
     for (index, (actual, expected)) in text.iter().zip(&expected).enumerate() {
         assert_eq!(actual, expected, "message {index}");
     }
-    assert_eq!(
-        text.len(),
-        expected.len(),
-        "{:#?}",
-        text.get(expected.len()..)
-    );
+    assert_eq!(text.len(), expected.len(), "{:#?}", text.get(expected.len()..));
 
     let rows = typed_rows(&text)?;
-    let row1: Vec<Value> = rows
-        .first()
-        .ok_or("row 1")?
-        .iter()
-        .map(|(_, value)| value.clone())
-        .collect();
+    let row1: Vec<Value> = rows.first().ok_or("row 1")?.iter().map(|(_, value)| value.clone()).collect();
     let uuid = Uuid::parse("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").ok_or("uuid")?;
     let timestamp = Timestamp::parse_text("2024-03-01 12:34:56.789", false).ok_or("timestamp")?;
     assert_eq!(
@@ -471,10 +378,7 @@ fn decodes_a_real_postgres_15_session() -> TestResult {
             Value::Date(Date::from_ymd(2024, 2, 29).ok_or("date")?),
             Value::Timestamp(timestamp),
             Value::TimestampTz(timestamp),
-            Value::Other {
-                type_oid: mood,
-                text: "happy".into()
-            },
+            Value::Other { type_oid: mood, text: "happy".into() },
             Value::Text("small".into()),
         ]
     );
@@ -484,10 +388,7 @@ fn decodes_a_real_postgres_15_session() -> TestResult {
     assert_eq!(tz.to_rfc3339().as_deref(), Some("2024-03-01T12:34:56.789Z"));
     let row2 = rows.get(1).ok_or("row 2")?;
     assert_eq!(row2[14], ("d".into(), Value::Date(Date::INFINITY)));
-    assert_eq!(
-        row2[15],
-        ("ts".into(), Value::Timestamp(Timestamp::NEG_INFINITY))
-    );
+    assert_eq!(row2[15], ("ts".into(), Value::Timestamp(Timestamp::NEG_INFINITY)));
     assert_eq!(row2[16], ("tz".into(), Value::Null));
     let update = rows.get(3).ok_or("update of row 3")?;
     assert_eq!(update[18], ("big".into(), Value::UnchangedToast));
@@ -499,22 +400,13 @@ fn decodes_a_real_postgres_15_session() -> TestResult {
     let Some(Message::Insert(first)) = binary.get(3) else {
         return Err("binary insert".into());
     };
-    assert_eq!(
-        first.new.0.first(),
-        Some(&TupleValue::Binary(Bytes::from_static(&[0, 0, 0, 1])))
-    );
+    assert_eq!(first.new.0.first(), Some(&TupleValue::Binary(Bytes::from_static(&[0, 0, 0, 1]))));
     let binary_rows = typed_rows(&binary)?;
     assert_eq!(binary_rows.len(), rows.len());
     for (text_row, binary_row) in rows.iter().zip(&binary_rows) {
         for (text_value, binary_value) in text_row.iter().zip(binary_row) {
             match (&text_value.1, &binary_value.1) {
-                (
-                    Value::Other { type_oid, .. },
-                    Value::Binary {
-                        type_oid: binary_oid,
-                        data,
-                    },
-                ) => {
+                (Value::Other { type_oid, .. }, Value::Binary { type_oid: binary_oid, data }) => {
                     assert_eq!((type_oid, data.as_ref()), (binary_oid, &b"happy"[..]));
                 }
                 _ => assert_eq!(text_value, binary_value),

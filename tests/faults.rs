@@ -39,15 +39,9 @@ struct Rng(u64);
 
 impl Rng {
     fn seeded(test: &str) -> Rng {
-        let seed = std::env::var("FAULTS_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
+        let seed = std::env::var("FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
         eprintln!("{test}: FAULTS_SEED={seed}");
         Rng(seed)
     }
@@ -132,12 +126,7 @@ impl Producers {
                 tokio::spawn(ctx.run())
             })
             .collect();
-        Producers {
-            stop,
-            phase,
-            committed,
-            handles,
-        }
+        Producers { stop, phase, committed, handles }
     }
 
     fn committed(&self) -> u64 {
@@ -197,11 +186,7 @@ impl ProducerCtx {
                     return client;
                 }
                 Err(err) => {
-                    assert!(
-                        started.elapsed() < PRODUCER_RECONNECT,
-                        "{}: postgres unreachable: {err}",
-                        self.name
-                    );
+                    assert!(started.elapsed() < PRODUCER_RECONNECT, "{}: postgres unreachable: {err}", self.name);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -209,32 +194,14 @@ impl ProducerCtx {
     }
 
     /// Whether a transaction whose COMMIT result was lost did commit (all of its rows or none).
-    async fn resolve(
-        &self,
-        client: &tokio_postgres::Client,
-        ids: &[String],
-    ) -> Result<bool, tokio_postgres::Error> {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM outbox WHERE id::text = ANY($1)",
-                &[&ids],
-            )
-            .await?
-            .get(0);
-        assert!(
-            n == 0 || n as usize == ids.len(),
-            "{}: transaction half committed ({n} of {})",
-            self.name,
-            ids.len()
-        );
+    async fn resolve(&self, client: &tokio_postgres::Client, ids: &[String]) -> Result<bool, tokio_postgres::Error> {
+        let n: i64 = client.query_one("SELECT count(*) FROM outbox WHERE id::text = ANY($1)", &[&ids]).await?.get(0);
+        assert!(n == 0 || n as usize == ids.len(), "{}: transaction half committed ({n} of {})", self.name, ids.len());
         Ok(n > 0)
     }
 
     async fn run(mut self) -> ProducerLog {
-        let mut log = ProducerLog {
-            name: self.name.clone(),
-            batches: Vec::new(),
-        };
+        let mut log = ProducerLog { name: self.name.clone(), batches: Vec::new() };
         let mut client = self.connect().await;
         let mut unknown: Option<Batch> = None;
         let mut next_seq: u64 = 0;
@@ -243,8 +210,7 @@ impl ProducerCtx {
             if let Some(batch) = unknown.take() {
                 match self.resolve(&client, &batch.ids).await {
                     Ok(true) => {
-                        self.committed
-                            .fetch_add(batch.ids.len() as u64, Ordering::Relaxed);
+                        self.committed.fetch_add(batch.ids.len() as u64, Ordering::Relaxed);
                         log.batches.push(batch);
                     }
                     Ok(false) => {}
@@ -258,18 +224,12 @@ impl ProducerCtx {
             if self.stop.load(Ordering::SeqCst) || next_seq >= self.load.per_producer {
                 break;
             }
-            let n = self
-                .rng
-                .range(self.load.batch.clone())
-                .min(self.load.per_producer - next_seq);
+            let n = self.rng.range(self.load.batch.clone()).min(self.load.per_producer - next_seq);
             let phase = self.phase.load(Ordering::SeqCst);
             let last = (next_seq + n) as i64 - 1;
             let outcome = async {
                 let tx = client.transaction().await.map_err(|e| (e, None))?;
-                let rows = tx
-                    .query(INSERT, &[&self.name, &(next_seq as i64), &last])
-                    .await
-                    .map_err(|e| (e, None))?;
+                let rows = tx.query(INSERT, &[&self.name, &(next_seq as i64), &last]).await.map_err(|e| (e, None))?;
                 let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
                 tx.commit().await.map_err(|e| (e, Some(ids.clone())))?;
                 Ok::<_, (tokio_postgres::Error, Option<Vec<String>>)>(ids)
@@ -279,8 +239,7 @@ impl ProducerCtx {
                 Ok(ids) => {
                     failures_since = None;
                     next_seq += n;
-                    self.committed
-                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                    self.committed.fetch_add(ids.len() as u64, Ordering::Relaxed);
                     log.batches.push(Batch { ids, phase });
                     if !self.load.pause_per_row.is_zero() {
                         tokio::time::sleep(self.load.pause_per_row * n as u32).await;
@@ -288,11 +247,7 @@ impl ProducerCtx {
                 }
                 Err((err, ids)) => {
                     let since = *failures_since.get_or_insert_with(Instant::now);
-                    assert!(
-                        since.elapsed() < PRODUCER_RECONNECT,
-                        "{}: postgres keeps failing: {err}",
-                        self.name
-                    );
+                    assert!(since.elapsed() < PRODUCER_RECONNECT, "{}: postgres keeps failing: {err}", self.name);
                     // The sequence numbers of a failed transaction are never reused: its rows may have committed.
                     next_seq += n;
                     unknown = ids.map(|ids| Batch { ids, phase });
@@ -320,11 +275,7 @@ enum Expect<'a> {
     /// The stream was deleted and recreated: per producer a contiguous suffix of its commits that includes every
     /// transaction begun in phase `from_phase` or later and `extra`; every row it lacks is in `earlier` (the deleted
     /// stream's content), so nothing was confirmed to Postgres before JetStream stored it.
-    SuffixFrom {
-        from_phase: u64,
-        extra: &'a [String],
-        earlier: &'a [Stored],
-    },
+    SuffixFrom { from_phase: u64, extra: &'a [String], earlier: &'a [Stored] },
     /// A stream that was deleted: per producer a contiguous prefix of its commits; its last transaction may be cut.
     Prefix,
 }
@@ -338,21 +289,10 @@ struct Origin {
 }
 
 /// Asserts the stream content. `sentinel` is a final single-row transaction committed after the producers stopped.
-fn verify(
-    label: &str,
-    messages: &[Stored],
-    logs: &[ProducerLog],
-    sentinel: &[String],
-    expect: Expect<'_>,
-) {
+fn verify(label: &str, messages: &[Stored], logs: &[ProducerLog], sentinel: &[String], expect: Expect<'_>) {
     let mut logs_all: Vec<&ProducerLog> = logs.iter().collect();
-    let sentinel_log = ProducerLog {
-        name: "sentinel".into(),
-        batches: vec![Batch {
-            ids: sentinel.to_vec(),
-            phase: u64::MAX,
-        }],
-    };
+    let sentinel_log =
+        ProducerLog { name: "sentinel".into(), batches: vec![Batch { ids: sentinel.to_vec(), phase: u64::MAX }] };
     logs_all.push(&sentinel_log);
     let mut origin: HashMap<&str, Origin> = HashMap::new();
     let mut total = 0usize;
@@ -361,16 +301,7 @@ fn verify(
         for (b, batch) in log.batches.iter().enumerate() {
             for id in &batch.ids {
                 assert!(
-                    origin
-                        .insert(
-                            id,
-                            Origin {
-                                producer: p,
-                                batch: b,
-                                ordinal
-                            }
-                        )
-                        .is_none(),
+                    origin.insert(id, Origin { producer: p, batch: b, ordinal }).is_none(),
                     "{label}: id {id} committed twice"
                 );
                 ordinal += 1;
@@ -383,16 +314,8 @@ fn verify(
     let mut seen: HashSet<&str> = HashSet::new();
     for m in messages {
         let id = m.id();
-        assert!(
-            origin.contains_key(id),
-            "{label}: stream seq {} holds id {id:?}, which never committed",
-            m.sequence
-        );
-        assert!(
-            seen.insert(id),
-            "{label}: duplicate id {id} at stream seq {}",
-            m.sequence
-        );
+        assert!(origin.contains_key(id), "{label}: stream seq {} holds id {id:?}, which never committed", m.sequence);
+        assert!(seen.insert(id), "{label}: duplicate id {id} at stream seq {}", m.sequence);
     }
 
     // 2. Per producer: its rows in its commit order, contiguous (no gap), and the expected extent.
@@ -424,45 +347,35 @@ fn verify(
                 ordinals.iter().zip(&want).position(|(a, b)| a != b)
             );
         }
-        if let Expect::SuffixFrom {
-            from_phase,
-            earlier,
-            ..
-        } = expect
-        {
+        if let Expect::SuffixFrom { from_phase, earlier, .. } = expect {
             // What the new stream lacks, the deleted one held: nothing was confirmed before it was stored.
             let held: HashSet<&str> = earlier.iter().map(Stored::id).collect();
             let ids = log.batches.iter().flat_map(|b| b.ids.iter());
             if let Some(lost) = ids.take(first).find(|id| !held.contains(id.as_str())) {
-                panic!(
-                    "{label}: producer {} row {lost} is in neither the deleted nor the new stream",
-                    log.name
-                );
+                panic!("{label}: producer {} row {lost} is in neither the deleted nor the new stream", log.name);
             }
             // Everything begun after the loss must be there.
             let mut ord = 0;
             for batch in &log.batches {
                 if batch.phase >= from_phase && batch.phase != u64::MAX {
-                    assert!(ord >= first, "{label}: producer {} lost rows committed after the fault (from its row {ord})", log.name);
+                    assert!(
+                        ord >= first,
+                        "{label}: producer {} lost rows committed after the fault (from its row {ord})",
+                        log.name
+                    );
                 }
                 ord += batch.ids.len();
             }
         }
     }
     match expect {
-        Expect::All => assert_eq!(
-            messages.len(),
-            total,
-            "{label}: stream holds {} rows, {total} committed",
-            messages.len()
-        ),
+        Expect::All => {
+            assert_eq!(messages.len(), total, "{label}: stream holds {} rows, {total} committed", messages.len())
+        }
         Expect::Prefix => {}
         Expect::SuffixFrom { extra, .. } => {
             for id in extra {
-                assert!(
-                    seen.contains(id.as_str()),
-                    "{label}: row {id} committed after the fault is missing"
-                );
+                assert!(seen.contains(id.as_str()), "{label}: row {id} committed after the fault is missing");
             }
         }
     }
@@ -473,12 +386,14 @@ fn verify(
     while i < messages.len() {
         let m = &messages[i];
         let lsn = m.commit_lsn();
+        assert!(lsn > 0, "{label}: stream seq {} has no Outbox-Commit-Lsn", m.sequence);
         assert!(
-            lsn > 0,
-            "{label}: stream seq {} has no Outbox-Commit-Lsn",
-            m.sequence
+            lsn > last_lsn || i == 0,
+            "{label}: Outbox-Commit-Lsn goes back or repeats a transaction at stream seq {} ({} after {:X})",
+            m.sequence,
+            m.header("Outbox-Commit-Lsn"),
+            last_lsn
         );
-        assert!(lsn > last_lsn || i == 0, "{label}: Outbox-Commit-Lsn goes back or repeats a transaction at stream seq {} ({} after {:X})", m.sequence, m.header("Outbox-Commit-Lsn"), last_lsn);
         let o = origin[m.id()];
         let batch = &logs_all[o.producer].batches[o.batch];
         assert_eq!(
@@ -493,10 +408,7 @@ fn verify(
                 if matches!(expect, Expect::Prefix) {
                     break;
                 }
-                panic!(
-                    "{label}: stream ends inside a transaction of {} rows",
-                    batch.ids.len()
-                )
+                panic!("{label}: stream ends inside a transaction of {} rows", batch.ids.len())
             };
             assert_eq!(
                 mk.id(),
@@ -504,55 +416,33 @@ fn verify(
                 "{label}: stream seq {}: transaction rows out of order or interleaved",
                 mk.sequence
             );
-            assert_eq!(
-                mk.commit_lsn(),
-                lsn,
-                "{label}: stream seq {}: one transaction, two commit LSNs",
-                mk.sequence
-            );
+            assert_eq!(mk.commit_lsn(), lsn, "{label}: stream seq {}: one transaction, two commit LSNs", mk.sequence);
             assert_eq!(
                 mk.header("Outbox-Index"),
                 k.to_string(),
                 "{label}: stream seq {}: wrong Outbox-Index",
                 mk.sequence
             );
-            assert_eq!(
-                mk.json()["producer"],
-                logs_all[o.producer].name.as_str(),
-                "{label}: payload of {id}"
-            );
+            assert_eq!(mk.json()["producer"], logs_all[o.producer].name.as_str(), "{label}: payload of {id}");
         }
         last_lsn = lsn;
         i += batch.ids.len();
     }
-    eprintln!(
-        "{label}: verified {} messages ({total} committed)",
-        messages.len()
-    );
+    eprintln!("{label}: verified {} messages ({total} committed)", messages.len());
 }
 
 /// Asserts that the producers' logs are exactly what Postgres holds (the ground truth the stream is checked against).
 async fn assert_logs_match_table(pg_url: &str, logs: &[ProducerLog], sentinel: &[String]) {
     let client = walrelay_tests::connect(pg_url).await;
-    let rows = client
-        .query("SELECT id::text FROM outbox", &[])
-        .await
-        .expect("read outbox");
+    let rows = client.query("SELECT id::text FROM outbox", &[]).await.expect("read outbox");
     let table: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
     let logged: HashSet<String> = logs
         .iter()
         .flat_map(|l| l.batches.iter().flat_map(|b| b.ids.iter().cloned()))
         .chain(sentinel.iter().cloned())
         .collect();
-    assert_eq!(
-        table.len(),
-        logged.len(),
-        "the outbox table and the producers disagree on what committed"
-    );
-    assert!(
-        table == logged,
-        "the outbox table and the producers disagree on what committed"
-    );
+    assert_eq!(table.len(), logged.len(), "the outbox table and the producers disagree on what committed");
+    assert!(table == logged, "the outbox table and the producers disagree on what committed");
 }
 
 /// Commits one final row after the producers stopped and waits until it is the stream's last message: then every
@@ -587,9 +477,7 @@ async fn last_message_id(js: &jetstream::Context, stream: &str) -> Option<String
     let mut s = js.get_stream(stream).await.ok()?;
     let last = s.info().await.ok()?.state.last_sequence;
     let msg = s.get_raw_message(last).await.ok()?;
-    msg.headers
-        .get("Nats-Msg-Id")
-        .map(|v| v.as_str().to_owned())
+    msg.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned())
 }
 
 /// The stream's message count, waiting (bounded) for an answer while the broker recovers.
@@ -601,10 +489,7 @@ async fn count(js: &jetstream::Context, stream: &str) -> u64 {
                 return info.state.messages;
             }
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "stream {stream} does not answer"
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "stream {stream} does not answer");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -614,10 +499,7 @@ async fn count(js: &jetstream::Context, stream: &str) -> u64 {
 async fn messages_by_get(js: &jetstream::Context, stream: &str) -> Vec<Stored> {
     let started = Instant::now();
     let retry = |what: String| {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "reading stream {stream}: {what}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "reading stream {stream}: {what}");
         tokio::time::sleep(Duration::from_millis(100))
     };
     let (s, first, last) = loop {
@@ -642,12 +524,7 @@ async fn messages_by_get(js: &jetstream::Context, stream: &str) -> Vec<Stored> {
                     .iter()
                     .filter_map(|(k, v)| Some((k.to_string(), v.first()?.as_str().to_owned())))
                     .collect();
-                out.push(Stored {
-                    sequence: seq,
-                    subject: msg.subject.to_string(),
-                    headers,
-                    payload: msg.payload,
-                });
+                out.push(Stored { sequence: seq, subject: msg.subject.to_string(), headers, payload: msg.payload });
                 seq += 1;
             }
             Err(e) => retry(e.to_string()).await,
@@ -659,17 +536,9 @@ async fn messages_by_get(js: &jetstream::Context, stream: &str) -> Vec<Stored> {
 /// Deletes the stream at a moment whose content is known exactly: the relay is frozen (SIGSTOP) so nothing more
 /// reaches the stream, the stream is read once its last sequence stands still, deleted, and the relay thawed.
 /// Returns the deleted stream's content.
-async fn delete_stream_frozen(
-    js: &jetstream::Context,
-    stream: &str,
-    relay: &Process,
-) -> Vec<Stored> {
+async fn delete_stream_frozen(js: &jetstream::Context, stream: &str, relay: &Process) -> Vec<Stored> {
     let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &relay.pid().to_string()])
-            .status()
-            .expect("kill")
-            .success();
+        let ok = Command::new("kill").args([sig, &relay.pid().to_string()]).status().expect("kill").success();
         assert!(ok, "kill {sig} relay");
     };
     signal("-STOP");
@@ -677,46 +546,24 @@ async fn delete_stream_frozen(
     let mut last = (u64::MAX, Instant::now());
     let started = Instant::now();
     loop {
-        let seq = js
-            .get_stream(stream)
-            .await
-            .expect("stream")
-            .info()
-            .await
-            .expect("info")
-            .state
-            .last_sequence;
+        let seq = js.get_stream(stream).await.expect("stream").info().await.expect("info").state.last_sequence;
         if seq != last.0 {
             last = (seq, Instant::now());
         } else if last.1.elapsed() > Duration::from_millis(300) {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "stream tail never settled"
-        );
+        assert!(started.elapsed() < Duration::from_secs(10), "stream tail never settled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let old = stream_messages(js, stream).await;
-    assert_eq!(
-        old.last().map(|m| m.sequence),
-        Some(last.0),
-        "the frozen stream changed while read"
-    );
+    assert_eq!(old.last().map(|m| m.sequence), Some(last.0), "the frozen stream changed while read");
     js.delete_stream(stream).await.expect("delete stream");
     signal("-CONT");
     old
 }
 
 /// Waits until the stream has grown by at least `by` messages past `from` (the relay flows).
-async fn wait_growth(
-    js: &jetstream::Context,
-    stream: &str,
-    from: u64,
-    by: u64,
-    timeout: Duration,
-    relay: &Process,
-) {
+async fn wait_growth(js: &jetstream::Context, stream: &str, from: u64, by: u64, timeout: Duration, relay: &Process) {
     let started = Instant::now();
     loop {
         let c = stream_count(js, stream).await;
@@ -739,12 +586,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 /// A moderate load for the single-fault scenarios: three producers, small transactions, paced.
 fn light_load() -> Load {
-    Load {
-        producers: 3,
-        batch: 1..=20,
-        per_producer: u64::MAX,
-        pause_per_row: Duration::from_micros(500),
-    }
+    Load { producers: 3, batch: 1..=20, per_producer: u64::MAX, pause_per_row: Duration::from_micros(500) }
 }
 
 fn run_args(extra: &[&'static str]) -> Vec<&'static str> {
@@ -769,14 +611,10 @@ where
     let fault_at = Instant::now();
     fault(env, &relay).await;
     let at = producers.committed();
-    producers
-        .wait_committed(at + 300, Duration::from_secs(60))
-        .await;
+    producers.wait_committed(at + 300, Duration::from_secs(60)).await;
     let now = count(&js, &env.stream).await;
     wait_growth(&js, &env.stream, now, 300, Duration::from_secs(60), &relay).await;
-    let interruptions = relay.output()[before..]
-        .matches("relay interrupted")
-        .count();
+    let interruptions = relay.output()[before..].matches("relay interrupted").count();
     eprintln!(
         "{label}: flowing again {:?} after the fault; {interruptions} session(s) interrupted",
         fault_at.elapsed()
@@ -791,11 +629,7 @@ where
     assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
     let messages = stream_messages(&js, &env.stream).await;
     verify(label, &messages, &logs, &sentinel, Expect::All);
-    assert!(
-        relay.exit_status().is_none(),
-        "{label}: the relay exited:\n{}",
-        relay.output_tail(40)
-    );
+    assert!(relay.exit_status().is_none(), "{label}: the relay exited:\n{}", relay.output_tail(40));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -811,12 +645,7 @@ async fn relay_killed_at_20_random_moments_during_100k_events() {
     env.setup();
     eprintln!("{label}: servers ready in {:?}", t0.elapsed());
     let js = env.js().await;
-    let load = Load {
-        producers: 4,
-        batch: 50..=200,
-        per_producer: 25_000,
-        pause_per_row: Duration::from_micros(800),
-    };
+    let load = Load { producers: 4, batch: 50..=200, per_producer: 25_000, pause_per_row: Duration::from_micros(800) };
     let mut relay = env.spawn_run(&run_args(&[]));
     let producers = Producers::start(&env.pg_url(), &load, &mut rng);
     let started = Instant::now();
@@ -845,14 +674,9 @@ async fn relay_killed_at_20_random_moments_during_100k_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restarted_mid_stream() {
     let mut env = Env::start();
-    single_fault(
-        "nats_restart",
-        &mut env,
-        false,
-        async |env: &mut Env, _relay: &Process| {
-            blocking(|| env.nats.restart()).expect("restart nats");
-        },
-    )
+    single_fault("nats_restart", &mut env, false, async |env: &mut Env, _relay: &Process| {
+        blocking(|| env.nats.restart()).expect("restart nats");
+    })
     .await;
 }
 
@@ -860,29 +684,20 @@ async fn nats_restarted_mid_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_paused_longer_than_publish_timeout() {
     let mut env = Env::start();
-    single_fault(
-        "nats_pause",
-        &mut env,
-        true,
-        async |env: &mut Env, relay: &Process| {
-            env.nats.pause().expect("pause nats");
-            // Longer than --publish-timeout: in-flight acks time out while the server holds the connection.
-            let held = Instant::now();
-            let out = relay.output().len();
-            wait_for(
-                "the relay to notice the stalled broker",
-                Duration::from_secs(30),
-                || {
-                    let noticed = relay.output()[out..].contains("relay interrupted");
-                    async move { noticed }
-                },
-            )
-            .await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            assert!(held.elapsed() > Duration::from_secs(2));
-            env.nats.resume().expect("resume nats");
-        },
-    )
+    single_fault("nats_pause", &mut env, true, async |env: &mut Env, relay: &Process| {
+        env.nats.pause().expect("pause nats");
+        // Longer than --publish-timeout: in-flight acks time out while the server holds the connection.
+        let held = Instant::now();
+        let out = relay.output().len();
+        wait_for("the relay to notice the stalled broker", Duration::from_secs(30), || {
+            let noticed = relay.output()[out..].contains("relay interrupted");
+            async move { noticed }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(held.elapsed() > Duration::from_secs(2));
+        env.nats.resume().expect("resume nats");
+    })
     .await;
 }
 
@@ -890,14 +705,9 @@ async fn nats_paused_longer_than_publish_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_fast_mid_stream() {
     let mut env = Env::start();
-    single_fault(
-        "pg_restart_fast",
-        &mut env,
-        true,
-        async |env: &mut Env, _relay: &Process| {
-            blocking(|| env.pg.restart_fast()).expect("restart postgres");
-        },
-    )
+    single_fault("pg_restart_fast", &mut env, true, async |env: &mut Env, _relay: &Process| {
+        blocking(|| env.pg.restart_fast()).expect("restart postgres");
+    })
     .await;
 }
 
@@ -905,16 +715,11 @@ async fn postgres_restart_fast_mid_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crash_immediate_mid_stream() {
     let mut env = Env::start();
-    single_fault(
-        "pg_crash_immediate",
-        &mut env,
-        true,
-        async |env: &mut Env, _relay: &Process| {
-            blocking(|| env.pg.crash_immediate()).expect("crash postgres");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            blocking(|| env.pg.start_again()).expect("start postgres again");
-        },
-    )
+    single_fault("pg_crash_immediate", &mut env, true, async |env: &mut Env, _relay: &Process| {
+        blocking(|| env.pg.crash_immediate()).expect("crash postgres");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        blocking(|| env.pg.start_again()).expect("start postgres again");
+    })
     .await;
 }
 
@@ -939,49 +744,21 @@ async fn nats_cluster_stream_leader_killed() {
             .env("WALRELAY_PROGRESS_INTERVAL", "1s");
         cmd
     };
-    let relay = Process::spawn(relay_cmd(&[
-        "run",
-        "--stream-replicas",
-        "3",
-        "--publish-timeout",
-        PUBLISH_TIMEOUT,
-    ]))
-    .expect("spawn relay");
-    relay
-        .wait_for_output("relay started", Duration::from_secs(60))
-        .expect("relay started");
-    let js = jetstream::new(
-        async_nats::connect(cluster.url_list().as_slice())
-            .await
-            .expect("connect nats cluster"),
-    );
+    let relay = Process::spawn(relay_cmd(&["run", "--stream-replicas", "3", "--publish-timeout", PUBLISH_TIMEOUT]))
+        .expect("spawn relay");
+    relay.wait_for_output("relay started", Duration::from_secs(60)).expect("relay started");
+    let js = jetstream::new(async_nats::connect(cluster.url_list().as_slice()).await.expect("connect nats cluster"));
     let producers = Producers::start(&pg_url, &light_load(), &mut rng);
     wait_growth(&js, &stream, 0, 300, Duration::from_secs(60), &relay).await;
     tokio::time::sleep(rng.millis(0..=500)).await;
-    let info = js
-        .get_stream(&stream)
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("stream info")
-        .clone();
-    assert_eq!(
-        info.config.num_replicas, 3,
-        "the relay created an R3 stream"
-    );
+    let info = js.get_stream(&stream).await.expect("stream").info().await.expect("stream info").clone();
+    assert_eq!(info.config.num_replicas, 3, "the relay created an R3 stream");
     let leader = info.cluster.and_then(|c| c.leader).expect("stream leader");
-    let index = cluster
-        .nodes
-        .iter()
-        .position(|n| n.name() == leader)
-        .expect("leader is a node");
+    let index = cluster.nodes.iter().position(|n| n.name() == leader).expect("leader is a node");
     eprintln!("{label}: killing stream leader {leader}");
     blocking(|| cluster.node(index).kill9());
     let at = producers.committed();
-    producers
-        .wait_committed(at + 300, Duration::from_secs(60))
-        .await;
+    producers.wait_committed(at + 300, Duration::from_secs(60)).await;
     let now = count(&js, &stream).await;
     wait_growth(&js, &stream, now, 300, Duration::from_secs(90), &relay).await;
     let new_leader = js
@@ -1003,11 +780,7 @@ async fn nats_cluster_stream_leader_killed() {
     assert_logs_match_table(&pg_url, &logs, &sentinel).await;
     let messages = messages_by_get(&js, &stream).await;
     verify(label, &messages, &logs, &sentinel, Expect::All);
-    assert!(
-        relay.exit_status().is_none(),
-        "{label}: the relay exited:\n{}",
-        relay.output_tail(40)
-    );
+    assert!(relay.exit_status().is_none(), "{label}: the relay exited:\n{}", relay.output_tail(40));
 }
 
 /// Two relays on one slot: the standby logs that it stands by, the active one is killed, the standby takes over
@@ -1018,15 +791,9 @@ async fn standby_relay_takes_over_after_active_is_killed() {
     let mut rng = Rng::seeded(label);
     let env = Env::start();
     let active = env.spawn_run(&run_args(&[]));
-    let standby = Process::spawn(env.walrelay(&["run", "--publish-timeout", PUBLISH_TIMEOUT]))
-        .expect("spawn standby");
-    standby
-        .wait_for_output("slot is in use, standing by", Duration::from_secs(30))
-        .expect("standby waits");
-    assert!(
-        !standby.output().contains("relay started"),
-        "the standby started while the slot was held"
-    );
+    let standby = Process::spawn(env.walrelay(&["run", "--publish-timeout", PUBLISH_TIMEOUT])).expect("spawn standby");
+    standby.wait_for_output("slot is in use, standing by", Duration::from_secs(30)).expect("standby waits");
+    assert!(!standby.output().contains("relay started"), "the standby started while the slot was held");
     let js = env.js().await;
     let producers = Producers::start(&env.pg_url(), &light_load(), &mut rng);
     wait_growth(&js, &env.stream, 0, 300, Duration::from_secs(60), &active).await;
@@ -1038,15 +805,7 @@ async fn standby_relay_takes_over_after_active_is_killed() {
     eprintln!("{label}: standby took over after {:?}", killed.elapsed());
     assert!(standby.output().contains("slot acquired, taking over"));
     let now = count(&js, &env.stream).await;
-    wait_growth(
-        &js,
-        &env.stream,
-        now,
-        300,
-        Duration::from_secs(60),
-        &standby,
-    )
-    .await;
+    wait_growth(&js, &env.stream, now, 300, Duration::from_secs(60), &standby).await;
     let logs = producers.finish(true).await;
     let sentinel = commit_sentinel_and_drain(&env.pg_url(), &js, &env.stream, &[&standby]).await;
     assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
@@ -1071,23 +830,13 @@ async fn stream_deleted_with_no_create_exits_1_with_remedy() {
     let phase = producers.next_phase();
     let status = blocking(|| relay.wait_timeout(Duration::from_secs(30))).expect("wait relay");
     let status = status.unwrap_or_else(|| {
-        panic!(
-            "{label}: relay still runs after the stream was deleted:\n{}",
-            relay.output_tail(40)
-        )
+        panic!("{label}: relay still runs after the stream was deleted:\n{}", relay.output_tail(40))
     });
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "{label}: exit code; output:\n{}",
-        relay.output_tail(40)
-    );
+    assert_eq!(status.code(), Some(1), "{label}: exit code; output:\n{}", relay.output_tail(40));
     let out = relay.output();
     assert!(
-        out.contains(&format!(
-            "stream {} does not exist and --no-create is set",
-            env.stream
-        )) && out.contains("walrelay setup"),
+        out.contains(&format!("stream {} does not exist and --no-create is set", env.stream))
+            && out.contains("walrelay setup"),
         "{label}: the error names the stream and the remedy:\n{}",
         relay.output_tail(20)
     );
@@ -1099,24 +848,14 @@ async fn stream_deleted_with_no_create_exits_1_with_remedy() {
     let logs = producers.finish(true).await;
     let sentinel = commit_sentinel_and_drain(&env.pg_url(), &js, &env.stream, &[&relay]).await;
     assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
-    verify(
-        &format!("{label} (deleted stream)"),
-        &old,
-        &logs,
-        &[],
-        Expect::Prefix,
-    );
+    verify(&format!("{label} (deleted stream)"), &old, &logs, &[], Expect::Prefix);
     let messages = stream_messages(&js, &env.stream).await;
     verify(
         label,
         &messages,
         &logs,
         &sentinel,
-        Expect::SuffixFrom {
-            from_phase: phase,
-            extra: &sentinel,
-            earlier: &old,
-        },
+        Expect::SuffixFrom { from_phase: phase, extra: &sentinel, earlier: &old },
     );
 }
 
@@ -1137,43 +876,25 @@ async fn stream_deleted_without_no_create_is_recreated() {
     let out = relay.output().len();
     let old = delete_stream_frozen(&js, &env.stream, &relay).await;
     let phase = producers.next_phase();
-    wait_for(
-        "the relay to recreate the stream",
-        Duration::from_secs(30),
-        || {
-            let created = relay.output()[out..].contains("stream created");
-            async move { created }
-        },
-    )
+    wait_for("the relay to recreate the stream", Duration::from_secs(30), || {
+        let created = relay.output()[out..].contains("stream created");
+        async move { created }
+    })
     .await;
     wait_growth(&js, &env.stream, 0, 300, Duration::from_secs(60), &relay).await;
     let logs = producers.finish(true).await;
     let sentinel = commit_sentinel_and_drain(&env.pg_url(), &js, &env.stream, &[&relay]).await;
     assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
-    verify(
-        &format!("{label} (deleted stream)"),
-        &old,
-        &logs,
-        &[],
-        Expect::Prefix,
-    );
+    verify(&format!("{label} (deleted stream)"), &old, &logs, &[], Expect::Prefix);
     let messages = stream_messages(&js, &env.stream).await;
     verify(
         label,
         &messages,
         &logs,
         &sentinel,
-        Expect::SuffixFrom {
-            from_phase: phase,
-            extra: &sentinel,
-            earlier: &old,
-        },
+        Expect::SuffixFrom { from_phase: phase, extra: &sentinel, earlier: &old },
     );
-    assert!(
-        relay.exit_status().is_none(),
-        "{label}: the relay exited:\n{}",
-        relay.output_tail(40)
-    );
+    assert!(relay.exit_status().is_none(), "{label}: the relay exited:\n{}", relay.output_tail(40));
 }
 
 /// The slot is dropped while the relay is stopped; starting it fails with exit 1 and a clear message, the slot is not
@@ -1185,54 +906,31 @@ async fn slot_dropped_while_stopped_is_not_recreated() {
     let env = Env::start();
     let relay = env.spawn_run(&run_args(&[]));
     let js = env.js().await;
-    let load = Load {
-        producers: 3,
-        batch: 1..=20,
-        per_producer: 300,
-        pause_per_row: Duration::ZERO,
-    };
+    let load = Load { producers: 3, batch: 1..=20, per_producer: 300, pause_per_row: Duration::ZERO };
     let producers = Producers::start(&env.pg_url(), &load, &mut rng);
     let logs = producers.finish(false).await;
     let sentinel = commit_sentinel_and_drain(&env.pg_url(), &js, &env.stream, &[&relay]).await;
     relay.sigterm().expect("sigterm");
-    let status = blocking(|| relay.wait_timeout(Duration::from_secs(30)))
-        .expect("wait")
-        .expect("relay stopped");
+    let status = blocking(|| relay.wait_timeout(Duration::from_secs(30))).expect("wait").expect("relay stopped");
     assert_eq!(status.code(), Some(0), "{label}: a requested stop exits 0");
-    env.pg
-        .psql(&format!("SELECT pg_drop_replication_slot('{}')", env.slot))
-        .expect("drop slot");
+    env.pg.psql(&format!("SELECT pg_drop_replication_slot('{}')", env.slot)).expect("drop slot");
     // Committed while no slot exists: cannot be relayed, must not appear.
     let client = env.client().await;
     let lost = walrelay_tests::insert_events(&client, "after-drop", 0, 5).await;
-    let again = Process::spawn(env.walrelay(&["run", "--publish-timeout", PUBLISH_TIMEOUT]))
-        .expect("spawn relay");
+    let again = Process::spawn(env.walrelay(&["run", "--publish-timeout", PUBLISH_TIMEOUT])).expect("spawn relay");
     let status = blocking(|| again.wait_timeout(Duration::from_secs(30))).expect("wait");
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "{label}: relay still runs without its slot:\n{}",
-            again.output_tail(40)
-        )
-    });
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "{label}: exit code; output:\n{}",
-        again.output_tail(40)
-    );
+    let status =
+        status.unwrap_or_else(|| panic!("{label}: relay still runs without its slot:\n{}", again.output_tail(40)));
+    assert_eq!(status.code(), Some(1), "{label}: exit code; output:\n{}", again.output_tail(40));
     let out = again.output();
     assert!(
-        out.contains(&format!("replication slot {} does not exist", env.slot))
-            && out.contains("walrelay setup"),
+        out.contains(&format!("replication slot {} does not exist", env.slot)) && out.contains("walrelay setup"),
         "{label}: the error names the slot and the remedy:\n{}",
         again.output_tail(20)
     );
     let slots = env
         .pg
-        .psql(&format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
-            env.slot
-        ))
+        .psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'", env.slot))
         .expect("slots");
     assert_eq!(slots, "0", "{label}: the slot was recreated");
     let messages = stream_messages(&js, &env.stream).await;
@@ -1240,14 +938,8 @@ async fn slot_dropped_while_stopped_is_not_recreated() {
         messages.iter().all(|m| !lost.iter().any(|id| id == m.id())),
         "{label}: an event committed without a slot was published"
     );
-    let client_rows: i64 = client
-        .query_one(
-            "SELECT count(*) FROM outbox WHERE aggregate_id = 'after-drop'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let client_rows: i64 =
+        client.query_one("SELECT count(*) FROM outbox WHERE aggregate_id = 'after-drop'", &[]).await.unwrap().get(0);
     assert_eq!(client_rows, 5);
     verify(label, &messages, &logs, &sentinel, Expect::All);
 }

@@ -9,26 +9,15 @@ use walrelay_testkit::{free_port, Nats, Postgres};
 
 /// The line of a check, asserting the output has exactly one.
 fn line<'a>(out: &'a Output, check: &str) -> &'a str {
-    let lines: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some(&format!("{check}:")))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one `{check}` line in:\n{}",
-        out.stdout
-    );
+    let lines: Vec<&str> =
+        out.stdout.lines().filter(|l| l.split_whitespace().nth(1) == Some(&format!("{check}:"))).collect();
+    assert_eq!(lines.len(), 1, "expected one `{check}` line in:\n{}", out.stdout);
     lines[0]
 }
 
 fn assert_well_formed(out: &Output) {
     for l in out.stdout.lines().filter(|l| !l.is_empty()) {
-        let ok = l.starts_with("ok   ")
-            || l.starts_with("warn ")
-            || l.starts_with("fail ")
-            || l.contains(" failed, ");
+        let ok = l.starts_with("ok   ") || l.starts_with("warn ") || l.starts_with("fail ") || l.contains(" failed, ");
         assert!(ok, "unexpected doctor line: {l}");
         if l.starts_with("fail ") {
             assert!(l.contains("; remedy: "), "failure without remedy: {l}");
@@ -56,11 +45,7 @@ fn doctor_names_the_remedy_for_each_failure() -> TestResult {
         "stream",
         "stream_subjects",
     ] {
-        assert!(
-            line(&healthy, check).starts_with("ok "),
-            "{}",
-            healthy.stdout
-        );
+        assert!(line(&healthy, check).starts_with("ok "), "{}", healthy.stdout);
     }
 
     // A missing publication.
@@ -93,34 +78,21 @@ fn doctor_names_the_remedy_for_each_failure() -> TestResult {
     );
     env.sql(remedy)?;
     let out = env.walrelay(&nopk)?;
-    assert!(
-        line(&out, "primary_key").starts_with("ok "),
-        "{}",
-        out.stdout
-    );
+    assert!(line(&out, "primary_key").starts_with("ok "), "{}", out.stdout);
     assert_eq!(out.code, 0, "{out:?}");
 
     // A role without REPLICATION.
     env.sql("CREATE ROLE app LOGIN")?;
-    let app_url = env
-        .pg_url
-        .replacen("postgres://postgres@", "postgres://app@", 1);
+    let app_url = env.pg_url.replacen("postgres://postgres@", "postgres://app@", 1);
     assert_ne!(app_url, env.pg_url);
     let out = env.walrelay(&["doctor", "--pg-url", &app_url])?;
     assert_well_formed(&out);
     assert_eq!(out.code, 1, "{out:?}");
     let remedy = "ALTER ROLE \"app\" WITH REPLICATION;";
-    assert_eq!(
-        line(&out, "role"),
-        format!("fail role: app lacks REPLICATION; remedy: {remedy}")
-    );
+    assert_eq!(line(&out, "role"), format!("fail role: app lacks REPLICATION; remedy: {remedy}"));
     env.sql(remedy)?;
     let out = env.walrelay(&["doctor", "--pg-url", &app_url])?;
-    assert!(
-        line(&out, "role").starts_with("ok   role: app has LOGIN and REPLICATION"),
-        "{}",
-        out.stdout
-    );
+    assert!(line(&out, "role").starts_with("ok   role: app has LOGIN and REPLICATION"), "{}", out.stdout);
 
     // An absent stream.
     let out = env.walrelay(&["doctor", "--stream", "ABSENT"])?;
@@ -138,10 +110,7 @@ fn doctor_names_the_remedy_for_each_failure() -> TestResult {
     assert_well_formed(&out);
     assert_eq!(out.code, 1, "{out:?}");
     let nats = line(&out, "nats");
-    assert!(
-        nats.starts_with("fail nats: nats at nats://127.0.0.1:"),
-        "{nats}"
-    );
+    assert!(nats.starts_with("fail nats: nats at nats://127.0.0.1:"), "{nats}");
     assert!(
         nats.ends_with(&format!(
             "; remedy: start nats-server with JetStream (nats-server -js), or set --nats-url / WALRELAY_NATS_URL (now {unreachable})"
@@ -154,9 +123,7 @@ fn doctor_names_the_remedy_for_each_failure() -> TestResult {
 
 #[test]
 fn doctor_fails_on_wal_level_replica() -> TestResult {
-    let pg = Postgres::builder()
-        .setting("wal_level", "replica")
-        .start()?;
+    let pg = Postgres::builder().setting("wal_level", "replica").start()?;
     let env = Env::with(pg, Nats::start()?)?;
     let out = env.walrelay(&["doctor"])?;
     assert_well_formed(&out);

@@ -15,33 +15,13 @@ use walrelay_testkit::wait_until;
 fn assert_same_event(line: &serde_json::Value, stored: &StoredMessage) {
     assert_eq!(line["id"].as_str(), Some(stored.id()), "{line}");
     assert_eq!(line["table"], "public.outbox", "{line}");
-    assert_eq!(
-        line["subject"].as_str(),
-        Some(stored.subject.as_str()),
-        "{line}"
-    );
-    assert_eq!(
-        line["commit_lsn"].as_str(),
-        Some(stored.header("Outbox-Commit-Lsn")),
-        "{line}"
-    );
-    assert_eq!(
-        line["index"].to_string(),
-        stored.header("Outbox-Index"),
-        "{line}"
-    );
-    assert_eq!(
-        line["commit_time"].as_str(),
-        Some(stored.header("Outbox-Commit-Time")),
-        "{line}"
-    );
+    assert_eq!(line["subject"].as_str(), Some(stored.subject.as_str()), "{line}");
+    assert_eq!(line["commit_lsn"].as_str(), Some(stored.header("Outbox-Commit-Lsn")), "{line}");
+    assert_eq!(line["index"].to_string(), stored.header("Outbox-Index"), "{line}");
+    assert_eq!(line["commit_time"].as_str(), Some(stored.header("Outbox-Commit-Time")), "{line}");
     let headers: std::collections::BTreeMap<String, String> = line["headers"]
         .as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                .collect()
-        })
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
         .unwrap_or_default();
     assert_eq!(headers, stored.headers, "{line}");
     let payload: serde_json::Value = serde_json::from_slice(&stored.payload).unwrap_or_default();
@@ -54,11 +34,7 @@ fn peek_shows_pending_events_without_consuming_them() -> TestResult {
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
     let empty = env.walrelay(&["peek"])?;
     assert_eq!(empty.code, 0, "{empty:?}");
-    assert!(
-        empty.stdout.contains("no pending events"),
-        "{}",
-        empty.stdout
-    );
+    assert!(empty.stdout.contains("no pending events"), "{}", empty.stdout);
 
     let mut ids = env.insert_txn(&[("created", r#"{"n": 0}"#), ("paid", r#"{"n": 1}"#)])?;
     env.sql("CREATE TABLE other (x int); INSERT INTO other VALUES (1)")?;
@@ -80,32 +56,16 @@ fn peek_shows_pending_events_without_consuming_them() -> TestResult {
     assert_eq!(lines[1]["payload"]["n"], 1);
     assert_eq!(lines[3]["payload"], "just text");
     assert_eq!(lines[0]["headers"]["trace"], "t-0");
-    assert_eq!(
-        env.confirmed_flush("walrelay")?,
-        before,
-        "peek moved the slot"
-    );
+    assert_eq!(env.confirmed_flush("walrelay")?, before, "peek moved the slot");
     assert_eq!(env.slots()?, ["walrelay"], "peek left a slot behind");
 
     let limited = env.walrelay(&["peek", "--json", "--limit", "2"])?;
     assert_eq!(limited.json_lines()?.len(), 2, "{limited:?}");
     let human = env.walrelay(&["peek"])?;
     assert_eq!(human.code, 0, "{human:?}");
-    assert!(
-        human.stdout.contains("4 pending events"),
-        "{}",
-        human.stdout
-    );
-    assert!(
-        human.stdout.contains(&format!("id={}", ids[2])),
-        "{}",
-        human.stdout
-    );
-    assert_eq!(
-        env.confirmed_flush("walrelay")?,
-        before,
-        "peek moved the slot"
-    );
+    assert!(human.stdout.contains("4 pending events"), "{}", human.stdout);
+    assert!(human.stdout.contains(&format!("id={}", ids[2])), "{}", human.stdout);
+    assert_eq!(env.confirmed_flush("walrelay")?, before, "peek moved the slot");
 
     // What peek showed is exactly what run publishes.
     let relay = env.start_relay(&[])?;
@@ -116,16 +76,15 @@ fn peek_shows_pending_events_without_consuming_them() -> TestResult {
     }
     // Peek while run holds the slot: nothing pending, the relay keeps the slot.
     let pid = wait_until("slot active", Duration::from_secs(30), || {
-        let pid = env.sql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'walrelay' AND active").ok()?;
+        let pid =
+            env.sql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'walrelay' AND active").ok()?;
         (!pid.is_empty()).then_some(pid)
     })?;
     wait_until("nothing pending", Duration::from_secs(30), || {
         let out = env.walrelay(&["peek", "--json"]).ok()?;
         (out.code == 0 && out.stdout.trim().is_empty()).then_some(())
     })?;
-    let after = env.sql(
-        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'walrelay' AND active",
-    )?;
+    let after = env.sql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'walrelay' AND active")?;
     assert_eq!(after, pid);
     stop_relay(relay)?;
     assert_eq!(env.slots()?, ["walrelay"]);
@@ -138,9 +97,7 @@ fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResul
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
     let relay = env.start_relay(&["--replay-retention", "1h"])?;
     wait_until("replay slot", Duration::from_secs(30), || {
-        env.slots()
-            .ok()
-            .filter(|s| s.iter().any(|n| n == "walrelay_replay"))
+        env.slots().ok().filter(|s| s.iter().any(|n| n == "walrelay_replay"))
     })?;
     let txns: Vec<Vec<String>> = vec![
         env.insert_txn(&[("created", r#"{"n": 0}"#)])?,
@@ -169,37 +126,22 @@ fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResul
     // --to bounds the range by commit LSN (inclusive).
     let to = stored[3].header("Outbox-Commit-Lsn").to_owned();
     let out = env.walrelay(&["replay", "--from", &from, "--to", &to, "--stdout"])?;
-    let got: Vec<String> = out
-        .json_lines()?
-        .iter()
-        .filter_map(|l| l["id"].as_str().map(str::to_owned))
-        .collect();
+    let got: Vec<String> = out.json_lines()?.iter().filter_map(|l| l["id"].as_str().map(str::to_owned)).collect();
     assert_eq!(got, txns[1..3].concat(), "{out:?}");
 
     // Into an empty stream: exactly the events of k's transaction and every later one, in order, original ids.
     env.delete_stream("OUTBOX")?;
     let out = env.walrelay(&["replay", "--from", &from])?;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(
-        out.stderr.contains("4 stored, 0 dropped as duplicates"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("4 stored, 0 dropped as duplicates"), "{}", out.stderr);
     let replayed = env.stream_messages("OUTBOX")?;
     assert_eq!(replayed.len(), expected.len());
     for (got, want) in replayed.iter().zip(expected) {
-        assert_eq!(
-            (&got.subject, &got.headers, &got.payload),
-            (&want.subject, &want.headers, &want.payload)
-        );
+        assert_eq!((&got.subject, &got.headers, &got.payload), (&want.subject, &want.headers, &want.payload));
     }
     // Again, within the duplicate window: nothing new is stored.
     let again = env.walrelay(&["replay", "--from", &from])?;
-    assert!(
-        again.stderr.contains("0 stored, 4 dropped as duplicates"),
-        "{}",
-        again.stderr
-    );
+    assert!(again.stderr.contains("0 stored, 4 dropped as duplicates"), "{}", again.stderr);
     assert_eq!(env.stream_messages("OUTBOX")?.len(), 4);
 
     // Before the horizon: refused, naming the oldest replayable LSN.
@@ -208,9 +150,7 @@ fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResul
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.is_empty(), "{}", out.stdout);
     assert!(
-        out.stderr.contains(&format!(
-            "cannot replay from 0/1: the oldest replayable LSN is {oldest}"
-        )),
+        out.stderr.contains(&format!("cannot replay from 0/1: the oldest replayable LSN is {oldest}")),
         "{}",
         out.stderr
     );
@@ -222,9 +162,7 @@ fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResul
     // Teardown refuses an active slot, --force takes it down with everything else.
     let relay = env.start_relay(&[])?;
     wait_until("slot active", Duration::from_secs(30), || {
-        let active = env
-            .sql("SELECT active FROM pg_replication_slots WHERE slot_name = 'walrelay'")
-            .ok()?;
+        let active = env.sql("SELECT active FROM pg_replication_slots WHERE slot_name = 'walrelay'").ok()?;
         (active == "t").then_some(())
     })?;
     let refused = env.walrelay(&["teardown", "--all"])?;
@@ -233,26 +171,10 @@ fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResul
     assert_eq!(env.slots()?, ["walrelay", "walrelay_replay"]);
     let forced = env.walrelay(&["teardown", "--all", "--force"])?;
     assert_eq!(forced.code, 0, "{forced:?}");
-    assert!(
-        forced.stdout.contains("slot walrelay: dropped"),
-        "{}",
-        forced.stdout
-    );
-    assert!(
-        forced.stdout.contains("slot walrelay_replay: dropped"),
-        "{}",
-        forced.stdout
-    );
-    assert!(
-        forced.stdout.contains("publication walrelay: dropped"),
-        "{}",
-        forced.stdout
-    );
-    assert!(
-        forced.stdout.contains("stream OUTBOX: deleted"),
-        "{}",
-        forced.stdout
-    );
+    assert!(forced.stdout.contains("slot walrelay: dropped"), "{}", forced.stdout);
+    assert!(forced.stdout.contains("slot walrelay_replay: dropped"), "{}", forced.stdout);
+    assert!(forced.stdout.contains("publication walrelay: dropped"), "{}", forced.stdout);
+    assert!(forced.stdout.contains("stream OUTBOX: deleted"), "{}", forced.stdout);
     assert!(env.slots()?.is_empty());
     assert_eq!(env.sql("SELECT count(*) FROM pg_publication")?, "0");
     drop(relay);

@@ -15,12 +15,7 @@ fn status_json(env: &Env, extra: &[&str]) -> Result<serde_json::Value, support::
     let out = env.walrelay(&args)?;
     assert_eq!(out.code, 0, "status failed: {out:?}");
     let mut lines = out.json_lines()?;
-    assert_eq!(
-        lines.len(),
-        1,
-        "status --json must print one object: {}",
-        out.stdout
-    );
+    assert_eq!(lines.len(), 1, "status --json must print one object: {}", out.stdout);
     Ok(lines.remove(0))
 }
 
@@ -32,10 +27,7 @@ fn status_reports_lag_until_the_relay_catches_up() -> TestResult {
 
     let mut last_ids = Vec::new();
     for i in 0..20 {
-        last_ids = env.insert_txn(&[(
-            "created",
-            &format!("{{\"n\": {i}, \"pad\": \"{}\"}}", "x".repeat(200)),
-        )])?;
+        last_ids = env.insert_txn(&[("created", &format!("{{\"n\": {i}, \"pad\": \"{}\"}}", "x".repeat(200)))])?;
     }
 
     // Stopped relay, pending events: lag > 0, slot inactive.
@@ -47,16 +39,9 @@ fn status_reports_lag_until_the_relay_catches_up() -> TestResult {
     for field in ["confirmed_flush_lsn", "restart_lsn", "current_wal_lsn"] {
         assert!(s[field].as_str().is_some_and(is_lsn), "{field}: {s}");
     }
-    let lag = s["lag_bytes"]
-        .as_u64()
-        .ok_or("lag_bytes is not an integer")?;
+    let lag = s["lag_bytes"].as_u64().ok_or("lag_bytes is not an integer")?;
     assert!(lag > 4000, "lag_bytes {lag} with 20 pending events");
-    assert!(
-        s["retained_bytes"]
-            .as_u64()
-            .ok_or("retained_bytes is not an integer")?
-            >= lag
-    );
+    assert!(s["retained_bytes"].as_u64().ok_or("retained_bytes is not an integer")? >= lag);
     assert!(s["wal_status"].is_string(), "{s}");
     assert!(s.get("safe_wal_size").is_some(), "{s}");
     assert_eq!(s["stream_messages"], 0, "{s}");
@@ -64,11 +49,7 @@ fn status_reports_lag_until_the_relay_catches_up() -> TestResult {
 
     let over = env.walrelay(&["status", "--max-lag", "100"])?;
     assert_eq!(over.code, 3, "{over:?}");
-    assert!(
-        over.stdout.contains(&format!("{lag} bytes")) || over.stdout.contains(" bytes ("),
-        "{}",
-        over.stdout
-    );
+    assert!(over.stdout.contains(&format!("{lag} bytes")) || over.stdout.contains(" bytes ("), "{}", over.stdout);
     assert!(over.stderr.contains("exceeds --max-lag"), "{}", over.stderr);
     let json_over = env.walrelay(&["status", "--json", "--max-lag", "1KB"])?;
     assert_eq!(json_over.code, 3, "{json_over:?}");
@@ -84,15 +65,9 @@ fn status_reports_lag_until_the_relay_catches_up() -> TestResult {
         let s = status_json(&env, &[]).ok()?;
         (s["active"] == true && s["lag_bytes"].as_u64()? < 1024).then_some(s)
     })?;
-    assert!(
-        caught_up["active_pid"].as_i64().is_some_and(|p| p > 0),
-        "{caught_up}"
-    );
+    assert!(caught_up["active_pid"].as_i64().is_some_and(|p| p > 0), "{caught_up}");
     assert_eq!(caught_up["stream_messages"], 20);
-    assert_eq!(
-        caught_up["stream_last_commit_lsn"].as_str(),
-        Some(messages[19].header("Outbox-Commit-Lsn"))
-    );
+    assert_eq!(caught_up["stream_last_commit_lsn"].as_str(), Some(messages[19].header("Outbox-Commit-Lsn")));
     let ok = env.walrelay(&["status", "--max-lag", "64KB"])?;
     assert_eq!(ok.code, 0, "{ok:?}");
     stop_relay(relay)?;
@@ -109,18 +84,8 @@ fn status_of_an_absent_slot_fails_and_nats_down_does_not() -> TestResult {
     let env = Env::start()?;
     let missing = env.walrelay(&["status", "--slot", "nosuch"])?;
     assert_eq!(missing.code, 1, "{missing:?}");
-    assert!(
-        missing
-            .stderr
-            .contains("replication slot nosuch does not exist"),
-        "{}",
-        missing.stderr
-    );
-    assert!(
-        missing.stderr.contains("walrelay setup"),
-        "{}",
-        missing.stderr
-    );
+    assert!(missing.stderr.contains("replication slot nosuch does not exist"), "{}", missing.stderr);
+    assert!(missing.stderr.contains("walrelay setup"), "{}", missing.stderr);
 
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
     let unreachable = format!("nats://127.0.0.1:{}", free_port());
@@ -136,15 +101,9 @@ fn status_of_an_absent_slot_fails_and_nats_down_does_not() -> TestResult {
     wait_until("two status lines", Duration::from_secs(30), || {
         (watch.output().matches("slot=walrelay").count() >= 2).then_some(())
     })?;
-    assert!(
-        !watch.output().contains('\x1b'),
-        "no ANSI escapes on a pipe: {}",
-        watch.output()
-    );
+    assert!(!watch.output().contains('\x1b'), "no ANSI escapes on a pipe: {}", watch.output());
     watch.sigterm()?;
-    let status = watch
-        .wait_timeout(Duration::from_secs(10))?
-        .ok_or("status --watch did not stop")?;
+    let status = watch.wait_timeout(Duration::from_secs(10))?.ok_or("status --watch did not stop")?;
     assert!(status.success(), "{status}");
     Ok(())
 }

@@ -70,13 +70,7 @@ impl Env {
         pg.psql_db("app", OUTBOX_DDL)?;
         let pg_url = pg.url("app");
         let nats_url = nats.url();
-        Ok(Env {
-            pg,
-            nats,
-            db: "app".into(),
-            pg_url,
-            nats_url,
-        })
+        Ok(Env { pg, nats, db: "app".into(), pg_url, nats_url })
     }
 
     /// SQL in the app database.
@@ -125,28 +119,18 @@ impl Env {
              VALUES {} RETURNING id, created_at, ctid) SELECT id FROM ins",
             values.join(", ")
         ))?;
-        Ok(out
-            .lines()
-            .map(|l| l.trim().to_owned())
-            .filter(|l| !l.is_empty())
-            .collect())
+        Ok(out.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect())
     }
 
     /// The slot's `confirmed_flush_lsn`.
     pub fn confirmed_flush(&self, slot: &str) -> Result<String, Error> {
-        self.sql(&format!(
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
-        ))
+        self.sql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"))
     }
 
     /// Names of all replication slots, sorted.
     pub fn slots(&self) -> Result<Vec<String>, Error> {
         let out = self.sql("SELECT slot_name FROM pg_replication_slots ORDER BY slot_name")?;
-        Ok(out
-            .lines()
-            .map(str::to_owned)
-            .filter(|l| !l.is_empty())
-            .collect())
+        Ok(out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
     }
 
     /// Messages of a stream (empty when it does not exist), in sequence order.
@@ -156,18 +140,14 @@ impl Env {
 
     /// Waits until the stream holds `n` messages.
     pub fn wait_for_messages(&self, stream: &str, n: usize) -> Result<Vec<StoredMessage>, Error> {
-        Ok(wait_until(
-            &format!("{n} messages in {stream}"),
-            DELIVERY_TIMEOUT,
-            || self.stream_messages(stream).ok().filter(|m| m.len() >= n),
-        )?)
+        Ok(wait_until(&format!("{n} messages in {stream}"), DELIVERY_TIMEOUT, || {
+            self.stream_messages(stream).ok().filter(|m| m.len() >= n)
+        })?)
     }
 
     /// Deletes a stream.
     pub fn delete_stream(&self, stream: &str) -> Result<(), Error> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
             let client = async_nats::connect(self.nats_url.as_str()).await?;
             let js = async_nats::jetstream::new(client);
@@ -180,14 +160,8 @@ impl Env {
 /// Stops a relay with SIGTERM and asserts it exits 0.
 pub fn stop_relay(relay: Process) -> TestResult {
     relay.sigterm()?;
-    let status = relay
-        .wait_timeout(Duration::from_secs(30))?
-        .ok_or("relay did not stop")?;
-    assert!(
-        status.success(),
-        "relay exited with {status}: {}",
-        relay.output_tail(30)
-    );
+    let status = relay.wait_timeout(Duration::from_secs(30))?.ok_or("relay did not stop")?;
+    assert!(status.success(), "relay exited with {status}: {}", relay.output_tail(30));
     Ok(())
 }
 
@@ -210,9 +184,7 @@ impl StoredMessage {
 }
 
 fn read_stream(url: &str, stream: &str) -> Result<Vec<StoredMessage>, Error> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let client = async_nats::connect(url).await?;
         let js = async_nats::jetstream::new(client);
@@ -251,11 +223,7 @@ fn read_stream(url: &str, stream: &str) -> Result<Vec<StoredMessage>, Error> {
 
 /// Runs a command to completion with a deadline, capturing stdout and stderr separately.
 pub fn run(mut cmd: Command) -> Result<Output, Error> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let mut out_pipe = child.stdout.take().ok_or("no stdout")?;
     let mut err_pipe = child.stderr.take().ok_or("no stderr")?;
     let out_reader = std::thread::spawn(move || {
@@ -268,9 +236,7 @@ pub fn run(mut cmd: Command) -> Result<Output, Error> {
         let _ = err_pipe.read_to_string(&mut s);
         s
     });
-    let status = wait_until("walrelay command to finish", COMMAND_TIMEOUT, || {
-        child.try_wait().ok().flatten()
-    });
+    let status = wait_until("walrelay command to finish", COMMAND_TIMEOUT, || child.try_wait().ok().flatten());
     let status = match status {
         Ok(s) => s,
         Err(e) => {
@@ -281,11 +247,7 @@ pub fn run(mut cmd: Command) -> Result<Output, Error> {
     };
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
-    Ok(Output {
-        code: status.code().unwrap_or(-1),
-        stdout,
-        stderr,
-    })
+    Ok(Output { code: status.code().unwrap_or(-1), stdout, stderr })
 }
 
 /// Whether `s` looks like an LSN in Postgres `X/Y` upper-hex form.

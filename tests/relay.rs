@@ -15,16 +15,8 @@ const LONG: Duration = Duration::from_secs(120);
 /// Stops a relay with SIGTERM and asserts exit code 0.
 fn stop(relay: &Process) {
     relay.sigterm().unwrap();
-    let status = relay
-        .wait_timeout(Duration::from_secs(30))
-        .unwrap()
-        .expect("relay exits after SIGTERM");
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "relay output:\n{}",
-        relay.output_tail(40)
-    );
+    let status = relay.wait_timeout(Duration::from_secs(30)).unwrap().expect("relay exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "relay output:\n{}", relay.output_tail(40));
 }
 
 fn header_index(m: &Stored) -> u32 {
@@ -64,36 +56,16 @@ async fn ten_thousand_events_in_100_transactions_arrive_exactly_in_order() {
     for (m, (id, txn, index)) in got.iter().zip(&expected) {
         let g = *index as u64;
         assert_eq!(m.id(), id, "order of ids");
-        let agg_type = if g.is_multiple_of(2) {
-            "order"
-        } else {
-            "invoice"
-        };
-        let ev_type = if g.is_multiple_of(3) {
-            "created"
-        } else {
-            "updated"
-        };
+        let agg_type = if g.is_multiple_of(2) { "order" } else { "invoice" };
+        let ev_type = if g.is_multiple_of(3) { "created" } else { "updated" };
         assert_eq!(m.subject, format!("outbox.{agg_type}.{ev_type}"));
         assert_eq!(m.header("Outbox-Aggregate-Type"), agg_type);
         assert_eq!(m.header("Outbox-Aggregate-Id"), format!("agg-{txn}"));
         assert_eq!(m.header("Outbox-Event-Type"), ev_type);
         assert_eq!(header_index(m), *index, "index within transaction");
-        assert_eq!(
-            m.header("trace-id"),
-            format!("t-{txn}-{g}"),
-            "string user header as is"
-        );
-        assert_eq!(
-            m.header("attempt"),
-            (g % 4).to_string(),
-            "non-string user header as JSON text"
-        );
-        assert!(
-            humantime::parse_rfc3339(m.header("Outbox-Commit-Time")).is_ok(),
-            "{}",
-            m.header("Outbox-Commit-Time")
-        );
+        assert_eq!(m.header("trace-id"), format!("t-{txn}-{g}"), "string user header as is");
+        assert_eq!(m.header("attempt"), (g % 4).to_string(), "non-string user header as JSON text");
+        assert!(humantime::parse_rfc3339(m.header("Outbox-Commit-Time")).is_ok(), "{}", m.header("Outbox-Commit-Time"));
         assert_eq!(m.json(), serde_json::json!({"txn": txn, "i": g}));
         let l = m.commit_lsn();
         assert!(m
@@ -102,31 +74,19 @@ async fn ten_thousand_events_in_100_transactions_arrive_exactly_in_order() {
             .all(|c| c == '/' || c.is_ascii_digit() || c.is_ascii_uppercase()));
         assert!(l >= last_lsn, "commit LSNs never decrease");
         last_lsn = l;
-        assert_eq!(
-            *lsn_of_txn.entry(*txn).or_insert(l),
-            l,
-            "one commit LSN per transaction"
-        );
+        assert_eq!(*lsn_of_txn.entry(*txn).or_insert(l), l, "one commit LSN per transaction");
     }
     assert_eq!(lsn_of_txn.len(), 100);
-    assert!(
-        relay.output().contains("dropped"),
-        "the spoofed Outbox-Index user header is dropped with a warning"
-    );
+    assert!(relay.output().contains("dropped"), "the spoofed Outbox-Index user header is dropped with a warning");
     // The slot confirms past the last transaction.
-    wait_for("slot confirms the last commit", LONG, || async {
-        env.confirmed_flush() > last_lsn
-    })
-    .await;
+    wait_for("slot confirms the last commit", LONG, || async { env.confirmed_flush() > last_lsn }).await;
     stop(&relay);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_committed_outbox_inserts_are_published() {
     let env = Env::start();
-    env.pg
-        .psql("CREATE TABLE orders (id int PRIMARY KEY, note text)")
-        .unwrap();
+    env.pg.psql("CREATE TABLE orders (id int PRIMARY KEY, note text)").unwrap();
     env.setup();
     let relay = env.spawn_run(&[]);
     let pg = env.client().await;
@@ -134,48 +94,31 @@ async fn only_committed_outbox_inserts_are_published() {
     let mut expected = Vec::new();
     // 1. committed, with a row of another table in the same transaction
     pg.batch_execute("BEGIN").await.unwrap();
-    pg.execute("INSERT INTO orders VALUES (1, 'a')", &[])
-        .await
-        .unwrap();
-    expected.push(
-        pg.query_one(ins, &[&"a1"])
-            .await
-            .unwrap()
-            .get::<_, String>(0),
-    );
+    pg.execute("INSERT INTO orders VALUES (1, 'a')", &[]).await.unwrap();
+    expected.push(pg.query_one(ins, &[&"a1"]).await.unwrap().get::<_, String>(0));
     pg.batch_execute("COMMIT").await.unwrap();
     // 2. rolled back
     pg.batch_execute("BEGIN").await.unwrap();
     pg.query_one(ins, &[&"rolled-back"]).await.unwrap();
     pg.batch_execute("ROLLBACK").await.unwrap();
     // 3. another table only
-    pg.execute("INSERT INTO orders VALUES (2, 'b')", &[])
-        .await
-        .unwrap();
+    pg.execute("INSERT INTO orders VALUES (2, 'b')", &[]).await.unwrap();
     // 4. updates and deletes of outbox rows
-    pg.execute("UPDATE outbox SET payload = '{\"changed\":true}'", &[])
-        .await
-        .unwrap();
+    pg.execute("UPDATE outbox SET payload = '{\"changed\":true}'", &[]).await.unwrap();
     let kept: String = pg.query_one(ins, &[&"a2"]).await.unwrap().get(0);
     expected.push(kept.clone());
-    pg.execute("DELETE FROM outbox WHERE id::text = $1", &[&kept])
-        .await
-        .unwrap();
+    pg.execute("DELETE FROM outbox WHERE id::text = $1", &[&kept]).await.unwrap();
     // 5. inserted and deleted in the same transaction: published once
     pg.batch_execute("BEGIN").await.unwrap();
     let gone: String = pg.query_one(ins, &[&"a3"]).await.unwrap().get(0);
-    pg.execute("DELETE FROM outbox WHERE id::text = $1", &[&gone])
-        .await
-        .unwrap();
+    pg.execute("DELETE FROM outbox WHERE id::text = $1", &[&gone]).await.unwrap();
     pg.batch_execute("COMMIT").await.unwrap();
     expected.push(gone);
     // 6. a savepoint rolled back inside a committed transaction
     pg.batch_execute("BEGIN").await.unwrap();
     expected.push(pg.query_one(ins, &[&"a4"]).await.unwrap().get(0));
     pg.batch_execute("SAVEPOINT s").await.unwrap();
-    pg.query_one(ins, &[&"rolled-back-savepoint"])
-        .await
-        .unwrap();
+    pg.query_one(ins, &[&"rolled-back-savepoint"]).await.unwrap();
     pg.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();
     pg.batch_execute("COMMIT").await.unwrap();
     // A marker transaction last, so we know everything before it was read.
@@ -185,15 +128,9 @@ async fn only_committed_outbox_inserts_are_published() {
     let got = stream_messages(&js, &env.stream).await;
     let ids: Vec<&str> = got.iter().map(|m| m.id()).collect();
     assert_eq!(ids, expected.iter().map(String::as_str).collect::<Vec<_>>());
-    let aggs: Vec<&str> = got
-        .iter()
-        .map(|m| m.header("Outbox-Aggregate-Id"))
-        .collect();
+    let aggs: Vec<&str> = got.iter().map(|m| m.header("Outbox-Aggregate-Id")).collect();
     assert_eq!(aggs, ["a1", "a2", "a3", "a4", "marker"]);
-    assert!(
-        got.iter().all(|m| m.json() == serde_json::json!({})),
-        "updates are never published"
-    );
+    assert!(got.iter().all(|m| m.json() == serde_json::json!({})), "updates are never published");
     stop(&relay);
 }
 
@@ -233,10 +170,7 @@ async fn eight_concurrent_producers_keep_commit_order() {
         let producer = v["producer"].as_str().unwrap().to_owned();
         let seq = v["seq"].as_u64().unwrap();
         let expected = next_seq.entry(producer.clone()).or_insert(0);
-        assert_eq!(
-            seq, *expected,
-            "producer {producer}'s events in its order, none missing or repeated"
-        );
+        assert_eq!(seq, *expected, "producer {producer}'s events in its order, none missing or repeated");
         *expected += 1;
     }
     assert_eq!(next_seq.len(), 8);
@@ -261,10 +195,7 @@ async fn toasted_500kb_payload_and_unicode_arrive_intact() {
         .get(0);
     assert!(big.len() > 500_000);
     let toasted: i32 = pg
-        .query_one(
-            "SELECT pg_column_size(payload) FROM outbox WHERE aggregate_id = 'big'",
-            &[],
-        )
+        .query_one("SELECT pg_column_size(payload) FROM outbox WHERE aggregate_id = 'big'", &[])
         .await
         .unwrap()
         .get(0);
@@ -283,27 +214,18 @@ async fn toasted_500kb_payload_and_unicode_arrive_intact() {
     wait_stream_count(&js, &env.stream, 2, LONG).await;
     let got = stream_messages(&js, &env.stream).await;
     assert_eq!(got[0].payload.len(), big.len());
-    assert_eq!(
-        std::str::from_utf8(&got[0].payload).unwrap(),
-        big,
-        "500 KB jsonb byte for byte"
-    );
+    assert_eq!(std::str::from_utf8(&got[0].payload).unwrap(), big, "500 KB jsonb byte for byte");
     assert_eq!(std::str::from_utf8(&got[1].payload).unwrap(), unicode);
     assert_eq!(got[1].header("Outbox-Aggregate-Id"), "Grüße-日本-🚀");
     assert_eq!(got[1].header("lang"), "日本語");
-    assert_eq!(
-        got[1].json()["text"],
-        "Grüße, 日本語, emoji 🚀, quote \" and tab \t"
-    );
+    assert_eq!(got[1].json()["text"], "Grüße, 日本語, emoji 🚀, quote \" and tab \t");
     stop(&relay);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_outbox_does_not_pin_wal_while_other_tables_churn() {
     let env = Env::start();
-    env.pg
-        .psql("CREATE TABLE noise (id bigserial PRIMARY KEY, body text)")
-        .unwrap();
+    env.pg.psql("CREATE TABLE noise (id bigserial PRIMARY KEY, body text)").unwrap();
     env.setup();
     let relay = env.spawn_run(&[]);
     let start = env.current_lsn();
@@ -314,11 +236,7 @@ async fn idle_outbox_does_not_pin_wal_while_other_tables_churn() {
             .unwrap();
     }
     let end = env.current_lsn();
-    assert!(
-        end - start > 100_000_000,
-        "generated {} bytes of WAL",
-        end - start
-    );
+    assert!(end - start > 100_000_000, "generated {} bytes of WAL", end - start);
     let t0 = std::time::Instant::now();
     wait_for("slot lag under 1 MB", Duration::from_secs(10), || async {
         env.current_lsn().saturating_sub(env.confirmed_flush()) < 1_000_000
@@ -341,40 +259,25 @@ async fn kill9_midstream_with_stream_ahead_of_slot_then_restart() {
     }
     let js = env.js().await;
     let relay = env.spawn_run(&["--max-in-flight", "256"]);
-    wait_for("some events stored", LONG, || async {
-        stream_count(&js, &env.stream).await >= 3000
-    })
-    .await;
+    wait_for("some events stored", LONG, || async { stream_count(&js, &env.stream).await >= 3000 }).await;
     relay.kill9().unwrap();
     let stored = stream_messages(&js, &env.stream).await;
     let tail = stored.last().unwrap().commit_lsn();
     let confirmed = env.confirmed_flush();
-    assert!(
-        tail > confirmed,
-        "the stream ({tail:X}) is ahead of the slot ({confirmed:X})"
-    );
+    assert!(tail > confirmed, "the stream ({tail:X}) is ahead of the slot ({confirmed:X})");
     assert!(stored.len() < expected.len());
     let relay = env.spawn_run(&[]);
     wait_stream_count(&js, &env.stream, expected.len() as u64, LONG).await;
     let got = stream_messages(&js, &env.stream).await;
-    assert_eq!(
-        got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(),
-        expected
-    );
-    assert!(
-        relay.output().contains("high_water"),
-        "{}",
-        relay.output_tail(20)
-    );
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), expected);
+    assert!(relay.output().contains("high_water"), "{}", relay.output_tail(20));
     stop(&relay);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_with_slot_ahead_of_stream_then_restart() {
     let env = Env::start();
-    env.pg
-        .psql("CREATE TABLE noise (id bigserial PRIMARY KEY, body text)")
-        .unwrap();
+    env.pg.psql("CREATE TABLE noise (id bigserial PRIMARY KEY, body text)").unwrap();
     env.setup();
     let pg = env.client().await;
     let mut expected = insert_events(&pg, "p", 0, 50).await;
@@ -382,19 +285,10 @@ async fn kill9_with_slot_ahead_of_stream_then_restart() {
     let relay = env.spawn_run(&[]);
     wait_stream_count(&js, &env.stream, 50, LONG).await;
     // Other tables move the slot past the stream's last event (idle keepalives are confirmed).
-    let tail = stream_messages(&js, &env.stream)
-        .await
-        .last()
-        .unwrap()
-        .commit_lsn();
-    env.pg
-        .psql("INSERT INTO noise (body) SELECT repeat('y', 500) FROM generate_series(1, 20000)")
-        .unwrap();
+    let tail = stream_messages(&js, &env.stream).await.last().unwrap().commit_lsn();
+    env.pg.psql("INSERT INTO noise (body) SELECT repeat('y', 500) FROM generate_series(1, 20000)").unwrap();
     let target = env.current_lsn();
-    wait_for("slot confirms past the noise", LONG, || async {
-        env.confirmed_flush() >= target
-    })
-    .await;
+    wait_for("slot confirms past the noise", LONG, || async { env.confirmed_flush() >= target }).await;
     relay.kill9().unwrap();
     assert!(env.confirmed_flush() > tail, "slot ahead of the stream");
     // Events committed while no relay runs, then a mid-stream kill of the next relay.
@@ -402,18 +296,12 @@ async fn kill9_with_slot_ahead_of_stream_then_restart() {
         expected.extend(insert_events(&pg, "p", t * 50, 50).await);
     }
     let relay = env.spawn_run(&["--max-in-flight", "64"]);
-    wait_for("some new events stored", LONG, || async {
-        stream_count(&js, &env.stream).await >= 500
-    })
-    .await;
+    wait_for("some new events stored", LONG, || async { stream_count(&js, &env.stream).await >= 500 }).await;
     relay.kill9().unwrap();
     let relay = env.spawn_run(&[]);
     wait_stream_count(&js, &env.stream, expected.len() as u64, LONG).await;
     let got = stream_messages(&js, &env.stream).await;
-    assert_eq!(
-        got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(),
-        expected
-    );
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), expected);
     stop(&relay);
 }
 
@@ -437,24 +325,15 @@ async fn paused_nats_holds_back_confirmation_until_acked() {
     let watch_until = std::time::Instant::now() + Duration::from_secs(4);
     while std::time::Instant::now() < watch_until {
         let c = env.confirmed_flush();
-        assert!(
-            c <= first_lsn,
-            "confirmed_flush_lsn {c:X} passed unacked events starting at {first_lsn:X}"
-        );
+        assert!(c <= first_lsn, "confirmed_flush_lsn {c:X} passed unacked events starting at {first_lsn:X}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     env.nats.resume().unwrap();
     let js = env.js().await;
     wait_stream_count(&js, &env.stream, 1010, LONG).await;
     let got = stream_messages(&js, &env.stream).await;
-    assert_eq!(
-        got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(),
-        expected
-    );
-    wait_for("slot catches up", LONG, || async {
-        env.confirmed_flush() >= last_lsn
-    })
-    .await;
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), expected);
+    wait_for("slot catches up", LONG, || async { env.confirmed_flush() >= last_lsn }).await;
     stop(&relay);
 }
 
@@ -479,28 +358,15 @@ async fn oversize_event_stops_then_dead_letters_on_restart() {
         .get(0);
     let after = insert_events(&client, "b", 0, 2).await;
     let relay = Process::spawn(env.walrelay(&["run"])).unwrap();
-    let status = relay
-        .wait_timeout(LONG)
-        .unwrap()
-        .expect("relay stops on the oversize event");
+    let status = relay.wait_timeout(LONG).unwrap().expect("relay stops on the oversize event");
     assert_eq!(status.code(), Some(1), "{}", relay.output_tail(30));
     let out = relay.output();
     assert!(out.contains(&big), "error names the event id: {out}");
-    assert!(
-        out.contains("public.outbox") && out.contains("max_payload") && out.contains("commit LSN"),
-        "{out}"
-    );
+    assert!(out.contains("public.outbox") && out.contains("max_payload") && out.contains("commit LSN"), "{out}");
     let js = env.js().await;
     let got = stream_messages(&js, &env.stream).await;
-    assert_eq!(
-        got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(),
-        before,
-        "events before it, nothing after"
-    );
-    assert!(
-        env.confirmed_flush() >= first_end,
-        "earlier events are confirmed"
-    );
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), before, "events before it, nothing after");
+    assert!(env.confirmed_flush() >= first_end, "earlier events are confirmed");
     // Restart with dead-lettering: the record and every later event, once, in order.
     let relay = env.spawn_run(&["--on-invalid", "dead-letter"]);
     wait_stream_count(&js, &env.stream, 6, LONG).await;
@@ -520,9 +386,6 @@ async fn oversize_event_stops_then_dead_letters_on_restart() {
     assert!(body["reason"].as_str().unwrap().contains("max_payload"));
     before.push(format!("dead-letter:{big}"));
     before.extend(after);
-    assert_eq!(
-        got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(),
-        before
-    );
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), before);
     stop(&relay);
 }

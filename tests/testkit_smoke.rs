@@ -12,10 +12,7 @@ use walrelay_testkit::{KitError, Nats, NatsCluster, Postgres, Process};
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn assert_gone(pid: u32, dir: &Path) {
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "process {pid} still exists"
-    );
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still exists");
     assert!(!dir.exists(), "{} still exists", dir.display());
 }
 
@@ -32,11 +29,7 @@ fn nats_greeting(port: u16, timeout: Duration) -> Option<String> {
 fn postgres_survives_restarts_and_crashes() -> TestResult {
     let started = Instant::now();
     let mut pg = Postgres::start()?;
-    eprintln!(
-        "postgres started in {:?} on port {}",
-        started.elapsed(),
-        pg.port()
-    );
+    eprintln!("postgres started in {:?} on port {}", started.elapsed(), pg.port());
     assert!(pg.version()? >= 15);
     assert_eq!(pg.psql("SHOW wal_level")?, "logical");
     assert_eq!(pg.psql("SHOW synchronous_commit")?, "on");
@@ -45,18 +38,13 @@ fn postgres_survives_restarts_and_crashes() -> TestResult {
     pg.create_database("other")?;
     assert_eq!(pg.psql_db("other", "SELECT current_database()")?, "other");
     let err = pg.psql("SELECT * FROM missing");
-    assert!(
-        matches!(err, Err(KitError::Psql { ref stderr, .. }) if stderr.contains("missing")),
-        "{err:?}"
-    );
+    assert!(matches!(err, Err(KitError::Psql { ref stderr, .. }) if stderr.contains("missing")), "{err:?}");
 
     let port = pg.port();
     pg.restart_fast()?;
     pg.psql("INSERT INTO t VALUES (2)")?;
     pg.crash_immediate()?;
-    assert!(pg
-        .psql_timeout("postgres", "SELECT 1", Duration::from_secs(3))
-        .is_err());
+    assert!(pg.psql_timeout("postgres", "SELECT 1", Duration::from_secs(3)).is_err());
     pg.start_again()?;
     pg.psql("INSERT INTO t VALUES (3)")?;
     let started = Instant::now();
@@ -64,15 +52,8 @@ fn postgres_survives_restarts_and_crashes() -> TestResult {
     eprintln!("kill9 took {:?}", started.elapsed());
     pg.start_again()?;
     assert_eq!(pg.port(), port);
-    assert_eq!(
-        pg.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t")?,
-        "1,2,3"
-    );
-    assert!(
-        pg.log_tail(50).contains("database system was interrupted"),
-        "{}",
-        pg.log_tail(50)
-    );
+    assert_eq!(pg.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t")?, "1,2,3");
+    assert!(pg.log_tail(50).contains("database system was interrupted"), "{}", pg.log_tail(50));
 
     let (pid, dir) = (pg.pid().ok_or("no pid")?, pg.dir().to_path_buf());
     drop(pg);
@@ -95,10 +76,7 @@ fn postgres_pause_blocks_queries_until_resume() -> TestResult {
 
 #[test]
 fn postgres_builder_overrides_settings_and_drop_cleans_up_after_kill() -> TestResult {
-    let mut pg = Postgres::builder()
-        .setting("wal_level", "replica")
-        .setting("cluster_name", "it's")
-        .start()?;
+    let mut pg = Postgres::builder().setting("wal_level", "replica").setting("cluster_name", "it's").start()?;
     assert_eq!(pg.psql("SHOW wal_level")?, "replica");
     assert_eq!(pg.psql("SHOW cluster_name")?, "it's");
     let (pid, dir) = (pg.pid().ok_or("no pid")?, pg.dir().to_path_buf());
@@ -117,10 +95,7 @@ fn nats_stops_restarts_and_pauses() -> TestResult {
     let port = nats.port();
     assert_eq!(nats.url(), format!("nats://127.0.0.1:{port}"));
     let info = nats_greeting(port, Duration::from_secs(2)).ok_or("no INFO")?;
-    assert!(
-        info.contains("\"max_payload\":4194304") && info.contains("\"jetstream\":true"),
-        "{info}"
-    );
+    assert!(info.contains("\"max_payload\":4194304") && info.contains("\"jetstream\":true"), "{info}");
 
     nats.stop();
     assert!(nats.pid().is_none());
@@ -169,18 +144,12 @@ async fn nats_cluster_forms_and_survives_a_killed_node() -> TestResult {
     cluster.node(0).kill9();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let attempt = async {
-            js.publish("smoke.2", "two".into())
-                .await?
-                .await
-                .map_err(Box::<dyn std::error::Error>::from)
-        };
+        let attempt =
+            async { js.publish("smoke.2", "two".into()).await?.await.map_err(Box::<dyn std::error::Error>::from) };
         match tokio::time::timeout(Duration::from_secs(2), attempt).await {
             Ok(Ok(_)) => break,
             _ if Instant::now() < deadline => continue,
-            other => {
-                return Err(format!("publish after kill9 of n1 kept failing: {other:?}").into())
-            }
+            other => return Err(format!("publish after kill9 of n1 kept failing: {other:?}").into()),
         }
     }
     cluster.node(0).start_again()?;
@@ -199,19 +168,14 @@ fn process_captures_output_and_takes_signals() -> TestResult {
     assert!(process.output().contains("ready"));
     assert_eq!(process.wait_timeout(Duration::from_millis(100))?, None);
     process.sigterm()?;
-    let status = process
-        .wait_timeout(Duration::from_secs(5))?
-        .ok_or("still running")?;
+    let status = process.wait_timeout(Duration::from_secs(5))?.ok_or("still running")?;
     assert!(!status.success());
 
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "echo bye; exit 3"]);
     let process = Process::spawn(cmd)?;
     let err = process.wait_for_output("never printed", Duration::from_secs(5));
-    assert!(
-        matches!(err, Err(KitError::Exited { ref output_tail, .. }) if output_tail.contains("bye")),
-        "{err:?}"
-    );
+    assert!(matches!(err, Err(KitError::Exited { ref output_tail, .. }) if output_tail.contains("bye")), "{err:?}");
     Ok(())
 }
 
@@ -220,11 +184,7 @@ fn walrelay_binary_is_built() -> TestResult {
     let bin = walrelay_testkit::walrelay_bin()?;
     assert!(bin.is_file(), "{}", bin.display());
     let output = Command::new(&bin).arg("--help").output()?;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     Ok(())
 }
 

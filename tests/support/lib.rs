@@ -38,21 +38,13 @@ pub struct Env {
 impl Env {
     /// Fresh servers with the default outbox table.
     pub fn start() -> Env {
-        Self::with(
-            Postgres::start().expect("start postgres"),
-            Nats::start().expect("start nats"),
-        )
+        Self::with(Postgres::start().expect("start postgres"), Nats::start().expect("start nats"))
     }
 
     /// Given servers; creates the default outbox table.
     pub fn with(pg: Postgres, nats: Nats) -> Env {
         pg.psql(OUTBOX_DDL).expect("create outbox");
-        Env {
-            pg,
-            nats,
-            stream: "OUTBOX".into(),
-            slot: "walrelay".into(),
-        }
+        Env { pg, nats, stream: "OUTBOX".into(), slot: "walrelay".into() }
     }
 
     pub fn pg_url(&self) -> String {
@@ -79,19 +71,14 @@ impl Env {
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
         let p = Process::spawn(self.walrelay(&args)).expect("spawn walrelay run");
-        p.wait_for_output("relay started", Duration::from_secs(60))
-            .expect("relay started");
+        p.wait_for_output("relay started", Duration::from_secs(60)).expect("relay started");
         p
     }
 
     /// Runs `walrelay setup` and asserts success.
     pub fn setup(&self) {
         let out = self.walrelay(&["setup"]).output().expect("run setup");
-        assert!(
-            out.status.success(),
-            "setup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
@@ -99,30 +86,20 @@ impl Env {
     }
 
     pub async fn js(&self) -> jetstream::Context {
-        jetstream::new(
-            async_nats::connect(self.nats.url())
-                .await
-                .expect("connect nats"),
-        )
+        jetstream::new(async_nats::connect(self.nats.url()).await.expect("connect nats"))
     }
 
     /// confirmed_flush_lsn of the slot as a number.
     pub fn confirmed_flush(&self) -> u64 {
         let s = self
             .pg
-            .psql(&format!(
-                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
-                self.slot
-            ))
+            .psql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'", self.slot))
             .expect("read slot");
         lsn(&s)
     }
 
     pub fn current_lsn(&self) -> u64 {
-        lsn(&self
-            .pg
-            .psql("SELECT pg_current_wal_lsn()")
-            .expect("read wal lsn"))
+        lsn(&self.pg.psql("SELECT pg_current_wal_lsn()").expect("read wal lsn"))
     }
 }
 
@@ -130,17 +107,13 @@ impl Env {
 pub fn lsn(s: &str) -> u64 {
     let s = s.trim();
     match s.split_once('/') {
-        Some((hi, lo)) => {
-            (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-        }
+        Some((hi, lo)) => (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap(),
         None => 0,
     }
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect postgres");
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect postgres");
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -211,12 +184,7 @@ pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<Store
                 }
             }
         }
-        out.push(Stored {
-            sequence,
-            subject: msg.subject.to_string(),
-            headers,
-            payload: msg.payload.clone(),
-        });
+        out.push(Stored { sequence, subject: msg.subject.to_string(), headers, payload: msg.payload.clone() });
     }
     out
 }
@@ -232,10 +200,7 @@ where
         if check().await {
             return;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -245,28 +210,17 @@ pub async fn wait_stream_count(js: &jetstream::Context, stream: &str, n: u64, ti
     let start = Instant::now();
     loop {
         let c = stream_count(js, stream).await;
-        assert!(
-            c <= n,
-            "stream {stream} holds {c} messages, more than the {n} expected"
-        );
+        assert!(c <= n, "stream {stream} holds {c} messages, more than the {n} expected");
         if c == n {
             return;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?}: stream {stream} holds {c} of {n} messages"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?}: stream {stream} holds {c} of {n} messages");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 /// Inserts `n` events in one transaction; payload `{"producer": p, "seq": i}`, aggregate_id `p`; returns their ids.
-pub async fn insert_events(
-    client: &tokio_postgres::Client,
-    producer: &str,
-    from: u64,
-    n: u64,
-) -> Vec<String> {
+pub async fn insert_events(client: &tokio_postgres::Client, producer: &str, from: u64, n: u64) -> Vec<String> {
     let rows = client
         .query(
             "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \

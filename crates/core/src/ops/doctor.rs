@@ -37,20 +37,12 @@ impl Checks {
 
     fn warn(&mut self, check: &str, detail: impl AsRef<str>, remedy: impl AsRef<str>) {
         self.warned += 1;
-        println!(
-            "warn {check}: {}; remedy: {}",
-            detail.as_ref(),
-            remedy.as_ref()
-        );
+        println!("warn {check}: {}; remedy: {}", detail.as_ref(), remedy.as_ref());
     }
 
     fn fail(&mut self, check: &str, detail: impl AsRef<str>, remedy: impl AsRef<str>) {
         self.failed += 1;
-        println!(
-            "fail {check}: {}; remedy: {}",
-            detail.as_ref(),
-            remedy.as_ref()
-        );
+        println!("fail {check}: {}; remedy: {}", detail.as_ref(), remedy.as_ref());
     }
 }
 
@@ -71,20 +63,11 @@ pub async fn run(settings: &Settings) -> Result<u8, crate::relay::RelayError> {
         ),
     }
     nats_checks(settings, &mut checks).await;
-    println!(
-        "{} failed, {} warning{}",
-        checks.failed,
-        checks.warned,
-        if checks.warned == 1 { "" } else { "s" }
-    );
+    println!("{} failed, {} warning{}", checks.failed, checks.warned, if checks.warned == 1 { "" } else { "s" });
     Ok(if checks.failed > 0 { 1 } else { 0 })
 }
 
-async fn postgres_checks(
-    control: &Client,
-    settings: &Settings,
-    checks: &mut Checks,
-) -> Result<(), SourceError> {
+async fn postgres_checks(control: &Client, settings: &Settings, checks: &mut Checks) -> Result<(), SourceError> {
     let restart = "then restart PostgreSQL";
     // wal_level
     let level = slot::setting(control, "wal_level").await?;
@@ -100,12 +83,7 @@ async fn postgres_checks(
 
     let slot_info = slot::info(control, &settings.slot).await?;
     let replay_info = slot::info(control, &settings.replay_slot()).await?;
-    let db: String = query_one(
-        control,
-        "SELECT current_database()::text",
-        "reading the database name",
-    )
-    .await?;
+    let db: String = query_one(control, "SELECT current_database()::text", "reading the database name").await?;
 
     // Free replication slots: the slot, the replay slot, and one for a peek/replay copy.
     let (max_slots, used_slots): (i32, i64) = query_two(
@@ -114,26 +92,18 @@ async fn postgres_checks(
         "counting replication slots",
     )
     .await?;
-    let needed = i64::from(slot_info.is_none())
-        + i64::from(settings.replay_retention.is_some() && replay_info.is_none());
+    let needed =
+        i64::from(slot_info.is_none()) + i64::from(settings.replay_retention.is_some() && replay_info.is_none());
     let free = i64::from(max_slots) - used_slots;
     let want = needed + 1;
-    let slots_remedy = format!(
-        "ALTER SYSTEM SET max_replication_slots = {}; {restart}",
-        i64::from(max_slots) + want + 1
-    );
+    let slots_remedy =
+        format!("ALTER SYSTEM SET max_replication_slots = {}; {restart}", i64::from(max_slots) + want + 1);
     if free < needed {
-        checks.fail(
-            "replication_slots",
-            format!("{free} of {max_slots} free, {needed} needed"),
-            slots_remedy,
-        );
+        checks.fail("replication_slots", format!("{free} of {max_slots} free, {needed} needed"), slots_remedy);
     } else if free < want {
         checks.warn(
             "replication_slots",
-            format!(
-                "{free} of {max_slots} free; peek and replay need one more for a temporary copy"
-            ),
+            format!("{free} of {max_slots} free; peek and replay need one more for a temporary copy"),
             slots_remedy,
         );
     } else {
@@ -150,16 +120,9 @@ async fn postgres_checks(
     let relay_running = slot_info.as_ref().is_some_and(|s| s.active);
     let free = i64::from(max_senders) - used_senders;
     let needed = i64::from(!relay_running);
-    let senders_remedy = format!(
-        "ALTER SYSTEM SET max_wal_senders = {}; {restart}",
-        i64::from(max_senders) + 2
-    );
+    let senders_remedy = format!("ALTER SYSTEM SET max_wal_senders = {}; {restart}", i64::from(max_senders) + 2);
     if free < needed {
-        checks.fail(
-            "wal_senders",
-            format!("{free} of {max_senders} free, the relay needs one"),
-            senders_remedy,
-        );
+        checks.fail("wal_senders", format!("{free} of {max_senders} free, the relay needs one"), senders_remedy);
     } else if free < needed + 1 {
         checks.warn(
             "wal_senders",
@@ -188,26 +151,12 @@ async fn postgres_checks(
         missing.push("REPLICATION");
     }
     if missing.is_empty() {
-        checks.ok(
-            "role",
-            format!(
-                "{name} has {}",
-                if superuser {
-                    "SUPERUSER"
-                } else {
-                    "LOGIN and REPLICATION"
-                }
-            ),
-        );
+        checks.ok("role", format!("{name} has {}", if superuser { "SUPERUSER" } else { "LOGIN and REPLICATION" }));
     } else {
         checks.fail(
             "role",
             format!("{name} lacks {}", missing.join(" and ")),
-            format!(
-                "ALTER ROLE {} WITH {};",
-                quote_ident(&name),
-                missing.join(" ")
-            ),
+            format!("ALTER ROLE {} WITH {};", quote_ident(&name), missing.join(" ")),
         );
     }
 
@@ -219,8 +168,7 @@ async fn postgres_checks(
         "walrelay setup, or: SELECT pg_create_logical_replication_slot({}, 'pgoutput');",
         quote_literal(&settings.slot)
     );
-    let drop_slot =
-        |name: &str| format!("SELECT pg_drop_replication_slot({});", quote_literal(name));
+    let drop_slot = |name: &str| format!("SELECT pg_drop_replication_slot({});", quote_literal(name));
     match &slot_info {
         None => checks.fail("slot", format!("{} does not exist", settings.slot), create_slot),
         Some(s) if s.plugin.as_deref() != Some("pgoutput") => checks.fail(
@@ -235,7 +183,10 @@ async fn postgres_checks(
         ),
         Some(s) if s.is_lost() => checks.fail(
             "slot",
-            format!("{} is lost (its WAL was removed); events in the lost range must be re-sent from the source", s.name),
+            format!(
+                "{} is lost (its WAL was removed); events in the lost range must be re-sent from the source",
+                s.name
+            ),
             format!("walrelay teardown && walrelay setup (or: {} then {create_slot})", drop_slot(&s.name)),
         ),
         Some(s) => {
@@ -293,10 +244,7 @@ async fn postgres_checks(
             "SELECT slot_name::text FROM pg_replication_slots WHERE NOT active AND \
              (starts_with(slot_name::text, $1) OR starts_with(slot_name::text, $2)) \
              AND slot_name::text ~ '_(peek|copy)_[0-9]+$'",
-            &[
-                &format!("{}_peek_", settings.slot),
-                &format!("{}_copy_", settings.replay_slot()),
-            ],
+            &[&format!("{}_peek_", settings.slot), &format!("{}_copy_", settings.replay_slot())],
         )
         .await
         .map_err(|e| SourceError::query("looking for leftover slot copies", e))?;
@@ -311,11 +259,7 @@ async fn postgres_checks(
     Ok(())
 }
 
-async fn table_checks(
-    control: &Client,
-    settings: &Settings,
-    checks: &mut Checks,
-) -> Result<(), SourceError> {
+async fn table_checks(control: &Client, settings: &Settings, checks: &mut Checks) -> Result<(), SourceError> {
     let table = &settings.table;
     let columns = match publication::table_columns(control, table).await {
         Ok(columns) => columns,
@@ -340,21 +284,13 @@ async fn table_checks(
         Err(err) => return Err(err),
     };
     let has = |name: &str| columns.iter().any(|c| c.name == name);
-    let mut needed: Vec<(String, &str)> =
-        vec![(settings.columns.payload.clone(), "--payload-column")];
+    let mut needed: Vec<(String, &str)> = vec![(settings.columns.payload.clone(), "--payload-column")];
     if let Ok(t) = SubjectTemplate::parse(&settings.subject) {
         needed.extend(t.columns().into_iter().map(|c| (c.to_owned(), "--subject")));
     }
     let missing: Vec<&(String, &str)> = needed.iter().filter(|(c, _)| !has(c)).collect();
     if missing.is_empty() {
-        checks.ok(
-            "table",
-            format!(
-                "{table} has {} columns, including {}",
-                columns.len(),
-                settings.columns.payload
-            ),
-        );
+        checks.ok("table", format!("{table} has {} columns, including {}", columns.len(), settings.columns.payload));
     } else {
         for (column, option) in missing {
             checks.fail(
@@ -368,18 +304,10 @@ async fn table_checks(
             );
         }
     }
-    let key: Vec<&str> = columns
-        .iter()
-        .filter(|c| c.primary_key)
-        .map(|c| c.name.as_str())
-        .collect();
+    let key: Vec<&str> = columns.iter().filter(|c| c.primary_key).map(|c| c.name.as_str()).collect();
     if key.is_empty() {
         let remedy = if has(&settings.columns.id) {
-            format!(
-                "ALTER TABLE {} ADD PRIMARY KEY ({});",
-                table.quoted(),
-                quote_ident(&settings.columns.id)
-            )
+            format!("ALTER TABLE {} ADD PRIMARY KEY ({});", table.quoted(), quote_ident(&settings.columns.id))
         } else {
             format!(
                 "ALTER TABLE {} ADD COLUMN {} uuid PRIMARY KEY DEFAULT gen_random_uuid();",
@@ -394,11 +322,7 @@ async fn table_checks(
     Ok(())
 }
 
-async fn publication_checks(
-    control: &Client,
-    settings: &Settings,
-    checks: &mut Checks,
-) -> Result<(), SourceError> {
+async fn publication_checks(control: &Client, settings: &Settings, checks: &mut Checks) -> Result<(), SourceError> {
     let (name, table) = (&settings.publication, &settings.table);
     match publication::info(control, name, table).await? {
         None => checks.fail(
@@ -411,28 +335,14 @@ async fn publication_checks(
             ),
         ),
         Some(p) => {
-            checks.ok(
-                "publication",
-                format!(
-                    "{name} exists{}",
-                    if p.all_tables {
-                        " (FOR ALL TABLES)"
-                    } else {
-                        ""
-                    }
-                ),
-            );
+            checks.ok("publication", format!("{name} exists{}", if p.all_tables { " (FOR ALL TABLES)" } else { "" }));
             if p.has_table {
                 checks.ok("publication_table", format!("{name} contains {table}"));
             } else {
                 checks.fail(
                     "publication_table",
                     format!("{name} does not contain {table}"),
-                    format!(
-                        "ALTER PUBLICATION {} ADD TABLE {};",
-                        quote_ident(name),
-                        table.quoted()
-                    ),
+                    format!("ALTER PUBLICATION {} ADD TABLE {};", quote_ident(name), table.quoted()),
                 );
             }
             if p.inserts {
@@ -441,10 +351,7 @@ async fn publication_checks(
                 checks.fail(
                     "publication_inserts",
                     format!("{name} does not publish inserts"),
-                    format!(
-                        "ALTER PUBLICATION {} SET (publish = 'insert');",
-                        quote_ident(name)
-                    ),
+                    format!("ALTER PUBLICATION {} SET (publish = 'insert');", quote_ident(name)),
                 );
             }
         }
@@ -475,26 +382,16 @@ async fn nats_checks(settings: &Settings, checks: &mut Checks) {
         }
     };
     let info = client.server_info();
-    checks.ok(
-        "nats",
-        format!("connected to {url} (server {})", info.version),
-    );
+    checks.ok("nats", format!("connected to {url} (server {})", info.version));
     let enable_js = "add `jetstream { store_dir: /var/lib/nats }` to nats-server.conf (or run nats-server -js) and restart nats-server";
     if !info.jetstream {
-        checks.fail(
-            "jetstream",
-            "JetStream is not enabled on the server",
-            enable_js,
-        );
+        checks.fail("jetstream", "JetStream is not enabled on the server", enable_js);
         return;
     }
     checks.ok("jetstream", "enabled");
     stream_checks(&js, settings, checks).await;
     let max_payload = info.max_payload as u64;
-    let detail = format!(
-        "{max_payload} bytes ({})",
-        ByteSize::b(max_payload).display().si()
-    );
+    let detail = format!("{max_payload} bytes ({})", ByteSize::b(max_payload).display().si());
     if max_payload < 1024 * 1024 {
         checks.warn(
             "max_payload",
@@ -509,13 +406,8 @@ async fn nats_checks(settings: &Settings, checks: &mut Checks) {
 async fn stream_checks(js: &jetstream::Context, settings: &Settings, checks: &mut Checks) {
     let name = &settings.stream;
     let wanted = stream::stream_subjects(settings);
-    let subject_flags = |subjects: &[String]| {
-        subjects
-            .iter()
-            .map(|s| format!("--subjects '{s}'"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let subject_flags =
+        |subjects: &[String]| subjects.iter().map(|s| format!("--subjects '{s}'")).collect::<Vec<_>>().join(" ");
     let mut s = match js.get_stream(name).await {
         Ok(s) => s,
         Err(err) if stream::is_stream_not_found(&err) => {
@@ -531,63 +423,29 @@ async fn stream_checks(js: &jetstream::Context, settings: &Settings, checks: &mu
             return;
         }
         Err(err) => {
-            checks.fail(
-                "stream",
-                format!("{name}: {err}"),
-                "check the NATS account's JetStream permissions",
-            );
+            checks.fail("stream", format!("{name}: {err}"), "check the NATS account's JetStream permissions");
             return;
         }
     };
     let config = match s.info().await {
         Ok(info) => info.config.clone(),
         Err(err) => {
-            checks.fail(
-                "stream",
-                format!("{name}: {err}"),
-                "check the NATS account's JetStream permissions",
-            );
+            checks.fail("stream", format!("{name}: {err}"), "check the NATS account's JetStream permissions");
             return;
         }
     };
-    checks.ok(
-        "stream",
-        format!(
-            "{name} exists ({} replicas, {:?} storage)",
-            config.num_replicas, config.storage
-        ),
-    );
+    checks.ok("stream", format!("{name} exists ({} replicas, {:?} storage)", config.num_replicas, config.storage));
     let missing: Vec<&String> = wanted
         .iter()
-        .filter(|want| {
-            !config
-                .subjects
-                .iter()
-                .any(|have| have == *want || filter_matches(have, want))
-        })
+        .filter(|want| !config.subjects.iter().any(|have| have == *want || filter_matches(have, want)))
         .collect();
     if missing.is_empty() {
-        checks.ok(
-            "stream_subjects",
-            format!("{name} covers {}", wanted.join(", ")),
-        );
+        checks.ok("stream_subjects", format!("{name} covers {}", wanted.join(", ")));
     } else {
-        let all: Vec<String> = config
-            .subjects
-            .iter()
-            .cloned()
-            .chain(missing.iter().map(|s| (*s).clone()))
-            .collect();
+        let all: Vec<String> = config.subjects.iter().cloned().chain(missing.iter().map(|s| (*s).clone())).collect();
         checks.fail(
             "stream_subjects",
-            format!(
-                "{name} does not cover {}",
-                missing
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            format!("{name} does not cover {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
             format!("nats stream edit {name} {} --force", subject_flags(&all)),
         );
     }
@@ -608,10 +466,7 @@ async fn query_one<T>(control: &Client, sql: &str, context: &str) -> Result<T, S
 where
     T: for<'a> tokio_postgres::types::FromSql<'a>,
 {
-    let row = control
-        .query_one(sql, &[])
-        .await
-        .map_err(|e| SourceError::query(context, e))?;
+    let row = control.query_one(sql, &[]).await.map_err(|e| SourceError::query(context, e))?;
     row.try_get(0).map_err(|e| SourceError::query(context, e))
 }
 
@@ -620,10 +475,7 @@ where
     A: for<'a> tokio_postgres::types::FromSql<'a>,
     B: for<'a> tokio_postgres::types::FromSql<'a>,
 {
-    let row = control
-        .query_one(sql, &[])
-        .await
-        .map_err(|e| SourceError::query(context, e))?;
+    let row = control.query_one(sql, &[]).await.map_err(|e| SourceError::query(context, e))?;
     let a = row.try_get(0).map_err(|e| SourceError::query(context, e))?;
     let b = row.try_get(1).map_err(|e| SourceError::query(context, e))?;
     Ok((a, b))

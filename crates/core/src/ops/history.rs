@@ -46,29 +46,20 @@ pub(crate) struct SlotCopy {
 
 impl SlotCopy {
     /// Copies `source` to a new persistent slot.
-    pub async fn create(
-        control: &Client,
-        source: &str,
-        purpose: &str,
-    ) -> Result<Self, SourceError> {
+    pub async fn create(control: &Client, source: &str, purpose: &str) -> Result<Self, SourceError> {
         let suffix = format!("_{purpose}_{}", std::process::id());
         let keep = 63usize.saturating_sub(suffix.len()).min(source.len());
         let name = format!("{}{suffix}", source.get(..keep).unwrap_or(source));
         slot::copy(control, source, &name, false).await?;
         let confirmed_flush = match slot::info(control, &name).await {
-            Ok(info) => info
-                .and_then(|i| i.confirmed_flush_lsn)
-                .unwrap_or(Lsn::ZERO),
+            Ok(info) => info.and_then(|i| i.confirmed_flush_lsn).unwrap_or(Lsn::ZERO),
             Err(err) => {
                 let _ = slot::drop(control, &name).await;
                 return Err(err);
             }
         };
         tracing::debug!(slot = %name, source, confirmed_flush_lsn = %confirmed_flush, "slot copy created");
-        Ok(Self {
-            name,
-            confirmed_flush,
-        })
+        Ok(Self { name, confirmed_flush })
     }
 
     /// Drops the copy (waiting briefly for its walsender to let go).
@@ -76,9 +67,7 @@ impl SlotCopy {
         for _ in 0..100 {
             match slot::drop(control, &self.name).await {
                 Ok(_) => return,
-                Err(SourceError::Query {
-                    code: Some(code), ..
-                }) if code == "55006" => {
+                Err(SourceError::Query { code: Some(code), .. }) if code == "55006" => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(err) => {
@@ -94,13 +83,7 @@ impl SlotCopy {
 /// Writes the end-of-range marker and returns its LSN; falls back to the current WAL position when the marker cannot
 /// be written.
 pub(crate) async fn end_marker(control: &Client) -> Result<Lsn, SourceError> {
-    match control
-        .query_one(
-            "SELECT pg_logical_emit_message(false, $1, '')::text AS lsn",
-            &[&END_MARKER_PREFIX],
-        )
-        .await
-    {
+    match control.query_one("SELECT pg_logical_emit_message(false, $1, '')::text AS lsn", &[&END_MARKER_PREFIX]).await {
         Ok(row) => Ok(crate::source::lsn_col(&row, "lsn").unwrap_or(Lsn::ZERO)),
         Err(err) => {
             tracing::debug!(error = %err, "cannot write an end marker, using the current WAL position");
@@ -143,12 +126,7 @@ pub(crate) struct HistoryReader {
 
 impl HistoryReader {
     /// Starts replication on `slot` (a copy) at `range.start`.
-    pub async fn open(
-        settings: &Settings,
-        slot: &str,
-        range: Range,
-        assembler: Assembler,
-    ) -> Result<Self, RelayError> {
+    pub async fn open(settings: &Settings, slot: &str, range: Range, assembler: Assembler) -> Result<Self, RelayError> {
         let at = StartAt {
             start: range.start,
             ack: range.start,
@@ -156,28 +134,15 @@ impl HistoryReader {
             stop: Some(range.end),
         };
         let repl = replication::open(&settings.pg_url, slot, &settings.publication, at).await?;
-        Ok(Self {
-            repl,
-            assembler,
-            range,
-            included: false,
-            position: range.start,
-            done: false,
-        })
+        Ok(Self { repl, assembler, range, included: false, position: range.start, done: false })
     }
 
     /// The next event in commit order, `None` at the end of the range.
     pub async fn next(&mut self, settings: &Settings) -> Result<Option<Item>, RelayError> {
         while !self.done {
             let event = match tokio::time::timeout(STALL_TIMEOUT, self.repl.recv()).await {
-                Ok(event) => event.map_err(|e| {
-                    replication::classify(
-                        e,
-                        &settings.slot,
-                        &settings.publication,
-                        &settings.pg_url,
-                    )
-                })?,
+                Ok(event) => event
+                    .map_err(|e| replication::classify(e, &settings.slot, &settings.publication, &settings.pg_url))?,
                 Err(_) => {
                     return Err(SourceError::Replication {
                         reason: format!(
@@ -194,13 +159,7 @@ impl HistoryReader {
                 break;
             };
             // The end marker is a non-transactional logical message; the assembler ignores messages.
-            if let ReplicationEvent::Message {
-                lsn,
-                prefix,
-                transactional: false,
-                ..
-            } = &event
-            {
+            if let ReplicationEvent::Message { lsn, prefix, transactional: false, .. } = &event {
                 if prefix == END_MARKER_PREFIX && Lsn(lsn.0) >= self.range.end {
                     self.done = true;
                     break;
@@ -248,15 +207,10 @@ impl HistoryReader {
 /// An event as one NDJSON object (design.md §4): `{"id", "table", "subject", "headers", "payload", "commit_lsn",
 /// "index", "commit_time"}`; the payload as a JSON value, or a string when it is not JSON.
 pub(crate) fn event_json(event: &Event) -> serde_json::Value {
-    let headers: serde_json::Map<String, serde_json::Value> = event
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    let payload =
-        serde_json::from_slice::<serde_json::Value>(&event.payload).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&event.payload).into_owned())
-        });
+    let headers: serde_json::Map<String, serde_json::Value> =
+        event.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+    let payload = serde_json::from_slice::<serde_json::Value>(&event.payload)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&event.payload).into_owned()));
     serde_json::json!({
         "id": event.id,
         "table": event.table,
@@ -272,10 +226,7 @@ pub(crate) fn event_json(event: &Event) -> serde_json::Value {
 /// A requested stop (SIGINT or SIGTERM), for the commands that hold a slot copy and must drop it before exiting.
 pub(crate) async fn stop_requested() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -297,10 +248,7 @@ mod tests {
             subject: "outbox.order.created".into(),
             headers: vec![("Nats-Msg-Id".into(), "a".into())],
             payload: bytes::Bytes::from_static(b"{\"n\":1}"),
-            position: crate::event::Position {
-                commit_lsn: Lsn(0x1_0000_00FF),
-                index: 2,
-            },
+            position: crate::event::Position { commit_lsn: Lsn(0x1_0000_00FF), index: 2 },
             commit_time: "2024-01-01T00:00:00.000000Z".into(),
             table: "public.outbox".into(),
             dead_letter: false,
@@ -310,10 +258,7 @@ mod tests {
         assert_eq!(v["commit_lsn"], "1/FF");
         assert_eq!(v["index"], 2);
         assert_eq!(v["headers"]["Nats-Msg-Id"], "a");
-        let text = Event {
-            payload: bytes::Bytes::from_static(b"not json"),
-            ..event
-        };
+        let text = Event { payload: bytes::Bytes::from_static(b"not json"), ..event };
         assert_eq!(event_json(&text)["payload"], "not json");
     }
 }

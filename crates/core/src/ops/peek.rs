@@ -18,19 +18,11 @@ use super::history::{self, HistoryReader, Item, Range, SlotCopy};
 /// Prints up to `limit` pending events.
 pub async fn run(settings: &Settings, limit: usize, json: bool) -> Result<(), RelayError> {
     let control = source::connect(&settings.pg_url).await?;
-    let info =
-        slot::info(&control, &settings.slot)
-            .await?
-            .ok_or_else(|| SourceError::MissingSlot {
-                slot: settings.slot.clone(),
-                detail: String::new(),
-            })?;
+    let info = slot::info(&control, &settings.slot)
+        .await?
+        .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: String::new() })?;
     if info.is_lost() {
-        return Err(SourceError::SlotLost {
-            slot: settings.slot.clone(),
-            wal_status: "lost".into(),
-        }
-        .into());
+        return Err(SourceError::SlotLost { slot: settings.slot.clone(), wal_status: "lost".into() }.into());
     }
     let copy = SlotCopy::create(&control, &settings.slot, "peek").await?;
     let result = tokio::select! {
@@ -51,13 +43,8 @@ async fn show(
     let end = history::end_marker(control).await?;
     let mut shown = 0usize;
     if limit > 0 && end > copy.confirmed_flush {
-        let range = Range {
-            start: copy.confirmed_flush,
-            last_commit: None,
-            end,
-        };
-        let mut reader =
-            HistoryReader::open(settings, &copy.name, range, Assembler::new(settings)?).await?;
+        let range = Range { start: copy.confirmed_flush, last_commit: None, end };
+        let mut reader = HistoryReader::open(settings, &copy.name, range, Assembler::new(settings)?).await?;
         let result = async {
             while let Some(item) = reader.next(settings).await? {
                 print_item(settings, item, json);
@@ -74,10 +61,7 @@ async fn show(
     }
     if !json {
         match shown {
-            0 => println!(
-                "no pending events (slot {} confirmed at {})",
-                settings.slot, copy.confirmed_flush
-            ),
+            0 => println!("no pending events (slot {} confirmed at {})", settings.slot, copy.confirmed_flush),
             n if n >= limit => {
                 println!("{n} pending events shown; there may be more (raise --limit)")
             }
@@ -128,12 +112,7 @@ fn print_item(settings: &Settings, item: Item, json: bool) {
         };
         println!(
             "{} #{} {} {} id={} {}",
-            event.position.commit_lsn,
-            event.position.index,
-            event.commit_time,
-            event.subject,
-            event.id,
-            payload
+            event.position.commit_lsn, event.position.index, event.commit_time, event.subject, event.id, payload
         );
     }
 }

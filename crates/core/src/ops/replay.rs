@@ -37,12 +37,7 @@ use super::history::{self, HistoryReader, Item, Range, SlotCopy};
 const WINDOW: usize = 256;
 
 /// Replays `[from, to]` to the stream, or to stdout as NDJSON.
-pub async fn run(
-    settings: &Settings,
-    from: Lsn,
-    to: Option<Lsn>,
-    stdout: bool,
-) -> Result<(), RelayError> {
+pub async fn run(settings: &Settings, from: Lsn, to: Option<Lsn>, stdout: bool) -> Result<(), RelayError> {
     let control = source::connect(&settings.pg_url).await?;
     let replay_slot = settings.replay_slot();
     let (source_slot, info) = match slot::info(&control, &replay_slot).await? {
@@ -50,38 +45,27 @@ pub async fn run(
         None => {
             let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
                 slot: replay_slot.clone(),
-                detail: format!(" (nor does {}; replay needs the slot kept by `walrelay run --replay-retention`)", settings.slot),
+                detail: format!(
+                    " (nor does {}; replay needs the slot kept by `walrelay run --replay-retention`)",
+                    settings.slot
+                ),
             })?;
             tracing::warn!(slot = %replay_slot, "no replay slot (start run with --replay-retention); only unconfirmed history of the main slot can be replayed");
             (settings.slot.clone(), info)
         }
     };
     if info.is_lost() {
-        return Err(SourceError::SlotLost {
-            slot: source_slot,
-            wal_status: "lost".into(),
-        }
-        .into());
+        return Err(SourceError::SlotLost { slot: source_slot, wal_status: "lost".into() }.into());
     }
     let oldest = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
     if from < oldest {
-        return Err(SourceError::ReplayOutOfRange {
-            from,
-            oldest,
-            slot: source_slot,
-        }
-        .into());
+        return Err(SourceError::ReplayOutOfRange { from, oldest, slot: source_slot }.into());
     }
     let copy = SlotCopy::create(&control, &source_slot, "copy").await?;
     if from < copy.confirmed_flush {
         let oldest = copy.confirmed_flush;
         copy.remove(&control).await;
-        return Err(SourceError::ReplayOutOfRange {
-            from,
-            oldest,
-            slot: source_slot,
-        }
-        .into());
+        return Err(SourceError::ReplayOutOfRange { from, oldest, slot: source_slot }.into());
     }
     let result = tokio::select! {
         result = replay(settings, &control, &copy, from, to, stdout) => result,
@@ -118,11 +102,7 @@ async fn replay(
             _client: client,
         }))
     };
-    let range = Range {
-        start: from,
-        last_commit: to,
-        end,
-    };
+    let range = Range { start: from, last_commit: to, end };
     let mut reader = HistoryReader::open(settings, &copy.name, range, assembler).await?;
     let progress = progress_bar(end.0.saturating_sub(from.0));
     let mut count = 0u64;
@@ -167,9 +147,9 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(total.max(1));
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {binary_bytes}/{binary_total_bytes} of WAL  {msg}",
-    ) {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {binary_bytes}/{binary_total_bytes} of WAL  {msg}")
+    {
         bar.set_style(style);
     }
     Some(bar)
@@ -224,20 +204,14 @@ impl StreamSink {
         for (k, v) in &event.headers {
             headers.insert(k.as_str(), v.as_str());
         }
-        let message = PublishMessage::build()
-            .payload(event.payload.clone())
-            .headers(headers);
+        let message = PublishMessage::build().payload(event.payload.clone()).headers(headers);
         let fail = |reason: String| PublishError::Publish {
             id: event.id.clone(),
             subject: event.subject.clone(),
             position: event.position,
             reason,
         };
-        let ack = self
-            .js
-            .send_publish(event.subject.clone(), message)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let ack = self.js.send_publish(event.subject.clone(), message).await.map_err(|e| fail(e.to_string()))?;
         let failed = fail(String::new());
         self.in_flight.push_back(Box::pin(async move {
             match tokio::time::timeout(Duration::from_secs(30), ack).await {
@@ -263,17 +237,7 @@ impl StreamSink {
 
 fn with_reason(err: PublishError, reason: String) -> PublishError {
     match err {
-        PublishError::Publish {
-            id,
-            subject,
-            position,
-            ..
-        } => PublishError::Publish {
-            id,
-            subject,
-            position,
-            reason,
-        },
+        PublishError::Publish { id, subject, position, .. } => PublishError::Publish { id, subject, position, reason },
         other => other,
     }
 }

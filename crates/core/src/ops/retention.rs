@@ -30,16 +30,10 @@ const TICK: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Starts the task; `None` when `--replay-retention` is not set.
-pub fn spawn(
-    settings: &Settings,
-    shutdown: watch::Receiver<bool>,
-) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn(settings: &Settings, shutdown: watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
     let retention = settings.replay_retention?;
     let settings = settings.clone();
-    Some(crate::spawn_named(
-        "replay-retention",
-        keep(settings, retention, shutdown),
-    ))
+    Some(crate::spawn_named("replay-retention", keep(settings, retention, shutdown)))
 }
 
 /// Samples of the main slot's confirmed position, oldest first; consecutive equal positions keep the first time.

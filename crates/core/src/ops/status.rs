@@ -96,20 +96,14 @@ pub async fn run(
     let nats = match tokio::time::timeout(Duration::from_secs(3), stream::connect(settings)).await {
         Ok(Ok((client, js))) => Ok((client, js)),
         Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!(
-            "nats at {} did not answer within 3s",
-            crate::config::redact_url(&settings.nats_url)
-        )),
+        Err(_) => Err(format!("nats at {} did not answer within 3s", crate::config::redact_url(&settings.nats_url))),
     };
     let tty = std::io::stdout().is_terminal();
     let mut drawn_lines = 0usize;
     loop {
         let status = collect(&control, settings, nats.as_ref().map(|(_, js)| js)).await?;
         let status = match (&nats, status) {
-            (Err(reason), s) => Status {
-                nats_error: Some(reason.clone()),
-                ..s
-            },
+            (Err(reason), s) => Status { nats_error: Some(reason.clone()), ..s },
             (Ok(_), s) => s,
         };
         let exceeded = opts.max_lag.is_some_and(|max| status.lag_bytes > max);
@@ -128,11 +122,7 @@ pub async fn run(
         }
         if exceeded && !opts.watch {
             if let Some(max) = opts.max_lag {
-                eprintln!(
-                    "lag {} exceeds --max-lag {}",
-                    human(status.lag_bytes),
-                    human(max)
-                );
+                eprintln!("lag {} exceeds --max-lag {}", human(status.lag_bytes), human(max));
             }
         }
         if !opts.watch {
@@ -151,18 +141,12 @@ async fn collect(
     settings: &Settings,
     js: Result<&async_nats::jetstream::Context, &String>,
 ) -> Result<Status, RelayError> {
-    let info =
-        slot::info(control, &settings.slot)
-            .await?
-            .ok_or_else(|| SourceError::MissingSlot {
-                slot: settings.slot.clone(),
-                detail: " (create it with `walrelay setup`)".into(),
-            })?;
+    let info = slot::info(control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
+        slot: settings.slot.clone(),
+        detail: " (create it with `walrelay setup`)".into(),
+    })?;
     let current = slot::current_wal_lsn(control).await?;
-    let confirmed = info
-        .confirmed_flush_lsn
-        .or(info.restart_lsn)
-        .unwrap_or(current);
+    let confirmed = info.confirmed_flush_lsn.or(info.restart_lsn).unwrap_or(current);
     let restart = info.restart_lsn.unwrap_or(current);
     let replay_slot = match slot::info(control, &settings.replay_slot()).await? {
         Some(r) => Some(ReplaySlotStatus {
@@ -191,16 +175,10 @@ async fn collect(
         nats_error: None,
     };
     if let Ok(js) = js {
-        match tokio::time::timeout(
-            Duration::from_secs(3),
-            stream::high_water(js, &settings.stream),
-        )
-        .await
-        {
+        match tokio::time::timeout(Duration::from_secs(3), stream::high_water(js, &settings.stream)).await {
             Ok(Ok(hw)) => {
                 status.stream_messages = Some(hw.messages);
-                status.stream_last_commit_lsn =
-                    hw.position.map(|(lsn, _): (Lsn, u32)| lsn.to_string());
+                status.stream_last_commit_lsn = hw.position.map(|(lsn, _): (Lsn, u32)| lsn.to_string());
             }
             Ok(Err(err)) => status.nats_error = Some(err.to_string()),
             Err(_) => status.nats_error = Some("stream info did not arrive within 3s".into()),
@@ -264,10 +242,7 @@ fn block(s: &Status) -> String {
             s.stream,
             or_dash(&s.stream_last_commit_lsn)
         )),
-        (None, Some(err)) => out.push_str(&format!(
-            "stream               {}: unknown ({err})\n",
-            s.stream
-        )),
+        (None, Some(err)) => out.push_str(&format!("stream               {}: unknown ({err})\n", s.stream)),
         (None, None) => {}
     }
     out

@@ -62,10 +62,7 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
     }
     for name in &slots {
         let dropped = drop_slot(&control, name, opts.force).await?;
-        println!(
-            "slot {name}: {}",
-            if dropped { "dropped" } else { "not found" }
-        );
+        println!("slot {name}: {}", if dropped { "dropped" } else { "not found" });
     }
     for name in leftover_copies(&control, settings).await? {
         if slot::drop(&control, &name).await.is_ok() {
@@ -73,15 +70,9 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
         }
     }
     if opts.publication {
-        let existed = publication::info(&control, &settings.publication, &settings.table)
-            .await?
-            .is_some();
+        let existed = publication::info(&control, &settings.publication, &settings.table).await?.is_some();
         publication::drop(&control, &settings.publication).await?;
-        println!(
-            "publication {}: {}",
-            settings.publication,
-            if existed { "dropped" } else { "not found" }
-        );
+        println!("publication {}: {}", settings.publication, if existed { "dropped" } else { "not found" });
     }
     if opts.stream {
         let (_client, js) = stream::connect(settings).await?;
@@ -94,11 +85,7 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
                 "not found"
             }
             Err(err) => {
-                return Err(PublishError::Stream {
-                    stream: settings.stream.clone(),
-                    reason: err.to_string(),
-                }
-                .into())
+                return Err(PublishError::Stream { stream: settings.stream.clone(), reason: err.to_string() }.into())
             }
         };
         println!("stream {}: {result}", settings.stream);
@@ -115,11 +102,7 @@ async fn drop_slot(control: &Client, name: &str, force: bool) -> Result<bool, So
         };
         if info.active && force {
             if let Some(pid) = info.active_pid {
-                tracing::info!(
-                    slot = name,
-                    pid,
-                    "terminating the walsender holding the slot"
-                );
+                tracing::info!(slot = name, pid, "terminating the walsender holding the slot");
                 control
                     .execute("SELECT pg_terminate_backend($1)", &[&pid])
                     .await
@@ -130,9 +113,9 @@ async fn drop_slot(control: &Client, name: &str, force: bool) -> Result<bool, So
             Ok(dropped) => return Ok(dropped),
             // 55006: object in use (the slot is active): wait until the terminated walsender let go, or a relay
             // that reconnected is terminated again.
-            Err(SourceError::Query {
-                code: Some(code), ..
-            }) if code == "55006" && force && Instant::now() < deadline => {
+            Err(SourceError::Query { code: Some(code), .. })
+                if code == "55006" && force && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(err) => return Err(err),
@@ -141,19 +124,13 @@ async fn drop_slot(control: &Client, name: &str, force: bool) -> Result<bool, So
 }
 
 /// Inactive copies named `<slot>_peek_<pid>` or `<slot>_replay_copy_<pid>`.
-async fn leftover_copies(
-    control: &Client,
-    settings: &Settings,
-) -> Result<Vec<String>, SourceError> {
+async fn leftover_copies(control: &Client, settings: &Settings) -> Result<Vec<String>, SourceError> {
     let rows = control
         .query(
             "SELECT slot_name::text FROM pg_replication_slots WHERE NOT active AND \
              (starts_with(slot_name::text, $1) OR starts_with(slot_name::text, $2)) \
              AND slot_name::text ~ '_(peek|copy)_[0-9]+$'",
-            &[
-                &format!("{}_peek_", settings.slot),
-                &format!("{}_copy_", settings.replay_slot()),
-            ],
+            &[&format!("{}_peek_", settings.slot), &format!("{}_copy_", settings.replay_slot())],
         )
         .await
         .map_err(|e| SourceError::query("looking for leftover slot copies", e))?;
