@@ -31,22 +31,14 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// A tracker whose confirmed position starts at `confirmed` (the slot's `confirmed_flush_lsn`).
     pub fn new(confirmed: Lsn) -> Self {
-        Self {
-            confirmed,
-            reported: confirmed,
-            ..Self::default()
-        }
+        Self { confirmed, reported: confirmed, ..Self::default() }
     }
 
     /// A transaction begins; returns its tag.
     pub fn begin(&mut self) -> TxnTag {
         let tag = self.next_tag;
         self.next_tag += 1;
-        self.txns.push_back(Txn {
-            tag,
-            end_lsn: None,
-            pending: 0,
-        });
+        self.txns.push_back(Txn { tag, end_lsn: None, pending: 0 });
         tag
     }
 
@@ -160,10 +152,7 @@ mod tests {
         c.published(a);
         c.acked(a);
         assert_eq!(c.confirmed(), Lsn(100), "not committed yet");
-        assert!(
-            !c.idle(Lsn(500)),
-            "keepalive inside a transaction must not confirm"
-        );
+        assert!(!c.idle(Lsn(500)), "keepalive inside a transaction must not confirm");
         c.commit(a, Lsn(200));
         assert_eq!(c.confirmed(), Lsn(200));
         assert!(c.idle(Lsn(500)));

@@ -138,10 +138,7 @@ impl PgUrl {
                 reason: "no host; expected e.g. postgres://user@host:5432/dbname".into(),
             });
         }
-        Ok(Self {
-            secret: SecretString::from(url.to_owned()),
-            parsed,
-        })
+        Ok(Self { secret: SecretString::from(url.to_owned()), parsed })
     }
 
     /// The parsed connection settings (holds the password; never log it).
@@ -156,11 +153,7 @@ impl PgUrl {
 
     /// The database name (defaults to the user name, as libpq does).
     pub fn dbname(&self) -> String {
-        self.parsed
-            .get_dbname()
-            .or(self.parsed.get_user())
-            .unwrap_or("postgres")
-            .to_owned()
+        self.parsed.get_dbname().or(self.parsed.get_user()).unwrap_or("postgres").to_owned()
     }
 
     /// The user name (defaults to `postgres`).
@@ -190,11 +183,7 @@ pub fn redact_url(url: &str) -> String {
         let redacted: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(k, v)| {
-                let v = if k.eq_ignore_ascii_case("password") {
-                    "***".to_owned()
-                } else {
-                    v.into_owned()
-                };
+                let v = if k.eq_ignore_ascii_case("password") { "***".to_owned() } else { v.into_owned() };
                 (k.into_owned(), v)
             })
             .collect();
@@ -204,13 +193,15 @@ pub fn redact_url(url: &str) -> String {
         return parsed.to_string();
     }
     url.split_whitespace()
-        .map(|kv| {
-            if kv.to_ascii_lowercase().starts_with("password=") {
-                "password=***".to_owned()
-            } else {
-                kv.to_owned()
-            }
-        })
+        .map(
+            |kv| {
+                if kv.to_ascii_lowercase().starts_with("password=") {
+                    "password=***".to_owned()
+                } else {
+                    kv.to_owned()
+                }
+            },
+        )
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -227,11 +218,8 @@ pub struct TableName {
 impl TableName {
     /// Parses `schema.table` or `table`; double quotes around a part are removed.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        let invalid = |reason: &str| ConfigError::Invalid {
-            option: "--table",
-            value: s.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let invalid =
+            |reason: &str| ConfigError::Invalid { option: "--table", value: s.to_owned(), reason: reason.to_owned() };
         let unquote = |p: &str| p.trim().trim_matches('"').to_owned();
         let (schema, name) = match s.split_once('.') {
             Some((schema, name)) => (unquote(schema), unquote(name)),
@@ -317,9 +305,7 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Serialized::defaults(overrides));
-        let raw: RawSettings = figment
-            .extract()
-            .map_err(|err| ConfigError::File(err.to_string()))?;
+        let raw: RawSettings = figment.extract().map_err(|err| ConfigError::File(err.to_string()))?;
         Self::validate(raw)
     }
 
@@ -336,15 +322,12 @@ impl Settings {
             Ok(value.to_owned())
         };
         let slot = name("--slot", &raw.slot)?;
-        if !slot
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            || slot.len() > 63
-        {
+        if !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || slot.len() > 63 {
             return Err(ConfigError::Invalid {
                 option: "--slot",
                 value: slot,
-                reason: "a replication slot name may contain only lower-case letters, digits and `_` (at most 63)".into(),
+                reason: "a replication slot name may contain only lower-case letters, digits and `_` (at most 63)"
+                    .into(),
             });
         }
         let stream = name("--stream", &raw.stream)?;
@@ -362,29 +345,22 @@ impl Settings {
                 reason: "must be at least 1".into(),
             });
         }
-        let subject = crate::subject::SubjectTemplate::parse(&raw.subject).map_err(|reason| {
-            ConfigError::Invalid {
-                option: "--subject",
-                value: raw.subject.clone(),
-                reason,
-            }
+        let subject = crate::subject::SubjectTemplate::parse(&raw.subject).map_err(|reason| ConfigError::Invalid {
+            option: "--subject",
+            value: raw.subject.clone(),
+            reason,
         })?;
-        crate::subject::validate_literal_subject(&raw.dead_letter_subject).map_err(|reason| {
-            ConfigError::Invalid {
-                option: "--dead-letter-subject",
-                value: raw.dead_letter_subject.clone(),
-                reason,
-            }
+        crate::subject::validate_literal_subject(&raw.dead_letter_subject).map_err(|reason| ConfigError::Invalid {
+            option: "--dead-letter-subject",
+            value: raw.dead_letter_subject.clone(),
+            reason,
         })?;
         validate_nats_url(&raw.nats_url)?;
-        let on_invalid = raw
-            .on_invalid
-            .parse()
-            .map_err(|reason| ConfigError::Invalid {
-                option: "--on-invalid",
-                value: raw.on_invalid.clone(),
-                reason,
-            })?;
+        let on_invalid = raw.on_invalid.parse().map_err(|reason| ConfigError::Invalid {
+            option: "--on-invalid",
+            value: raw.on_invalid.clone(),
+            reason,
+        })?;
         let duplicate_window = parse_duration("--duplicate-window", &raw.duplicate_window)?;
         if duplicate_window < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
@@ -437,9 +413,7 @@ fn validate_nats_url(urls: &str) -> Result<(), ConfigError> {
         async_nats::ServerAddr::from_str(url.trim()).map_err(|err| ConfigError::Invalid {
             option: "--nats-url",
             value: redact_url(url),
-            reason: format!(
-                "{err}; expected e.g. nats://localhost:4222 (comma-separated for a cluster)"
-            ),
+            reason: format!("{err}; expected e.g. nats://localhost:4222 (comma-separated for a cluster)"),
         })?;
     }
     Ok(())
@@ -456,19 +430,11 @@ pub fn parse_duration(option: &'static str, value: &str) -> Result<Duration, Con
 
 /// Parses a size: `KB/MB/GB` are powers of 1000, `KiB/MiB/GiB` powers of 1024, a bare number is bytes.
 pub fn parse_size(option: &'static str, value: &str) -> Result<u64, ConfigError> {
-    let invalid = |reason: &str| ConfigError::Invalid {
-        option,
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let invalid = |reason: &str| ConfigError::Invalid { option, value: value.to_owned(), reason: reason.to_owned() };
     let s = value.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| invalid("expected a size like 64MB, 512KiB or 1GB"))?;
+    let number: f64 = number.parse().map_err(|_| invalid("expected a size like 64MB, 512KiB or 1GB"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1000,
@@ -479,11 +445,7 @@ pub fn parse_size(option: &'static str, value: &str) -> Result<u64, ConfigError>
         "mib" => 1 << 20,
         "gib" => 1 << 30,
         "tib" => 1 << 40,
-        _ => {
-            return Err(invalid(
-                "unknown unit; use B, KB, MB, GB (1000) or KiB, MiB, GiB (1024)",
-            ))
-        }
+        _ => return Err(invalid("unknown unit; use B, KB, MB, GB (1000) or KiB, MiB, GiB (1024)")),
     };
     let bytes = number * factor as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
@@ -494,14 +456,11 @@ pub fn parse_size(option: &'static str, value: &str) -> Result<u64, ConfigError>
 
 /// Parses an LSN in Postgres `X/Y` form.
 pub fn parse_lsn(option: &'static str, value: &str) -> Result<Lsn, ConfigError> {
-    value
-        .trim()
-        .parse::<Lsn>()
-        .map_err(|_| ConfigError::Invalid {
-            option,
-            value: value.to_owned(),
-            reason: "expected an LSN in Postgres form X/Y (hex), e.g. 0/1A2B3C4".into(),
-        })
+    value.trim().parse::<Lsn>().map_err(|_| ConfigError::Invalid {
+        option,
+        value: value.to_owned(),
+        reason: "expected an LSN in Postgres form X/Y (hex), e.g. 0/1A2B3C4".into(),
+    })
 }
 
 #[cfg(test)]
@@ -514,30 +473,15 @@ mod tests {
         assert_eq!(parse_size("--max-lag", "1KiB").ok(), Some(1024));
         assert_eq!(parse_size("--max-lag", "2 GiB").ok(), Some(2 << 30));
         assert_eq!(parse_size("--max-lag", "100").ok(), Some(100));
-        assert!(matches!(
-            parse_size("--max-lag", "12 parsecs"),
-            Err(ConfigError::Invalid { .. })
-        ));
-        assert!(matches!(
-            parse_size("--max-lag", "MB"),
-            Err(ConfigError::Invalid { .. })
-        ));
+        assert!(matches!(parse_size("--max-lag", "12 parsecs"), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(parse_size("--max-lag", "MB"), Err(ConfigError::Invalid { .. })));
     }
 
     #[test]
     fn durations_parse() {
-        assert_eq!(
-            parse_duration("--x", "90s").ok(),
-            Some(Duration::from_secs(90))
-        );
-        assert_eq!(
-            parse_duration("--x", "10m").ok(),
-            Some(Duration::from_secs(600))
-        );
-        assert_eq!(
-            parse_duration("--x", "1h").ok(),
-            Some(Duration::from_secs(3600))
-        );
+        assert_eq!(parse_duration("--x", "90s").ok(), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("--x", "10m").ok(), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("--x", "1h").ok(), Some(Duration::from_secs(3600)));
         assert!(parse_duration("--x", "soon").is_err());
     }
 
@@ -555,14 +499,8 @@ mod tests {
     #[test]
     fn table_names() {
         let t = TableName::parse("public.outbox").ok();
-        assert_eq!(
-            t.map(|t| t.quoted()),
-            Some("\"public\".\"outbox\"".to_owned())
-        );
-        assert_eq!(
-            TableName::parse("events").ok().map(|t| t.schema),
-            Some("public".to_owned())
-        );
+        assert_eq!(t.map(|t| t.quoted()), Some("\"public\".\"outbox\"".to_owned()));
+        assert_eq!(TableName::parse("events").ok().map(|t| t.schema), Some("public".to_owned()));
         assert!(TableName::parse("a.b.c").is_err());
     }
 
@@ -576,20 +514,12 @@ mod tests {
         struct Over {
             stream: Option<String>,
         }
-        let s = Settings::load(
-            Some(&path),
-            &Over {
-                stream: Some("FLAG".into()),
-            },
-        );
+        let s = Settings::load(Some(&path), &Over { stream: Some("FLAG".into()) });
         let s = s.ok();
         assert_eq!(s.as_ref().map(|s| s.slot.as_str()), Some("from_file"));
         assert_eq!(s.as_ref().map(|s| s.stream.as_str()), Some("FLAG"));
         std::fs::write(&path, "no_such_key = 1\n").ok();
-        assert!(matches!(
-            Settings::load(Some(&path), &Over { stream: None }),
-            Err(ConfigError::File(_))
-        ));
+        assert!(matches!(Settings::load(Some(&path), &Over { stream: None }), Err(ConfigError::File(_))));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -60,19 +60,12 @@ impl Event {
     /// Bytes this message takes against the server's `max_payload` (payload plus encoded headers).
     pub fn wire_size(&self) -> usize {
         // "NATS/1.0\r\n" + "key: value\r\n"... + "\r\n"
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 4)
-            .sum();
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
         self.payload.len() + headers + 12
     }
 
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }

@@ -30,8 +30,7 @@ pub fn commit_time_rfc3339(pg_micros: i64) -> String {
     let t = if pg_micros >= 0 {
         base + Duration::from_micros(pg_micros.unsigned_abs())
     } else {
-        base.checked_sub(Duration::from_micros(pg_micros.unsigned_abs()))
-            .unwrap_or(UNIX_EPOCH)
+        base.checked_sub(Duration::from_micros(pg_micros.unsigned_abs())).unwrap_or(UNIX_EPOCH)
     };
     humantime::format_rfc3339_micros(t).to_string()
 }
@@ -40,6 +39,15 @@ pub fn commit_time_rfc3339(pg_micros: i64) -> String {
 pub fn pg_micros(t: SystemTime) -> i64 {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since.as_micros()).unwrap_or(i64::MAX) - (PG_EPOCH_OFFSET_SECS as i64) * 1_000_000
+}
+
+/// Why a row did not become an event.
+#[derive(Debug)]
+pub enum MapError {
+    /// The row cannot be published as is (`--on-invalid` decides).
+    Invalid(Box<InvalidEvent>),
+    /// The replication stream makes no sense.
+    Source(SourceError),
 }
 
 /// An event that cannot be published as is.
@@ -64,15 +72,9 @@ pub struct InvalidEvent {
 impl InvalidEvent {
     /// The dead-letter record standing in for this event (design.md §4).
     pub fn dead_letter(&self, subject: &str) -> Event {
-        let mut headers = vec![(
-            header::MSG_ID.to_owned(),
-            format!("dead-letter:{}", self.id),
-        )];
+        let mut headers = vec![(header::MSG_ID.to_owned(), format!("dead-letter:{}", self.id))];
         headers.extend(self.headers.iter().cloned());
-        headers.push((
-            header::ERROR.to_owned(),
-            sanitize_header_value(&self.reason),
-        ));
+        headers.push((header::ERROR.to_owned(), sanitize_header_value(&self.reason)));
         let body = serde_json::json!({
             "id": self.id,
             "table": self.table,
@@ -95,9 +97,7 @@ impl InvalidEvent {
 }
 
 fn sanitize_header_value(s: &str) -> String {
-    s.chars()
-        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-        .collect()
+    s.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect()
 }
 
 /// How the payload column is encoded.
@@ -138,12 +138,11 @@ pub struct OutboxMapper {
 impl OutboxMapper {
     /// A mapper for the configured table, columns and subject template.
     pub fn new(settings: &Settings) -> Result<Self, SourceError> {
-        let template =
-            SubjectTemplate::parse(&settings.subject).map_err(|reason| SourceError::Query {
-                context: "subject template".into(),
-                reason,
-                code: None,
-            })?;
+        let template = SubjectTemplate::parse(&settings.subject).map_err(|reason| SourceError::Query {
+            context: "subject template".into(),
+            reason,
+            code: None,
+        })?;
         Ok(Self {
             table: settings.table.clone(),
             table_label: settings.table.to_string(),
@@ -162,11 +161,7 @@ impl OutboxMapper {
 
     /// Whether a relation is the outbox table.
     pub fn is_outbox(&self, relation: &Relation) -> bool {
-        let ns = if relation.namespace.is_empty() {
-            "pg_catalog"
-        } else {
-            relation.namespace.as_str()
-        };
+        let ns = if relation.namespace.is_empty() { "pg_catalog" } else { relation.namespace.as_str() };
         ns == self.table.schema && relation.name == self.table.name
     }
 
@@ -180,21 +175,15 @@ impl OutboxMapper {
             purpose: purpose.to_owned(),
             option: option.to_owned(),
         };
-        let payload = find(&self.columns.payload).ok_or_else(|| {
-            missing(
-                &self.columns.payload,
-                "the message data",
-                "--payload-column",
-            )
-        })?;
+        let payload = find(&self.columns.payload)
+            .ok_or_else(|| missing(&self.columns.payload, "the message data", "--payload-column"))?;
         let payload_kind = match relation.columns.get(payload).map(|c| c.type_oid) {
             Some(pgoutput::oid::BYTEA) => PayloadKind::Bytea,
             _ => PayloadKind::Text,
         };
         let mut template = HashMap::new();
         for column in self.template.columns() {
-            let idx =
-                find(column).ok_or_else(|| missing(column, "the subject template", "--subject"))?;
+            let idx = find(column).ok_or_else(|| missing(column, "the subject template", "--subject"))?;
             template.insert(column.to_owned(), idx);
         }
         let layout = Layout {
@@ -219,8 +208,8 @@ impl OutboxMapper {
 
     /// Maps one inserted row.
     ///
-    /// Errors: `Err(Ok(invalid))` for a row that cannot be published (handled by `--on-invalid`),
-    /// `Err(Err(source))` for a stream that makes no sense (unknown relation, wrong column count).
+    /// Errors: [`MapError::Invalid`] for a row that cannot be published (handled by `--on-invalid`),
+    /// [`MapError::Source`] for a stream that makes no sense (unknown relation, wrong column count).
     pub fn map(
         &mut self,
         relation_id: u32,
@@ -228,15 +217,13 @@ impl OutboxMapper {
         commit_lsn: Lsn,
         commit_time_micros: i64,
         index: u32,
-    ) -> Result<Event, Result<InvalidEvent, SourceError>> {
-        let layout = self.layouts.get(&relation_id).ok_or_else(|| {
-            Err(SourceError::Decode {
-                lsn: commit_lsn,
-                source: pgoutput::DecodeError::UnknownRelation(relation_id),
-            })
-        })?;
+    ) -> Result<Event, MapError> {
+        let layout = self.layouts.get(&relation_id).ok_or(MapError::Source(SourceError::Decode {
+            lsn: commit_lsn,
+            source: pgoutput::DecodeError::UnknownRelation(relation_id),
+        }))?;
         if tuple.0.len() != layout.columns {
-            return Err(Err(SourceError::Decode {
+            return Err(MapError::Source(SourceError::Decode {
                 lsn: commit_lsn,
                 source: pgoutput::DecodeError::ColumnCountMismatch {
                     relation: self.table_label.clone(),
@@ -247,9 +234,7 @@ impl OutboxMapper {
         }
         let text = |idx: Option<usize>| -> Option<String> {
             match tuple.0.get(idx?)? {
-                TupleValue::Text(b) | TupleValue::Binary(b) => {
-                    Some(String::from_utf8_lossy(b).into_owned())
-                }
+                TupleValue::Text(b) | TupleValue::Binary(b) => Some(String::from_utf8_lossy(b).into_owned()),
                 _ => None,
             }
         };
@@ -293,43 +278,40 @@ impl OutboxMapper {
         // Fix the header values that must not carry CR/LF (they come from the row).
         for (k, v) in &base {
             if v.contains(['\r', '\n']) {
-                return Err(Ok(invalid(
+                return Err(MapError::Invalid(Box::new(invalid(
                     format!("header {k} value contains CR or LF"),
                     &base,
                     payload.len(),
-                )));
+                ))));
             }
         }
         let id = match (layout.id, row_id.clone()) {
             (None, _) => fallback_id.clone(),
             (Some(_), Some(id)) if !id.is_empty() && !id.contains(['\r', '\n']) => id,
             (Some(_), Some(_)) => {
-                return Err(Ok(invalid(
+                return Err(MapError::Invalid(Box::new(invalid(
                     "id is empty or contains CR/LF".into(),
                     &base,
                     payload.len(),
-                )))
+                ))))
             }
             (Some(_), None) => {
-                return Err(Ok(invalid(
+                return Err(MapError::Invalid(Box::new(invalid(
                     format!("id column {} is NULL", self.columns.id),
                     &base,
                     payload.len(),
-                )))
+                ))))
             }
         };
-        let subject = match self
-            .template
-            .render(|c| text(layout.template.get(c).copied()))
-        {
+        let subject = match self.template.render(|c| text(layout.template.get(c).copied())) {
             Ok(s) => s,
-            Err(reason) => return Err(Ok(invalid(reason, &base, payload.len()))),
+            Err(reason) => return Err(MapError::Invalid(Box::new(invalid(reason, &base, payload.len())))),
         };
         headers.push((header::MSG_ID.to_owned(), id.clone()));
         headers.extend(base.iter().cloned());
         if let Some(json) = text(layout.headers) {
             if let Err(reason) = self.user_headers(&json, &mut headers) {
-                return Err(Ok(invalid(reason, &base, payload.len())));
+                return Err(MapError::Invalid(Box::new(invalid(reason, &base, payload.len()))));
             }
         }
         let event = Event {
@@ -345,11 +327,11 @@ impl OutboxMapper {
         if let Some(max) = self.max_payload {
             let size = event.wire_size();
             if size > max {
-                return Err(Ok(invalid(
+                return Err(MapError::Invalid(Box::new(invalid(
                     format!("message of {size} bytes exceeds the NATS server's max_payload of {max} bytes"),
                     &base,
                     size,
-                )));
+                ))));
             }
         }
         Ok(event)
@@ -357,8 +339,8 @@ impl OutboxMapper {
 
     /// Appends the keys of the `headers` JSON object.
     fn user_headers(&mut self, json: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
-        let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| format!("headers column is not valid JSON: {e}"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("headers column is not valid JSON: {e}"))?;
         let map = match value {
             serde_json::Value::Null => return Ok(()),
             serde_json::Value::Object(map) => map,
@@ -372,11 +354,7 @@ impl OutboxMapper {
                 }
                 continue;
             }
-            if key.is_empty()
-                || key
-                    .chars()
-                    .any(|c| c == ':' || c.is_whitespace() || c.is_control())
-            {
+            if key.is_empty() || key.chars().any(|c| c == ':' || c.is_whitespace() || c.is_control()) {
                 return Err(format!("header key {key:?} cannot be carried by NATS (empty, or has `:` or whitespace)"));
             }
             let value = match value {

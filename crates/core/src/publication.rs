@@ -23,10 +23,7 @@ pub struct TableColumn {
 }
 
 /// The table's columns in order, or `MissingTable`.
-pub async fn table_columns(
-    client: &Client,
-    table: &TableName,
-) -> Result<Vec<TableColumn>, SourceError> {
+pub async fn table_columns(client: &Client, table: &TableName) -> Result<Vec<TableColumn>, SourceError> {
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
@@ -41,18 +38,9 @@ pub async fn table_columns(
         .await
         .map_err(|e| SourceError::query(format!("reading columns of {table}"), e))?;
     if rows.is_empty() {
-        return Err(SourceError::MissingTable {
-            table: table.to_string(),
-        });
+        return Err(SourceError::MissingTable { table: table.to_string() });
     }
-    Ok(rows
-        .iter()
-        .map(|r| TableColumn {
-            name: r.get(0),
-            type_name: r.get(1),
-            primary_key: r.get(2),
-        })
-        .collect())
+    Ok(rows.iter().map(|r| TableColumn { name: r.get(0), type_name: r.get(1), primary_key: r.get(2) }).collect())
 }
 
 /// What a publication holds.
@@ -81,29 +69,18 @@ pub async fn info(
         )
         .await
         .map_err(|e| SourceError::query(format!("reading publication {publication}"), e))?;
-    Ok(row.map(|r| PublicationInfo {
-        inserts: r.get(0),
-        all_tables: r.get(1),
-        has_table: r.get(2),
-    }))
+    Ok(row.map(|r| PublicationInfo { inserts: r.get(0), all_tables: r.get(1), has_table: r.get(2) }))
 }
 
 /// Creates the publication if missing (inserts only); returns whether it was created.
-pub async fn ensure(
-    client: &Client,
-    publication: &str,
-    table: &TableName,
-) -> Result<bool, SourceError> {
+pub async fn ensure(client: &Client, publication: &str, table: &TableName) -> Result<bool, SourceError> {
     match info(client, publication, table).await? {
         Some(p) => {
             if !p.has_table {
                 tracing::warn!(publication, table = %table, "publication does not contain the outbox table; its events will not be relayed");
             }
             if !p.inserts {
-                tracing::warn!(
-                    publication,
-                    "publication does not publish inserts; nothing will be relayed"
-                );
+                tracing::warn!(publication, "publication does not publish inserts; nothing will be relayed");
             }
             Ok(false)
         }
@@ -113,9 +90,10 @@ pub async fn ensure(
                 quote_ident(publication),
                 table.quoted()
             );
-            client.batch_execute(&sql).await.map_err(|e| {
-                SourceError::query(format!("creating publication {publication}"), e)
-            })?;
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| SourceError::query(format!("creating publication {publication}"), e))?;
             Ok(true)
         }
     }
@@ -124,8 +102,5 @@ pub async fn ensure(
 /// Drops the publication if it exists.
 pub async fn drop(client: &Client, publication: &str) -> Result<(), SourceError> {
     let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication));
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| SourceError::query(format!("dropping publication {publication}"), e))
+    client.batch_execute(&sql).await.map_err(|e| SourceError::query(format!("dropping publication {publication}"), e))
 }

@@ -54,9 +54,7 @@ pub enum PublishError {
     },
     /// The stream's sequence is not what the fence expected: a message was lost, duplicated or written by someone
     /// else. The relay re-reads the tail and resumes after it.
-    #[error(
-        "ordering fence: event {id} expected stream sequence {expected}, stream answered {actual}"
-    )]
+    #[error("ordering fence: event {id} expected stream sequence {expected}, stream answered {actual}")]
     Fence {
         /// Event id.
         id: String,
@@ -101,13 +99,7 @@ pub struct Publisher<T> {
 impl<T: Send + 'static> Publisher<T> {
     /// A publisher that expects the stream's last sequence to be `last_sequence`.
     pub fn new(js: jetstream::Context, last_sequence: u64) -> Self {
-        Self {
-            js,
-            last_sequence,
-            in_flight: FuturesOrdered::new(),
-            sizes: VecDeque::new(),
-            in_flight_bytes: 0,
-        }
+        Self { js, last_sequence, in_flight: FuturesOrdered::new(), sizes: VecDeque::new(), in_flight_bytes: 0 }
     }
 
     /// Events sent and not yet acked.
@@ -137,11 +129,7 @@ impl<T: Send + 'static> Publisher<T> {
             position: event.position,
             reason,
         };
-        let ack = self
-            .js
-            .send_publish(event.subject.clone(), message)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let ack = self.js.send_publish(event.subject.clone(), message).await.map_err(|e| fail(e.to_string()))?;
         self.last_sequence += 1;
         let expected = self.last_sequence;
         let id = event.id.clone();
@@ -149,33 +137,17 @@ impl<T: Send + 'static> Publisher<T> {
         let position = event.position;
         self.in_flight.push_back(Box::pin(async move {
             match ack.await {
-                Ok(ack) if ack.duplicate => Err(PublishError::Fence {
-                    id,
-                    expected,
-                    actual: format!("duplicate of sequence {}", ack.sequence),
-                }),
-                Ok(ack) if ack.sequence != expected => Err(PublishError::Fence {
-                    id,
-                    expected,
-                    actual: ack.sequence.to_string(),
-                }),
-                Ok(ack) => Ok(Acked {
-                    tag,
-                    sequence: ack.sequence,
-                }),
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    Err(PublishError::Fence {
-                        id,
-                        expected,
-                        actual: e.to_string(),
-                    })
+                Ok(ack) if ack.duplicate => {
+                    Err(PublishError::Fence { id, expected, actual: format!("duplicate of sequence {}", ack.sequence) })
                 }
-                Err(e) => Err(PublishError::Publish {
-                    id,
-                    subject,
-                    position,
-                    reason: e.to_string(),
-                }),
+                Ok(ack) if ack.sequence != expected => {
+                    Err(PublishError::Fence { id, expected, actual: ack.sequence.to_string() })
+                }
+                Ok(ack) => Ok(Acked { tag, sequence: ack.sequence }),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    Err(PublishError::Fence { id, expected, actual: e.to_string() })
+                }
+                Err(e) => Err(PublishError::Publish { id, subject, position, reason: e.to_string() }),
             }
         }));
         self.sizes.push_back(event.payload.len());

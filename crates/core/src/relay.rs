@@ -106,11 +106,7 @@ struct Relay<'a> {
 }
 
 /// Runs the relay until shutdown (Ok) or a permanent error.
-pub async fn run(
-    settings: &Settings,
-    shutdown: watch::Receiver<bool>,
-    stats: Arc<Stats>,
-) -> Result<(), RelayError> {
+pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Arc<Stats>) -> Result<(), RelayError> {
     let mut attempt: u32 = 0;
     let status_interval = loop {
         match prepare(settings).await {
@@ -143,13 +139,9 @@ pub async fn run(
         if *relay.shutdown.borrow() {
             return Ok(());
         }
-        let progressed = relay.stats.acked.load(Ordering::Relaxed) > acked_before
-            || started.elapsed() > Duration::from_secs(30);
-        attempt = if progressed {
-            1
-        } else {
-            attempt.saturating_add(1)
-        };
+        let progressed =
+            relay.stats.acked.load(Ordering::Relaxed) > acked_before || started.elapsed() > Duration::from_secs(30);
+        attempt = if progressed { 1 } else { attempt.saturating_add(1) };
         let delay = match &err {
             RelayError::Source(SourceError::SlotActive { slot, pid }) => {
                 if !relay.standing_by {
@@ -186,10 +178,7 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
     slot::check_wal_level(&control).await?;
     check_table(&control, settings).await?;
     if settings.no_create {
-        if publication::info(&control, &settings.publication, &settings.table)
-            .await?
-            .is_none()
-        {
+        if publication::info(&control, &settings.publication, &settings.table).await?.is_none() {
             return Err(SourceError::MissingPublication {
                 publication: settings.publication.clone(),
                 table: settings.table.quoted(),
@@ -237,28 +226,19 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
 /// The slot must be a pgoutput logical slot that is not lost.
 fn check_slot(info: &slot::SlotInfo) -> Result<(), SourceError> {
     if info.is_lost() {
-        return Err(SourceError::SlotLost {
-            slot: info.name.clone(),
-            wal_status: "lost".into(),
-        });
+        return Err(SourceError::SlotLost { slot: info.name.clone(), wal_status: "lost".into() });
     }
     if info.plugin.as_deref() != Some("pgoutput") {
         return Err(SourceError::WrongPlugin {
             slot: info.name.clone(),
-            plugin: info
-                .plugin
-                .clone()
-                .unwrap_or_else(|| "none (physical)".into()),
+            plugin: info.plugin.clone().unwrap_or_else(|| "none (physical)".into()),
         });
     }
     Ok(())
 }
 
 /// The table must exist and have the payload column and the template's columns.
-async fn check_table(
-    control: &tokio_postgres::Client,
-    settings: &Settings,
-) -> Result<(), SourceError> {
+async fn check_table(control: &tokio_postgres::Client, settings: &Settings) -> Result<(), SourceError> {
     let columns = publication::table_columns(control, &settings.table).await?;
     let has = |name: &str| columns.iter().any(|c| c.name == name);
     let missing = |column: &str, purpose: &str, option: &str| SourceError::MissingColumn {
@@ -268,11 +248,7 @@ async fn check_table(
         option: option.to_owned(),
     };
     if !has(&settings.columns.payload) {
-        return Err(missing(
-            &settings.columns.payload,
-            "the message data",
-            "--payload-column",
-        ));
+        return Err(missing(&settings.columns.payload, "the message data", "--payload-column"));
     }
     if let Ok(t) = crate::subject::SubjectTemplate::parse(&settings.subject) {
         for column in t.columns() {
@@ -292,42 +268,24 @@ impl Relay<'_> {
         let (client, js) = stream::connect(settings).await?;
         stream::ensure(&js, settings, !settings.no_create).await?;
         let hw = stream::high_water(&js, &settings.stream).await?;
-        let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| {
-            SourceError::MissingSlot {
-                slot: settings.slot.clone(),
-                detail: " (it was dropped while walrelay ran)".into(),
-            }
+        let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
+            slot: settings.slot.clone(),
+            detail: " (it was dropped while walrelay ran)".into(),
         })?;
         check_slot(&info)?;
         if let (true, Some(pid)) = (info.active, info.active_pid) {
-            return Err(SourceError::SlotActive {
-                slot: settings.slot.clone(),
-                pid,
-            }
-            .into());
+            return Err(SourceError::SlotActive { slot: settings.slot.clone(), pid }.into());
         }
         let confirmed = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
-        let start = hw
-            .position
-            .map(|(lsn, _)| lsn)
-            .unwrap_or(Lsn::ZERO)
-            .max(confirmed);
-        let at = StartAt {
-            start,
-            ack: confirmed,
-            status_interval: self.status_interval,
-            stop: None,
-        };
-        let mut repl =
-            replication::open(&settings.pg_url, &settings.slot, &settings.publication, at).await?;
+        let start = hw.position.map(|(lsn, _)| lsn).unwrap_or(Lsn::ZERO).max(confirmed);
+        let at = StartAt { start, ack: confirmed, status_interval: self.status_interval, stop: None };
+        let mut repl = replication::open(&settings.pg_url, &settings.slot, &settings.publication, at).await?;
         if self.standing_by {
             tracing::info!(slot = %settings.slot, "slot acquired, taking over");
             self.standing_by = false;
         }
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        let pg_version = slot::setting(&control, "server_version")
-            .await
-            .unwrap_or_default();
+        let pg_version = slot::setting(&control, "server_version").await.unwrap_or_default();
         let mut assembler = Assembler::new(settings)?;
         assembler.set_max_payload(client.server_info().max_payload);
         tracing::info!(
@@ -440,11 +398,7 @@ impl Session<'_, '_> {
         }
     }
 
-    async fn on_event(
-        &mut self,
-        event: ReplicationEvent,
-        repl: &ReplicationClient,
-    ) -> Result<(), RelayError> {
+    async fn on_event(&mut self, event: ReplicationEvent, repl: &ReplicationClient) -> Result<(), RelayError> {
         match self.assembler.push(event)? {
             Assembled::KeepAlive { wal_end, idle } => {
                 self.wal_end = self.wal_end.max(wal_end);
@@ -464,13 +418,7 @@ impl Session<'_, '_> {
                 let Some(tag) = self.open_tag else {
                     return Ok(());
                 };
-                if self.hw.position.is_some_and(|(lsn, idx)| {
-                    position
-                        <= Position {
-                            commit_lsn: lsn,
-                            index: idx,
-                        }
-                }) {
+                if self.hw.position.is_some_and(|(lsn, idx)| position <= Position { commit_lsn: lsn, index: idx }) {
                     self.relay.stats.skipped.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
@@ -480,10 +428,7 @@ impl Session<'_, '_> {
                         OnInvalid::Stop => return Err(RelayError::Invalid(invalid)),
                         OnInvalid::DeadLetter => {
                             tracing::warn!(id = %invalid.id, commit_lsn = %position.commit_lsn, index = position.index, reason = %invalid.reason, "invalid event, publishing a dead-letter record");
-                            self.relay
-                                .stats
-                                .dead_lettered
-                                .fetch_add(1, Ordering::Relaxed);
+                            self.relay.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                             invalid.dead_letter(&self.relay.settings.dead_letter_subject)
                         }
                     },
@@ -501,9 +446,7 @@ impl Session<'_, '_> {
     /// LSN.
     async fn settle(&mut self) -> Lsn {
         let settings = self.relay.settings;
-        let timeout = settings
-            .shutdown_timeout
-            .min(settings.publish_timeout.max(Duration::from_secs(1)));
+        let timeout = settings.shutdown_timeout.min(settings.publish_timeout.max(Duration::from_secs(1)));
         let (acked, err) = self.publisher.drain(timeout).await;
         for tag in acked {
             self.relay.stats.acked.fetch_add(1, Ordering::Relaxed);
@@ -535,9 +478,7 @@ async fn final_confirm(control: &tokio_postgres::Client, slot_name: &str, confir
                 }
                 return;
             }
-            Ok(Some(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
+            Ok(Some(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             _ => return,
         }
     }

@@ -28,46 +28,32 @@ pub struct StartAt {
 }
 
 /// Opens a replication session on `slot` and waits until the server accepted `START_REPLICATION`.
-pub async fn open(
-    url: &PgUrl,
-    slot: &str,
-    publication: &str,
-    at: StartAt,
-) -> Result<ReplicationClient, SourceError> {
+pub async fn open(url: &PgUrl, slot: &str, publication: &str, at: StartAt) -> Result<ReplicationClient, SourceError> {
     let cfg = url.config();
     let (host, port) = match (cfg.get_hosts().first(), cfg.get_ports().first()) {
         (Some(Host::Tcp(h)), port) => (h.clone(), port.copied().unwrap_or(5432)),
         (Some(Host::Unix(p)), port) => (p.display().to_string(), port.copied().unwrap_or(5432)),
         (None, _) => ("localhost".to_owned(), 5432),
     };
-    let password = cfg
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
+    let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
     let tls = match cfg.get_ssl_mode() {
         SslMode::Require => TlsConfig::require(),
         _ => TlsConfig::disabled(),
     };
-    let mut rc =
-        ReplicationConfig::new(host, url.user(), password, url.dbname(), slot, publication)
-            .with_port(port)
-            .with_tls(tls)
-            .with_start_lsn(pgwire_replication::Lsn(at.start.0))
-            .with_ack_lsn(pgwire_replication::Lsn(at.ack.0))
-            .with_status_interval(at.status_interval)
-            .with_wakeup_interval(at.status_interval)
-            .with_buffer_size(4096)
-            .with_application_name(format!("walrelay:{slot}"));
+    let mut rc = ReplicationConfig::new(host, url.user(), password, url.dbname(), slot, publication)
+        .with_port(port)
+        .with_tls(tls)
+        .with_start_lsn(pgwire_replication::Lsn(at.start.0))
+        .with_ack_lsn(pgwire_replication::Lsn(at.ack.0))
+        .with_status_interval(at.status_interval)
+        .with_wakeup_interval(at.status_interval)
+        .with_buffer_size(4096)
+        .with_application_name(format!("walrelay:{slot}"));
     if let Some(stop) = at.stop {
         rc = rc.with_stop_lsn(pgwire_replication::Lsn(stop.0));
     }
-    let mut client = ReplicationClient::connect(rc)
-        .await
-        .map_err(|e| classify(e, slot, publication, url))?;
-    client
-        .wait_started()
-        .await
-        .map_err(|e| classify(e, slot, publication, url))?;
+    let mut client = ReplicationClient::connect(rc).await.map_err(|e| classify(e, slot, publication, url))?;
+    client.wait_started().await.map_err(|e| classify(e, slot, publication, url))?;
     Ok(client)
 }
 
@@ -75,18 +61,11 @@ pub async fn open(
 pub fn classify(err: PgWireError, slot: &str, publication: &str, url: &PgUrl) -> SourceError {
     let text = err.to_string();
     let lower = text.to_ascii_lowercase();
-    if err.is_auth() || lower.contains("password authentication failed") || lower.contains("28p01")
-    {
-        return SourceError::Auth {
-            user: url.user(),
-            reason: text,
-        };
+    if err.is_auth() || lower.contains("password authentication failed") || lower.contains("28p01") {
+        return SourceError::Auth { user: url.user(), reason: text };
     }
     if lower.contains("replication slot") && lower.contains("does not exist") {
-        return SourceError::MissingSlot {
-            slot: slot.to_owned(),
-            detail: String::new(),
-        };
+        return SourceError::MissingSlot { slot: slot.to_owned(), detail: String::new() };
     }
     if lower.contains("is active for pid") {
         let pid = lower
@@ -95,32 +74,18 @@ pub fn classify(err: PgWireError, slot: &str, publication: &str, url: &PgUrl) ->
             .and_then(|s| s.trim().split(|c: char| !c.is_ascii_digit()).next())
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        return SourceError::SlotActive {
-            slot: slot.to_owned(),
-            pid,
-        };
+        return SourceError::SlotActive { slot: slot.to_owned(), pid };
     }
     if lower.contains("can no longer get changes") || lower.contains("has been invalidated") {
-        return SourceError::SlotLost {
-            slot: slot.to_owned(),
-            wal_status: "lost".into(),
-        };
+        return SourceError::SlotLost { slot: slot.to_owned(), wal_status: "lost".into() };
     }
     if lower.contains("publication") && lower.contains("does not exist") {
-        return SourceError::MissingPublication {
-            publication: publication.to_owned(),
-            table: "<outbox table>".into(),
-        };
+        return SourceError::MissingPublication { publication: publication.to_owned(), table: "<outbox table>".into() };
     }
-    if lower.contains("must be superuser or replication role")
-        || lower.contains("permission denied to start")
-    {
+    if lower.contains("must be superuser or replication role") || lower.contains("permission denied to start") {
         return SourceError::Query {
             context: "starting replication".into(),
-            reason: format!(
-                "{text}; grant it with: ALTER ROLE {} WITH REPLICATION",
-                url.user()
-            ),
+            reason: format!("{text}; grant it with: ALTER ROLE {} WITH REPLICATION", url.user()),
             code: Some("42501".into()),
         };
     }
@@ -130,8 +95,5 @@ pub fn classify(err: PgWireError, slot: &str, publication: &str, url: &PgUrl) ->
         || lower.contains("eof")
         || lower.contains("shutting down")
         || lower.contains("starting up");
-    SourceError::Replication {
-        reason: text,
-        transient,
-    }
+    SourceError::Replication { reason: text, transient }
 }

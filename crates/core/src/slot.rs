@@ -76,27 +76,16 @@ pub async fn info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, Sourc
 /// Creates a logical slot with the pgoutput plugin; returns its consistent point.
 pub async fn create(client: &Client, slot: &str) -> Result<Lsn, SourceError> {
     let row = client
-        .query_one(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
+        .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
         .await
         .map_err(|e| SourceError::query(format!("creating slot {slot}"), e))?;
     Ok(lsn_col(&row, "lsn").unwrap_or(Lsn::ZERO))
 }
 
 /// Creates a logical slot as a copy of another (same position), e.g. a temporary one to peek without consuming.
-pub async fn copy(
-    client: &Client,
-    source: &str,
-    target: &str,
-    temporary: bool,
-) -> Result<(), SourceError> {
+pub async fn copy(client: &Client, source: &str, target: &str, temporary: bool) -> Result<(), SourceError> {
     client
-        .execute(
-            "SELECT pg_copy_logical_replication_slot($1, $2, $3)",
-            &[&source, &target, &temporary],
-        )
+        .execute("SELECT pg_copy_logical_replication_slot($1, $2, $3)", &[&source, &target, &temporary])
         .await
         .map_err(|e| SourceError::query(format!("copying slot {source} to {target}"), e))?;
     Ok(())
@@ -108,20 +97,14 @@ pub async fn drop(client: &Client, slot: &str) -> Result<bool, SourceError> {
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {}",
         quote_literal(slot)
     );
-    let n = client
-        .execute(&sql, &[])
-        .await
-        .map_err(|e| SourceError::query(format!("dropping slot {slot}"), e))?;
+    let n = client.execute(&sql, &[]).await.map_err(|e| SourceError::query(format!("dropping slot {slot}"), e))?;
     Ok(n > 0)
 }
 
 /// Moves a slot's confirmed position forward (never backward) without decoding.
 pub async fn advance(client: &Client, slot: &str, to: Lsn) -> Result<(), SourceError> {
     client
-        .execute(
-            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-            &[&slot, &to.to_string()],
-        )
+        .execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", &[&slot, &to.to_string()])
         .await
         .map_err(|e| SourceError::query(format!("advancing slot {slot} to {to}"), e))?;
     Ok(())

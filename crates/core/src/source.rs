@@ -47,7 +47,9 @@ pub enum SourceError {
         actual: String,
     },
     /// The outbox table does not exist.
-    #[error("table {table} does not exist; create it (see docs/configuration.md) or point --table at your outbox table")]
+    #[error(
+        "table {table} does not exist; create it (see docs/configuration.md) or point --table at your outbox table"
+    )]
     MissingTable {
         /// The table.
         table: String,
@@ -141,8 +143,7 @@ impl SourceError {
             Self::Replication { transient, .. } => *transient,
             Self::Query { code, .. } => {
                 // Connection and operator-intervention classes (08, 57) and "cannot connect now".
-                code.as_deref()
-                    .is_none_or(|c| c.starts_with("08") || c.starts_with("57") || c == "53300")
+                code.as_deref().is_none_or(|c| c.starts_with("08") || c.starts_with("57") || c == "53300")
             }
             _ => false,
         }
@@ -155,11 +156,7 @@ impl SourceError {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
             None => err.to_string(),
         };
-        Self::Query {
-            context: context.into(),
-            reason,
-            code,
-        }
+        Self::Query { context: context.into(), reason, code }
     }
 }
 
@@ -175,19 +172,11 @@ pub async fn connect(url: &PgUrl) -> Result<tokio_postgres::Client, SourceError>
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
             None => error_chain(&err),
         };
-        let auth = err
-            .code()
-            .is_some_and(|c| c.code() == "28P01" || c.code() == "28000");
+        let auth = err.code().is_some_and(|c| c.code() == "28P01" || c.code() == "28000");
         if auth {
-            SourceError::Auth {
-                user: url.user(),
-                reason,
-            }
+            SourceError::Auth { user: url.user(), reason }
         } else {
-            SourceError::Connect {
-                url: url.to_string(),
-                reason,
-            }
+            SourceError::Connect { url: url.to_string(), reason }
         }
     })?;
     crate::spawn_named("postgres-connection", async move {
@@ -215,8 +204,5 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// Parses an LSN column (text) from a query.
 pub(crate) fn lsn_col(row: &tokio_postgres::Row, idx: &str) -> Option<Lsn> {
-    row.try_get::<_, Option<String>>(idx)
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse().ok())
+    row.try_get::<_, Option<String>>(idx).ok().flatten().and_then(|s| s.parse().ok())
 }

@@ -14,14 +14,9 @@ use pgoutput::Lsn;
 use crate::{config::Settings, event::header, publisher::PublishError, subject::SubjectTemplate};
 
 /// Connects to NATS (comma-separated URLs for a cluster) and returns a JetStream context.
-pub async fn connect(
-    settings: &Settings,
-) -> Result<(async_nats::Client, jetstream::Context), PublishError> {
-    let urls: Vec<async_nats::ServerAddr> = settings
-        .nats_url
-        .split(',')
-        .filter_map(|u| u.trim().parse().ok())
-        .collect();
+pub async fn connect(settings: &Settings) -> Result<(async_nats::Client, jetstream::Context), PublishError> {
+    let urls: Vec<async_nats::ServerAddr> =
+        settings.nats_url.split(',').filter_map(|u| u.trim().parse().ok()).collect();
     let client = async_nats::ConnectOptions::new()
         .name("walrelay")
         .connection_timeout(Duration::from_secs(5))
@@ -59,10 +54,7 @@ pub fn stream_subjects(settings: &Settings) -> Vec<String> {
     if let Ok(t) = SubjectTemplate::parse(&settings.subject) {
         subjects.push(t.filter());
     }
-    if !subjects
-        .iter()
-        .any(|f| crate::subject::filter_matches(f, &settings.dead_letter_subject))
-    {
+    if !subjects.iter().any(|f| crate::subject::filter_matches(f, &settings.dead_letter_subject)) {
         subjects.push(settings.dead_letter_subject.clone());
     }
     subjects
@@ -93,11 +85,7 @@ pub async fn ensure(
             let missing: Vec<String> = stream_subjects(settings)
                 .into_iter()
                 .filter(|want| {
-                    !info
-                        .config
-                        .subjects
-                        .iter()
-                        .any(|have| crate::subject::filter_matches(have, want) || have == want)
+                    !info.config.subjects.iter().any(|have| crate::subject::filter_matches(have, want) || have == want)
                 })
                 .collect();
             if !missing.is_empty() {
@@ -107,24 +95,16 @@ pub async fn ensure(
         }
         Err(err) if is_stream_not_found(&err) => {
             if !create {
-                return Err(PublishError::MissingStream {
-                    stream: settings.stream.clone(),
-                });
+                return Err(PublishError::MissingStream { stream: settings.stream.clone() });
             }
             let s = js
                 .create_stream(stream_config(settings))
                 .await
-                .map_err(|e| PublishError::Stream {
-                    stream: settings.stream.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| PublishError::Stream { stream: settings.stream.clone(), reason: e.to_string() })?;
             tracing::info!(stream = %settings.stream, subjects = ?stream_subjects(settings), "stream created");
             Ok((s, true))
         }
-        Err(err) => Err(PublishError::Stream {
-            stream: settings.stream.clone(),
-            reason: err.to_string(),
-        }),
+        Err(err) => Err(PublishError::Stream { stream: settings.stream.clone(), reason: err.to_string() }),
     }
 }
 
@@ -146,62 +126,42 @@ pub struct HighWater {
 }
 
 /// Reads the stream's tail: its last sequence and the position of the last relayed event.
-pub async fn high_water(
-    js: &jetstream::Context,
-    stream_name: &str,
-) -> Result<HighWater, PublishError> {
+pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<HighWater, PublishError> {
     let mut s = js
         .get_stream(stream_name)
         .await
-        .map_err(|e| PublishError::Stream {
-            stream: stream_name.to_owned(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| PublishError::Stream { stream: stream_name.to_owned(), reason: e.to_string() })?;
     let state = s
         .info()
         .await
-        .map_err(|e| PublishError::Stream {
-            stream: stream_name.to_owned(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| PublishError::Stream { stream: stream_name.to_owned(), reason: e.to_string() })?
         .state
         .clone();
-    let mut hw = HighWater {
-        last_sequence: state.last_sequence,
-        messages: state.messages,
-        position: None,
-    };
+    let mut hw = HighWater { last_sequence: state.last_sequence, messages: state.messages, position: None };
     if state.messages == 0 {
         return Ok(hw);
     }
     // Walk back from the last sequence to the newest message that carries our headers (skipping deleted ones).
     let mut seq = state.last_sequence;
-    let floor = state
-        .first_sequence
-        .max(state.last_sequence.saturating_sub(1000));
+    let floor = state.first_sequence.max(state.last_sequence.saturating_sub(1000));
     while seq >= floor && seq > 0 {
         match s.get_raw_message(seq).await {
             Ok(msg) => {
-                let lsn = msg
-                    .headers
-                    .get(header::COMMIT_LSN)
-                    .and_then(|v| v.as_str().parse::<Lsn>().ok());
-                let index = msg
-                    .headers
-                    .get(header::INDEX)
-                    .and_then(|v| v.as_str().parse::<u32>().ok());
+                let lsn = msg.headers.get(header::COMMIT_LSN).and_then(|v| v.as_str().parse::<Lsn>().ok());
+                let index = msg.headers.get(header::INDEX).and_then(|v| v.as_str().parse::<u32>().ok());
                 if let (Some(lsn), Some(index)) = (lsn, index) {
                     hw.position = Some((lsn, index));
                     return Ok(hw);
                 }
-                tracing::warn!(stream = stream_name, sequence = seq, "stream message without Outbox-Commit-Lsn/Outbox-Index headers; looking further back");
+                tracing::warn!(
+                    stream = stream_name,
+                    sequence = seq,
+                    "stream message without Outbox-Commit-Lsn/Outbox-Index headers; looking further back"
+                );
             }
             Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
             Err(err) => {
-                return Err(PublishError::Stream {
-                    stream: stream_name.to_owned(),
-                    reason: err.to_string(),
-                });
+                return Err(PublishError::Stream { stream: stream_name.to_owned(), reason: err.to_string() });
             }
         }
         seq -= 1;

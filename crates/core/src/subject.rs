@@ -34,9 +34,7 @@ impl SubjectTemplate {
             let close = tail.find('}').ok_or("unclosed `{` in subject template")?;
             let column = tail.get(1..close).unwrap_or_default();
             if column.is_empty() || column.contains(['{', '.', ' ']) {
-                return Err(format!(
-                    "bad placeholder `{{{column}}}`; expected `{{column_name}}`"
-                ));
+                return Err(format!("bad placeholder `{{{column}}}`; expected `{{column_name}}`"));
             }
             pieces.push(Piece::Column(column.to_owned()));
             rest = tail.get(close + 1..).unwrap_or_default();
@@ -47,14 +45,9 @@ impl SubjectTemplate {
         if !rest.is_empty() {
             pieces.push(Piece::Literal(rest.to_owned()));
         }
-        let t = Self {
-            source: template.to_owned(),
-            pieces,
-        };
+        let t = Self { source: template.to_owned(), pieces };
         // Check the shape with a harmless value in every placeholder.
-        let sample = t
-            .render(|_| Some("x".to_owned()))
-            .map_err(|e| format!("template: {e}"))?;
+        let sample = t.render(|_| Some("x".to_owned())).map_err(|e| format!("template: {e}"))?;
         validate_literal_subject(&sample)?;
         Ok(t)
     }
@@ -87,9 +80,9 @@ impl SubjectTemplate {
                     if v.is_empty() {
                         return Err(format!("subject column `{c}` is empty"));
                     }
-                    if let Some(bad) = v.chars().find(|ch| {
-                        ch.is_whitespace() || ch.is_control() || matches!(ch, '.' | '*' | '>')
-                    }) {
+                    if let Some(bad) =
+                        v.chars().find(|ch| ch.is_whitespace() || ch.is_control() || matches!(ch, '.' | '*' | '>'))
+                    {
                         return Err(format!(
                             "subject column `{c}` value contains {bad:?}, which cannot appear in a subject token"
                         ));
@@ -113,11 +106,7 @@ impl SubjectTemplate {
                 Piece::Column(_) => marker,
             })
             .collect();
-        rendered
-            .split('.')
-            .map(|tok| if tok.contains(marker) { "*" } else { tok })
-            .collect::<Vec<_>>()
-            .join(".")
+        rendered.split('.').map(|tok| if tok.contains(marker) { "*" } else { tok }).collect::<Vec<_>>().join(".")
     }
 }
 
@@ -164,13 +153,7 @@ mod tests {
         let t = SubjectTemplate::parse("outbox.{aggregate_type}.{event_type}").expect("parse");
         assert_eq!(t.columns(), vec!["aggregate_type", "event_type"]);
         assert_eq!(t.filter(), "outbox.*.*");
-        let s = t.render(|c| {
-            Some(if c == "aggregate_type" {
-                "order".into()
-            } else {
-                "created".into()
-            })
-        });
+        let s = t.render(|c| Some(if c == "aggregate_type" { "order".into() } else { "created".into() }));
         assert_eq!(s.as_deref(), Ok("outbox.order.created"));
         let t = SubjectTemplate::parse("events.v1-{event_type}").expect("parse");
         assert_eq!(t.filter(), "events.*");

@@ -15,7 +15,7 @@ use pgwire_replication::ReplicationEvent;
 use crate::{
     config::Settings,
     event::{Event, Position},
-    outbox::{InvalidEvent, OutboxMapper},
+    outbox::{InvalidEvent, MapError, OutboxMapper},
     source::SourceError,
 };
 
@@ -75,10 +75,7 @@ impl Assembler {
     /// An assembler for a new replication session (protocol v1).
     pub fn new(settings: &Settings) -> Result<Self, SourceError> {
         Ok(Self {
-            decoder: Decoder::new(1).map_err(|e| SourceError::Decode {
-                lsn: Lsn::ZERO,
-                source: e,
-            })?,
+            decoder: Decoder::new(1).map_err(|e| SourceError::Decode { lsn: Lsn::ZERO, source: e })?,
             mapper: OutboxMapper::new(settings)?,
             open: None,
             other_relations: HashSet::new(),
@@ -98,45 +95,24 @@ impl Assembler {
     /// Processes one replication event.
     pub fn push(&mut self, event: ReplicationEvent) -> Result<Assembled, SourceError> {
         Ok(match event {
-            ReplicationEvent::KeepAlive { wal_end, .. } => Assembled::KeepAlive {
-                wal_end: Lsn(wal_end.0),
-                idle: self.open.is_none(),
-            },
-            ReplicationEvent::Begin {
-                final_lsn,
-                xid,
-                commit_time_micros,
-            } => {
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                Assembled::KeepAlive { wal_end: Lsn(wal_end.0), idle: self.open.is_none() }
+            }
+            ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                 let lsn = Lsn(final_lsn.0);
-                self.decoder
-                    .begin_transaction(lsn, xid)
-                    .map_err(|e| SourceError::Decode { lsn, source: e })?;
-                self.open = Some(OpenTxn {
-                    commit_lsn: lsn,
-                    commit_time: commit_time_micros,
-                    next_index: 0,
-                });
+                self.decoder.begin_transaction(lsn, xid).map_err(|e| SourceError::Decode { lsn, source: e })?;
+                self.open = Some(OpenTxn { commit_lsn: lsn, commit_time: commit_time_micros, next_index: 0 });
                 Assembled::Begin { commit_lsn: lsn }
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
                 let (lsn, end_lsn) = (Lsn(lsn.0), Lsn(end_lsn.0));
-                self.decoder
-                    .commit_transaction(lsn)
-                    .map_err(|e| SourceError::Decode { lsn, source: e })?;
+                self.decoder.commit_transaction(lsn).map_err(|e| SourceError::Decode { lsn, source: e })?;
                 self.open = None;
-                Assembled::Commit {
-                    commit_lsn: lsn,
-                    end_lsn,
-                }
+                Assembled::Commit { commit_lsn: lsn, end_lsn }
             }
-            ReplicationEvent::XLogData {
-                data, wal_start, ..
-            } => {
+            ReplicationEvent::XLogData { data, wal_start, .. } => {
                 let at = Lsn(wal_start.0);
-                let message = self
-                    .decoder
-                    .decode(data)
-                    .map_err(|e| SourceError::Decode { lsn: at, source: e })?;
+                let message = self.decoder.decode(data).map_err(|e| SourceError::Decode { lsn: at, source: e })?;
                 self.message(message, at)?
             }
             ReplicationEvent::StoppedAt { reached } => Assembled::Stopped { at: Lsn(reached.0) },
@@ -165,15 +141,18 @@ impl Assembler {
                     });
                 }
                 let Some(open) = self.open.as_mut() else {
-                    return Err(SourceError::Decode { lsn: at, source: pgoutput::DecodeError::ChangeOutsideTransaction });
+                    return Err(SourceError::Decode {
+                        lsn: at,
+                        source: pgoutput::DecodeError::ChangeOutsideTransaction,
+                    });
                 };
                 let index = open.next_index;
                 open.next_index += 1;
                 let (commit_lsn, commit_time) = (open.commit_lsn, open.commit_time);
                 let event = match self.mapper.map(insert.relation_id, &insert.new, commit_lsn, commit_time, index) {
                     Ok(event) => Ok(event),
-                    Err(Ok(invalid)) => Err(Box::new(invalid)),
-                    Err(Err(source)) => return Err(source),
+                    Err(MapError::Invalid(invalid)) => Err(invalid),
+                    Err(MapError::Source(source)) => return Err(source),
                 };
                 Ok(Assembled::Row { position: Position { commit_lsn, index }, event })
             }

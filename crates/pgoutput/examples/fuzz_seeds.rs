@@ -15,11 +15,7 @@ use pgoutput::encode::encode;
 use pgoutput::*;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .ok_or("usage: fuzz_seeds <corpus dir>")?,
-    );
+    let dir = PathBuf::from(std::env::args().nth(1).ok_or("usage: fuzz_seeds <corpus dir>")?);
     std::fs::create_dir_all(&dir)?;
     for (name, version, messages) in seeds() {
         let mut file = vec![u8::try_from(version - 1)?];
@@ -38,12 +34,7 @@ fn text(value: &str) -> TupleValue {
 }
 
 fn column(name: &str, type_oid: u32, key: bool) -> RelationColumn {
-    RelationColumn {
-        flags: u8::from(key),
-        name: name.into(),
-        type_oid,
-        type_modifier: -1,
-    }
+    RelationColumn { flags: u8::from(key), name: name.into(), type_oid, type_modifier: -1 }
 }
 
 fn relation(xid: Option<u32>) -> Message {
@@ -63,12 +54,7 @@ fn relation(xid: Option<u32>) -> Message {
 }
 
 fn row(id: &str) -> Tuple {
-    Tuple(vec![
-        text(id),
-        text("order"),
-        text(r#"{"total": 12.5}"#),
-        text("2024-03-01 12:34:56.789+00"),
-    ])
+    Tuple(vec![text(id), text("order"), text(r#"{"total": 12.5}"#), text("2024-03-01 12:34:56.789+00")])
 }
 
 /// Every type `convert` knows, as text.
@@ -99,21 +85,14 @@ fn typed() -> (Message, Tuple) {
         namespace: String::new(),
         name: "typed".into(),
         replica_identity: b'f',
-        columns: columns
-            .iter()
-            .map(|(name, type_oid, _)| column(name, *type_oid, false))
-            .collect(),
+        columns: columns.iter().map(|(name, type_oid, _)| column(name, *type_oid, false)).collect(),
     };
     let tuple = Tuple(columns.iter().map(|(_, _, value)| text(value)).collect());
     (Message::Relation(relation), tuple)
 }
 
 fn begin(lsn: u64) -> Message {
-    Message::Begin(Begin {
-        final_lsn: Lsn(lsn),
-        commit_time: 762_000_000_000_000,
-        xid: 740,
-    })
+    Message::Begin(Begin { final_lsn: Lsn(lsn), commit_time: 762_000_000_000_000, xid: 740 })
 }
 
 fn commit(lsn: u64) -> Message {
@@ -135,19 +114,12 @@ fn transaction(lsn: u64, body: Vec<Message>) -> Vec<Message> {
 const ID: &str = "6f1b3c2a-0000-4000-8000-000000000001";
 
 fn insert(xid: Option<u32>, new: Tuple) -> Message {
-    Message::Insert(Insert {
-        xid,
-        relation_id: 16_385,
-        new,
-    })
+    Message::Insert(Insert { xid, relation_id: 16_385, new })
 }
 
 fn stream(version: u32, end: Message) -> Vec<Message> {
     vec![
-        Message::StreamStart(StreamStart {
-            xid: 900,
-            first_segment: true,
-        }),
+        Message::StreamStart(StreamStart { xid: 900, first_segment: true }),
         relation(Some(900)),
         insert(Some(900), row(ID)),
         insert(Some(901), row(ID)),
@@ -159,25 +131,13 @@ fn stream(version: u32, end: Message) -> Vec<Message> {
             content: Bytes::from_static(b"x"),
         }),
         Message::StreamStop,
-        Message::StreamStart(StreamStart {
-            xid: 900,
-            first_segment: false,
-        }),
-        Message::Truncate(Truncate {
-            xid: Some(900),
-            options: 0,
-            relation_ids: vec![16_385],
-        }),
+        Message::StreamStart(StreamStart { xid: 900, first_segment: false }),
+        Message::Truncate(Truncate { xid: Some(900), options: 0, relation_ids: vec![16_385] }),
         Message::StreamStop,
     ]
     .into_iter()
     .chain([end])
-    .chain((version >= 3).then(|| {
-        Message::Origin(Origin {
-            commit_lsn: Lsn(1),
-            name: "o".into(),
-        })
-    }))
+    .chain((version >= 3).then(|| Message::Origin(Origin { commit_lsn: Lsn(1), name: "o".into() })))
     .collect()
 }
 
@@ -194,14 +154,7 @@ fn prepared(outcome: Message) -> Vec<Message> {
         }),
         relation(None),
         insert(None, row(ID)),
-        Message::Prepare(Prepare {
-            flags: 0,
-            prepare_lsn: lsn,
-            end_lsn: Lsn(0x2040),
-            prepare_time: 1,
-            xid: 77,
-            gid,
-        }),
+        Message::Prepare(Prepare { flags: 0, prepare_lsn: lsn, end_lsn: Lsn(0x2040), prepare_time: 1, xid: 77, gid }),
         outcome,
     ]
 }
@@ -214,19 +167,10 @@ fn seeds() -> Vec<(&'static str, u32, Vec<Message>)> {
         TupleValue::Binary(Bytes::from_static(b"\x01{}")),
         TupleValue::Binary(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 7])),
     ]);
-    let with_toast = Tuple(vec![
-        text(ID),
-        text("order"),
-        TupleValue::UnchangedToast,
-        TupleValue::Null,
-    ]);
+    let with_toast = Tuple(vec![text(ID), text("order"), TupleValue::UnchangedToast, TupleValue::Null]);
     let gid = || "pg_gid_1".to_owned();
     vec![
-        (
-            "v1_insert",
-            1,
-            transaction(0x1000, vec![insert(None, row(ID))]),
-        ),
+        ("v1_insert", 1, transaction(0x1000, vec![insert(None, row(ID))])),
         (
             "v1_update_key_changed",
             1,
@@ -235,12 +179,7 @@ fn seeds() -> Vec<(&'static str, u32, Vec<Message>)> {
                 vec![Message::Update(Update {
                     xid: None,
                     relation_id: 16_385,
-                    old_key: Some(Tuple(vec![
-                        text(ID),
-                        TupleValue::Null,
-                        TupleValue::Null,
-                        TupleValue::Null,
-                    ])),
+                    old_key: Some(Tuple(vec![text(ID), TupleValue::Null, TupleValue::Null, TupleValue::Null])),
                     old: None,
                     new: row("6f1b3c2a-0000-4000-8000-000000000002"),
                 })],
@@ -268,12 +207,7 @@ fn seeds() -> Vec<(&'static str, u32, Vec<Message>)> {
                 vec![Message::Delete(Delete {
                     xid: None,
                     relation_id: 16_385,
-                    old_key: Some(Tuple(vec![
-                        text(ID),
-                        TupleValue::Null,
-                        TupleValue::Null,
-                        TupleValue::Null,
-                    ])),
+                    old_key: Some(Tuple(vec![text(ID), TupleValue::Null, TupleValue::Null, TupleValue::Null])),
                     old: None,
                 })],
             ),
@@ -283,12 +217,7 @@ fn seeds() -> Vec<(&'static str, u32, Vec<Message>)> {
             1,
             transaction(
                 0x1000,
-                vec![Message::Delete(Delete {
-                    xid: None,
-                    relation_id: 16_385,
-                    old_key: None,
-                    old: Some(row(ID)),
-                })],
+                vec![Message::Delete(Delete { xid: None, relation_id: 16_385, old_key: None, old: Some(row(ID)) })],
             ),
         ),
         (
@@ -331,10 +260,7 @@ fn seeds() -> Vec<(&'static str, u32, Vec<Message>)> {
             transaction(
                 0x1000,
                 vec![
-                    Message::Origin(Origin {
-                        commit_lsn: Lsn(0x77),
-                        name: "node_a".into(),
-                    }),
+                    Message::Origin(Origin { commit_lsn: Lsn(0x77), name: "node_a".into() }),
                     Message::Type(TypeMessage {
                         xid: None,
                         type_oid: 16_400,
@@ -344,40 +270,15 @@ fn seeds() -> Vec<(&'static str, u32, Vec<Message>)> {
                 ],
             ),
         ),
-        (
-            "v1_typed_values",
-            1,
-            vec![
-                begin(0x1000),
-                typed_relation,
-                insert_into(20_000, typed_tuple),
-                commit(0x1000),
-            ],
-        ),
-        (
-            "v1_binary_values",
-            1,
-            transaction(0x1000, vec![insert(None, binary)]),
-        ),
+        ("v1_typed_values", 1, vec![begin(0x1000), typed_relation, insert_into(20_000, typed_tuple), commit(0x1000)]),
+        ("v1_binary_values", 1, transaction(0x1000, vec![insert(None, binary)])),
         (
             "v1_two_transactions",
             1,
-            [
-                transaction(0x1000, vec![insert(None, row(ID))]),
-                transaction(0x2000, vec![]),
-            ]
-            .concat(),
+            [transaction(0x1000, vec![insert(None, row(ID))]), transaction(0x2000, vec![])].concat(),
         ),
-        (
-            "v1_commit_lsn_mismatch",
-            1,
-            vec![begin(0x1000), commit(0x1008)],
-        ),
-        (
-            "v1_begin_inside_transaction",
-            1,
-            vec![begin(0x1000), begin(0x2000)],
-        ),
+        ("v1_commit_lsn_mismatch", 1, vec![begin(0x1000), commit(0x1008)]),
+        ("v1_begin_inside_transaction", 1, vec![begin(0x1000), begin(0x2000)]),
         (
             "v2_stream_commit",
             2,
@@ -392,18 +293,7 @@ fn seeds() -> Vec<(&'static str, u32, Vec<Message>)> {
                 }),
             ),
         ),
-        (
-            "v2_stream_abort",
-            2,
-            stream(
-                2,
-                Message::StreamAbort(StreamAbort {
-                    xid: 900,
-                    subxid: 901,
-                    abort: None,
-                }),
-            ),
-        ),
+        ("v2_stream_abort", 2, stream(2, Message::StreamAbort(StreamAbort { xid: 900, subxid: 901, abort: None }))),
         (
             "v3_commit_prepared",
             3,
@@ -452,10 +342,7 @@ fn seeds() -> Vec<(&'static str, u32, Vec<Message>)> {
                 Message::StreamAbort(StreamAbort {
                     xid: 900,
                     subxid: 900,
-                    abort: Some(StreamAbortInfo {
-                        lsn: Lsn(0x3100),
-                        time: 9,
-                    }),
+                    abort: Some(StreamAbortInfo { lsn: Lsn(0x3100), time: 9 }),
                 }),
             ),
         ),
@@ -463,9 +350,5 @@ fn seeds() -> Vec<(&'static str, u32, Vec<Message>)> {
 }
 
 fn insert_into(relation_id: u32, new: Tuple) -> Message {
-    Message::Insert(Insert {
-        xid: None,
-        relation_id,
-        new,
-    })
+    Message::Insert(Insert { xid: None, relation_id, new })
 }

@@ -70,21 +70,13 @@ impl Truncate {
         let count = usize::try_from(count).unwrap_or(usize::MAX);
         let needed = count.saturating_mul(4);
         if needed > r.remaining() {
-            return Err(DecodeError::Truncated {
-                message: r.message(),
-                needed,
-                available: r.remaining(),
-            });
+            return Err(DecodeError::Truncated { message: r.message(), needed, available: r.remaining() });
         }
         let mut relation_ids = Vec::with_capacity(count);
         for _ in 0..count {
             relation_ids.push(r.u32()?);
         }
-        Ok(Truncate {
-            xid,
-            options,
-            relation_ids,
-        })
+        Ok(Truncate { xid, options, relation_ids })
     }
 }
 
@@ -92,11 +84,7 @@ impl Insert {
     pub(crate) fn read(r: &mut Reader, xid: Option<u32>) -> Result<Self, DecodeError> {
         let relation_id = r.u32()?;
         expect_marker(r, b'N')?;
-        Ok(Insert {
-            xid,
-            relation_id,
-            new: Tuple::read(r)?,
-        })
+        Ok(Insert { xid, relation_id, new: Tuple::read(r)? })
     }
 }
 
@@ -114,20 +102,9 @@ impl Update {
                 expect_marker(r, b'N')?;
             }
             b'N' => {}
-            marker => {
-                return Err(DecodeError::UnexpectedTupleMarker {
-                    message: r.message(),
-                    marker,
-                })
-            }
+            marker => return Err(DecodeError::UnexpectedTupleMarker { message: r.message(), marker }),
         }
-        Ok(Update {
-            xid,
-            relation_id,
-            old_key,
-            old,
-            new: Tuple::read(r)?,
-        })
+        Ok(Update { xid, relation_id, old_key, old, new: Tuple::read(r)? })
     }
 }
 
@@ -138,28 +115,15 @@ impl Delete {
         match r.u8()? {
             b'K' => old_key = Some(Tuple::read(r)?),
             b'O' => old = Some(Tuple::read(r)?),
-            marker => {
-                return Err(DecodeError::UnexpectedTupleMarker {
-                    message: r.message(),
-                    marker,
-                })
-            }
+            marker => return Err(DecodeError::UnexpectedTupleMarker { message: r.message(), marker }),
         }
-        Ok(Delete {
-            xid,
-            relation_id,
-            old_key,
-            old,
-        })
+        Ok(Delete { xid, relation_id, old_key, old })
     }
 }
 
 fn expect_marker(r: &mut Reader, expected: u8) -> Result<(), DecodeError> {
     match r.u8()? {
         marker if marker == expected => Ok(()),
-        marker => Err(DecodeError::UnexpectedTupleMarker {
-            message: r.message(),
-            marker,
-        }),
+        marker => Err(DecodeError::UnexpectedTupleMarker { message: r.message(), marker }),
     }
 }

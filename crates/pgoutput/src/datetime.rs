@@ -41,8 +41,7 @@ impl Date {
 
     /// Year (astronomical), month and day; `None` for the infinities.
     pub fn ymd(self) -> Option<(i64, u32, u32)> {
-        self.is_finite()
-            .then(|| civil_from_days(i64::from(self.0) + UNIX_TO_POSTGRES_DAYS))
+        self.is_finite().then(|| civil_from_days(i64::from(self.0) + UNIX_TO_POSTGRES_DAYS))
     }
 
     /// Parses Postgres `ISO` text output: `2024-03-01`, `0044-03-15 BC`, `infinity`, `-infinity`.
@@ -85,9 +84,7 @@ impl Timestamp {
     /// Microseconds since 1970-01-01 00:00:00; `None` for the infinities (or on overflow).
     pub fn unix_micros(self) -> Option<i64> {
         let offset = UNIX_TO_POSTGRES_DAYS * MICROS_PER_DAY;
-        self.is_finite()
-            .then(|| self.0.checked_add(offset))
-            .flatten()
+        self.is_finite().then(|| self.0.checked_add(offset)).flatten()
     }
 
     /// The timestamp `micros` microseconds after 1970-01-01 00:00:00, unless that overflows.
@@ -99,9 +96,7 @@ impl Timestamp {
     /// RFC 3339 in UTC (`2024-03-01T12:34:56.789Z`); `None` for the infinities and years outside 0000 to 9999.
     pub fn to_rfc3339(self) -> Option<String> {
         let (year, ..) = self.parts()?;
-        (0..=9999)
-            .contains(&year)
-            .then(|| format!("{}Z", self.iso("T")))
+        (0..=9999).contains(&year).then(|| format!("{}Z", self.iso("T")))
     }
 
     /// Parses Postgres `ISO` text output: `2024-03-01 12:34:56.789` (`timestamp`) or, with `with_zone`,
@@ -143,11 +138,7 @@ impl Timestamp {
 
     fn iso(self, separator: &str) -> String {
         let Some((year, month, day, micros)) = self.parts() else {
-            return if self == Self::INFINITY {
-                "infinity".into()
-            } else {
-                "-infinity".into()
-            };
+            return if self == Self::INFINITY { "infinity".into() } else { "-infinity".into() };
         };
         let seconds = micros / MICROS_PER_SECOND;
         let fraction = micros % MICROS_PER_SECOND;
@@ -239,10 +230,7 @@ fn parse_time(text: &str) -> Option<i64> {
         }
         Some(_) => return None,
     };
-    Some(
-        (i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)) * MICROS_PER_SECOND
-            + i64::from(micros),
-    )
+    Some((i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)) * MICROS_PER_SECOND + i64::from(micros))
 }
 
 /// `+HH[:MM[:SS]]` or `-...` to seconds east of UTC.
@@ -298,22 +286,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let days = days + 719_468;
     let era = days.div_euclid(146_097);
     let day_of_era = days.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        u32::try_from(month).unwrap_or(0),
-        u32::try_from(day).unwrap_or(0),
-    )
+    (year, u32::try_from(month).unwrap_or(0), u32::try_from(day).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -324,51 +303,22 @@ mod tests {
     fn dates() {
         assert_eq!(Date::parse_text("2000-01-01"), Some(Date(0)));
         assert_eq!(Date::parse_text("1999-12-31"), Some(Date(-1)));
-        assert_eq!(
-            Date::parse_text("2024-02-29").map(|d| d.to_string()),
-            Some("2024-02-29".into())
-        );
+        assert_eq!(Date::parse_text("2024-02-29").map(|d| d.to_string()), Some("2024-02-29".into()));
         assert_eq!(Date::parse_text("2023-02-29"), None);
-        assert_eq!(
-            Date::parse_text("0044-03-15 BC").and_then(Date::ymd),
-            Some((-43, 3, 15))
-        );
-        assert_eq!(
-            Date::parse_text("0001-01-01 BC").map(|d| d.to_string()),
-            Some("0000-01-01".into())
-        );
-        assert_eq!(
-            Date::parse_text("5874897-12-31").and_then(Date::ymd),
-            Some((5_874_897, 12, 31))
-        );
+        assert_eq!(Date::parse_text("0044-03-15 BC").and_then(Date::ymd), Some((-43, 3, 15)));
+        assert_eq!(Date::parse_text("0001-01-01 BC").map(|d| d.to_string()), Some("0000-01-01".into()));
+        assert_eq!(Date::parse_text("5874897-12-31").and_then(Date::ymd), Some((5_874_897, 12, 31)));
         assert_eq!(Date::parse_text("infinity"), Some(Date::INFINITY));
-        assert_eq!(
-            Date::parse_text("-infinity").map(|d| d.to_string()),
-            Some("-infinity".into())
-        );
-        for bad in [
-            "",
-            "2024-1-01",
-            "2024-01-01x",
-            "x-01-01",
-            "2024-13-01",
-            "0000-01-01 BC",
-            "+2024-01-01",
-        ] {
+        assert_eq!(Date::parse_text("-infinity").map(|d| d.to_string()), Some("-infinity".into()));
+        for bad in ["", "2024-1-01", "2024-01-01x", "x-01-01", "2024-13-01", "0000-01-01 BC", "+2024-01-01"] {
             assert_eq!(Date::parse_text(bad), None, "{bad:?}");
         }
     }
 
     #[test]
     fn timestamps() {
-        assert_eq!(
-            Timestamp::parse_text("2000-01-01 00:00:00", false),
-            Some(Timestamp(0))
-        );
-        assert_eq!(
-            Timestamp::parse_text("2000-01-01 00:00:01.5", false),
-            Some(Timestamp(1_500_000))
-        );
+        assert_eq!(Timestamp::parse_text("2000-01-01 00:00:00", false), Some(Timestamp(0)));
+        assert_eq!(Timestamp::parse_text("2000-01-01 00:00:01.5", false), Some(Timestamp(1_500_000)));
         let ts = Timestamp::parse_text("2024-03-01 12:34:56.789+01", true).expect("parses");
         assert_eq!(ts.to_rfc3339().as_deref(), Some("2024-03-01T11:34:56.789Z"));
         assert_eq!(ts.unix_micros(), Some(1_709_292_896_789_000));
@@ -380,30 +330,14 @@ mod tests {
         let bc = Timestamp::parse_text("0044-03-15 12:00:00+00 BC", true).expect("parses");
         assert_eq!(bc.to_string(), "-0043-03-15T12:00:00");
         assert_eq!(bc.to_rfc3339(), None);
-        assert_eq!(
-            Timestamp::parse_text("infinity", true),
-            Some(Timestamp::INFINITY)
-        );
+        assert_eq!(Timestamp::parse_text("infinity", true), Some(Timestamp::INFINITY));
         assert_eq!(Timestamp::INFINITY.unix_micros(), None);
         assert_eq!(Timestamp::NEG_INFINITY.to_string(), "-infinity");
-        for bad in [
-            "2024-03-01",
-            "2024-03-01 24:00:00",
-            "2024-03-01 12:00",
-            "2024-03-01 12:00:00.1234567",
-        ] {
+        for bad in ["2024-03-01", "2024-03-01 24:00:00", "2024-03-01 12:00", "2024-03-01 12:00:00.1234567"] {
             assert_eq!(Timestamp::parse_text(bad, false), None, "{bad:?}");
         }
-        assert_eq!(
-            Timestamp::parse_text("2024-03-01 12:00:00", true),
-            None,
-            "zone required"
-        );
-        assert_eq!(
-            Timestamp::parse_text("300000-01-01 00:00:00", false),
-            None,
-            "out of range"
-        );
+        assert_eq!(Timestamp::parse_text("2024-03-01 12:00:00", true), None, "zone required");
+        assert_eq!(Timestamp::parse_text("300000-01-01 00:00:00", false), None, "out of range");
     }
 
     #[test]

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use crate::reader::Reader;
 use crate::transaction::OpenTransaction;
 use crate::{
-    Begin, BeginPrepare, Commit, CommitPrepared, DecodeError, Delete, Insert, LogicalMessage, Lsn,
-    Message, Origin, Prepare, Relation, RollbackPrepared, StreamAbort, StreamCommit, StreamPrepare,
-    StreamStart, TransactionGuard, Truncate, TypeMessage, Update,
+    Begin, BeginPrepare, Commit, CommitPrepared, DecodeError, Delete, Insert, LogicalMessage, Lsn, Message, Origin,
+    Prepare, Relation, RollbackPrepared, StreamAbort, StreamCommit, StreamPrepare, StreamStart, TransactionGuard,
+    Truncate, TypeMessage, Update,
 };
 
 /// Oldest protocol version the decoder understands.
@@ -41,12 +41,7 @@ impl Decoder {
         if !(MIN_PROTOCOL_VERSION..=MAX_PROTOCOL_VERSION).contains(&protocol_version) {
             return Err(DecodeError::UnsupportedProtocolVersion(protocol_version));
         }
-        Ok(Decoder {
-            protocol_version,
-            transaction: TransactionGuard::new(),
-            prepared: None,
-            stream_xid: None,
-        })
+        Ok(Decoder { protocol_version, transaction: TransactionGuard::new(), prepared: None, stream_xid: None })
     }
 
     /// The protocol version given to [`Decoder::new`].
@@ -77,10 +72,7 @@ impl Decoder {
         let tag = r.u8()?;
         let (name, since_version) = describe(tag).ok_or(DecodeError::UnknownTag(tag))?;
         if since_version > self.protocol_version {
-            return Err(DecodeError::MessageNotInProtocol {
-                tag,
-                protocol_version: self.protocol_version,
-            });
+            return Err(DecodeError::MessageNotInProtocol { tag, protocol_version: self.protocol_version });
         }
         r.rename(name);
         let xid = match (self.stream_xid, tag) {
@@ -135,27 +127,18 @@ impl Decoder {
                 self.transaction.commit(commit.commit_lsn).map(drop)
             }
             Message::Origin(_) | Message::Relation(_) | Message::Type(_) => Ok(()),
-            Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {
-                self.change()
-            }
+            Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => self.change(),
             Message::Message(message) if message.transactional => self.change(),
             Message::Message(_) => Ok(()),
             Message::StreamStart(start) => {
                 if let Some(open_xid) = self.stream_xid {
-                    return Err(DecodeError::StreamStartInsideStream {
-                        open_xid,
-                        new_xid: start.xid,
-                    });
+                    return Err(DecodeError::StreamStartInsideStream { open_xid, new_xid: start.xid });
                 }
                 self.outside_transaction(name)?;
                 self.stream_xid = Some(start.xid);
                 Ok(())
             }
-            Message::StreamStop => self
-                .stream_xid
-                .take()
-                .map(drop)
-                .ok_or(DecodeError::StreamStopWithoutStart),
+            Message::StreamStop => self.stream_xid.take().map(drop).ok_or(DecodeError::StreamStopWithoutStart),
             Message::StreamCommit(_)
             | Message::StreamAbort(_)
             | Message::StreamPrepare(_)
@@ -168,14 +151,9 @@ impl Decoder {
                 self.outside_stream(name)?;
                 let open = self.transaction.current().map(|open| open.final_lsn);
                 if let Some(open) = open.or(self.prepared.map(|prepared| prepared.prepare_lsn)) {
-                    return Err(DecodeError::BeginInsideTransaction {
-                        open,
-                        new: begin.prepare_lsn,
-                    });
+                    return Err(DecodeError::BeginInsideTransaction { open, new: begin.prepare_lsn });
                 }
-                self.prepared = Some(OpenPrepared {
-                    prepare_lsn: begin.prepare_lsn,
-                });
+                self.prepared = Some(OpenPrepared { prepare_lsn: begin.prepare_lsn });
                 Ok(())
             }
             Message::Prepare(prepare) => {

@@ -87,10 +87,7 @@ pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
             w.xid(m.xid);
             w.0.put_u32(m.relation_id);
             if m.old_key.is_some() && m.old.is_some() {
-                return Err(EncodeError::OldTuple {
-                    message: "Update",
-                    expected: "at most one",
-                });
+                return Err(EncodeError::OldTuple { message: "Update", expected: "at most one" });
             }
             w.old(m.old_key.as_ref(), m.old.as_ref())?;
             w.0.put_u8(b'N');
@@ -100,10 +97,7 @@ pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
             w.xid(m.xid);
             w.0.put_u32(m.relation_id);
             if m.old_key.is_some() == m.old.is_some() {
-                return Err(EncodeError::OldTuple {
-                    message: "Delete",
-                    expected: "exactly one",
-                });
+                return Err(EncodeError::OldTuple { message: "Delete", expected: "exactly one" });
             }
             w.old(m.old_key.as_ref(), m.old.as_ref())?;
         }
@@ -150,22 +144,8 @@ pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
             w.0.put_u32(m.xid);
             w.string(&m.gid, "gid")?;
         }
-        Message::Prepare(m) => w.prepare(
-            m.flags,
-            m.prepare_lsn,
-            m.end_lsn,
-            m.prepare_time,
-            m.xid,
-            &m.gid,
-        )?,
-        Message::CommitPrepared(m) => w.prepare(
-            m.flags,
-            m.commit_lsn,
-            m.end_lsn,
-            m.commit_time,
-            m.xid,
-            &m.gid,
-        )?,
+        Message::Prepare(m) => w.prepare(m.flags, m.prepare_lsn, m.end_lsn, m.prepare_time, m.xid, &m.gid)?,
+        Message::CommitPrepared(m) => w.prepare(m.flags, m.commit_lsn, m.end_lsn, m.commit_time, m.xid, &m.gid)?,
         Message::RollbackPrepared(m) => {
             w.0.put_u8(m.flags);
             w.lsn(m.prepare_end_lsn);
@@ -175,14 +155,7 @@ pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
             w.0.put_u32(m.xid);
             w.string(&m.gid, "gid")?;
         }
-        Message::StreamPrepare(m) => w.prepare(
-            m.flags,
-            m.prepare_lsn,
-            m.end_lsn,
-            m.prepare_time,
-            m.xid,
-            &m.gid,
-        )?,
+        Message::StreamPrepare(m) => w.prepare(m.flags, m.prepare_lsn, m.end_lsn, m.prepare_time, m.xid, &m.gid)?,
     }
     Ok(w.0.freeze())
 }
@@ -216,11 +189,7 @@ impl Writer {
                 TupleValue::Null => self.0.put_u8(b'n'),
                 TupleValue::UnchangedToast => self.0.put_u8(b'u'),
                 TupleValue::Text(data) | TupleValue::Binary(data) => {
-                    self.0.put_u8(if matches!(value, TupleValue::Text(_)) {
-                        b't'
-                    } else {
-                        b'b'
-                    });
+                    self.0.put_u8(if matches!(value, TupleValue::Text(_)) { b't' } else { b'b' });
                     self.0.put_u32(count_u32(data.len(), "column value")?);
                     self.0.put_slice(data);
                 }

@@ -49,9 +49,7 @@ impl fmt::Debug for Lsn {
 
 /// The text given to [`Lsn::from_str`] is not of the form `X/Y` with 1 to 8 hex digits on each side.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid LSN {input:?}: expected X/Y with 1 to 8 hex digits on each side, e.g. 16/B374D848"
-)]
+#[error("invalid LSN {input:?}: expected X/Y with 1 to 8 hex digits on each side, e.g. 16/B374D848")]
 pub struct LsnParseError {
     /// The rejected input.
     pub input: String,
@@ -61,13 +59,10 @@ impl FromStr for Lsn {
     type Err = LsnParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let error = || LsnParseError {
-            input: s.to_owned(),
-        };
+        let error = || LsnParseError { input: s.to_owned() };
         let (high, low) = s.split_once('/').ok_or_else(error)?;
         let part = |text: &str| -> Option<u64> {
-            let valid =
-                (1..=8).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit());
+            let valid = (1..=8).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit());
             if valid {
                 u64::from_str_radix(text, 16).ok()
             } else {
@@ -104,28 +99,10 @@ mod tests {
 
     #[test]
     fn rejects_malformed_text() {
-        for bad in [
-            "",
-            "/",
-            "0/",
-            "/0",
-            "0",
-            "0/0/0",
-            "1FFFFFFFF/0",
-            "0/123456789",
-            "+1/0",
-            "-1/0",
-            "0/x",
-            " 0/1",
-            "0/1 ",
-        ] {
-            assert_eq!(
-                bad.parse::<Lsn>(),
-                Err(LsnParseError {
-                    input: bad.to_owned()
-                }),
-                "{bad:?}"
-            );
+        for bad in
+            ["", "/", "0/", "/0", "0", "0/0/0", "1FFFFFFFF/0", "0/123456789", "+1/0", "-1/0", "0/x", " 0/1", "0/1 "]
+        {
+            assert_eq!(bad.parse::<Lsn>(), Err(LsnParseError { input: bad.to_owned() }), "{bad:?}");
         }
     }
 

@@ -7,9 +7,8 @@ use bytes::Bytes;
 
 use crate::reader::Reader;
 use crate::{
-    Begin, BeginPrepare, Commit, CommitPrepared, DecodeError, Delete, Insert, Lsn, Prepare,
-    Relation, RollbackPrepared, StreamAbort, StreamCommit, StreamPrepare, StreamStart, Truncate,
-    Update,
+    Begin, BeginPrepare, Commit, CommitPrepared, DecodeError, Delete, Insert, Lsn, Prepare, Relation, RollbackPrepared,
+    StreamAbort, StreamCommit, StreamPrepare, StreamStart, Truncate, Update,
 };
 
 /// One pgoutput message.
@@ -93,10 +92,7 @@ pub struct Origin {
 
 impl Origin {
     pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
-        Ok(Origin {
-            commit_lsn: r.lsn()?,
-            name: r.string("origin name")?,
-        })
+        Ok(Origin { commit_lsn: r.lsn()?, name: r.string("origin name")? })
     }
 }
 
@@ -115,12 +111,7 @@ pub struct TypeMessage {
 
 impl TypeMessage {
     pub(crate) fn read(r: &mut Reader, xid: Option<u32>) -> Result<Self, DecodeError> {
-        Ok(TypeMessage {
-            xid,
-            type_oid: r.u32()?,
-            namespace: r.string("namespace")?,
-            name: r.string("type name")?,
-        })
+        Ok(TypeMessage { xid, type_oid: r.u32()?, namespace: r.string("namespace")?, name: r.string("type name")? })
     }
 }
 
@@ -149,12 +140,6 @@ impl LogicalMessage {
         let prefix = r.string("prefix")?;
         let len = r.u32()?;
         let content = r.take(usize::try_from(len).unwrap_or(usize::MAX))?;
-        Ok(LogicalMessage {
-            xid,
-            transactional,
-            lsn,
-            prefix,
-            content,
-        })
+        Ok(LogicalMessage { xid, transactional, lsn, prefix, content })
     }
 }

@@ -32,42 +32,22 @@ fn tuple() -> impl Strategy<Value = Tuple> {
 }
 
 fn relation(xid: Option<u32>) -> impl Strategy<Value = Message> {
-    let column = (any::<u8>(), name(), any::<u32>(), any::<i32>()).prop_map(
-        |(flags, name, type_oid, type_modifier)| RelationColumn {
-            flags,
-            name,
-            type_oid,
-            type_modifier,
-        },
-    );
+    let column = (any::<u8>(), name(), any::<u32>(), any::<i32>())
+        .prop_map(|(flags, name, type_oid, type_modifier)| RelationColumn { flags, name, type_oid, type_modifier });
     (any::<u32>(), name(), name(), any::<u8>(), vec(column, 0..6)).prop_map(
         move |(id, namespace, name, replica_identity, columns)| {
-            Message::Relation(Relation {
-                xid,
-                id,
-                namespace,
-                name,
-                replica_identity,
-                columns,
-            })
+            Message::Relation(Relation { xid, id, namespace, name, replica_identity, columns })
         },
     )
 }
 
 /// A message that may appear inside a transaction body; `xid` is the stream-block prefix (`None` outside).
-fn body_message(
-    xid: impl Strategy<Value = Option<u32>> + Clone + 'static,
-) -> BoxedStrategy<Message> {
+fn body_message(xid: impl Strategy<Value = Option<u32>> + Clone + 'static) -> BoxedStrategy<Message> {
     let x = || xid.clone();
     prop_oneof![
         x().prop_flat_map(relation),
         (x(), any::<u32>(), name(), name()).prop_map(|(xid, type_oid, namespace, name)| {
-            Message::Type(TypeMessage {
-                xid,
-                type_oid,
-                namespace,
-                name,
-            })
+            Message::Type(TypeMessage { xid, type_oid, namespace, name })
         }),
         (lsn(), name()).prop_map(|(commit_lsn, name)| Message::Origin(Origin { commit_lsn, name })),
         (x(), any::<u32>(), tuple()).prop_map(|(xid, relation_id, new)| Message::Insert(Insert {
@@ -75,119 +55,56 @@ fn body_message(
             relation_id,
             new
         })),
-        (x(), any::<u32>(), 0..3_u8, tuple(), tuple()).prop_map(
-            |(xid, relation_id, old_kind, old, new)| {
-                let (old_key, old) = match old_kind {
-                    0 => (None, None),
-                    1 => (Some(old), None),
-                    _ => (None, Some(old)),
-                };
-                Message::Update(Update {
-                    xid,
-                    relation_id,
-                    old_key,
-                    old,
-                    new,
-                })
-            }
-        ),
-        (x(), any::<u32>(), any::<bool>(), tuple()).prop_map(|(xid, relation_id, key, old)| {
-            let (old_key, old) = if key {
-                (Some(old), None)
-            } else {
-                (None, Some(old))
+        (x(), any::<u32>(), 0..3_u8, tuple(), tuple()).prop_map(|(xid, relation_id, old_kind, old, new)| {
+            let (old_key, old) = match old_kind {
+                0 => (None, None),
+                1 => (Some(old), None),
+                _ => (None, Some(old)),
             };
-            Message::Delete(Delete {
-                xid,
-                relation_id,
-                old_key,
-                old,
-            })
+            Message::Update(Update { xid, relation_id, old_key, old, new })
         }),
-        (x(), any::<u8>(), vec(any::<u32>(), 0..5)).prop_map(|(xid, options, relation_ids)| {
-            Message::Truncate(Truncate {
-                xid,
-                options,
-                relation_ids,
-            })
+        (x(), any::<u32>(), any::<bool>(), tuple()).prop_map(|(xid, relation_id, key, old)| {
+            let (old_key, old) = if key { (Some(old), None) } else { (None, Some(old)) };
+            Message::Delete(Delete { xid, relation_id, old_key, old })
         }),
-        (x(), any::<bool>(), lsn(), name(), bytes()).prop_map(
-            |(xid, transactional, lsn, prefix, content)| {
-                Message::Message(LogicalMessage {
-                    xid,
-                    transactional,
-                    lsn,
-                    prefix,
-                    content,
-                })
-            }
-        ),
+        (x(), any::<u8>(), vec(any::<u32>(), 0..5))
+            .prop_map(|(xid, options, relation_ids)| { Message::Truncate(Truncate { xid, options, relation_ids }) }),
+        (x(), any::<bool>(), lsn(), name(), bytes()).prop_map(|(xid, transactional, lsn, prefix, content)| {
+            Message::Message(LogicalMessage { xid, transactional, lsn, prefix, content })
+        }),
     ]
     .boxed()
 }
 
 fn transaction() -> impl Strategy<Value = Vec<Message>> {
-    (
-        lsn(),
-        lsn(),
-        any::<i64>(),
-        any::<u32>(),
-        any::<u8>(),
-        vec(body_message(Just(None)), 0..6),
-    )
-        .prop_map(|(final_lsn, end_lsn, commit_time, xid, flags, body)| {
-            let mut messages = vec![Message::Begin(Begin {
-                final_lsn,
-                commit_time,
-                xid,
-            })];
+    (lsn(), lsn(), any::<i64>(), any::<u32>(), any::<u8>(), vec(body_message(Just(None)), 0..6)).prop_map(
+        |(final_lsn, end_lsn, commit_time, xid, flags, body)| {
+            let mut messages = vec![Message::Begin(Begin { final_lsn, commit_time, xid })];
             messages.extend(body);
-            messages.push(Message::Commit(Commit {
-                flags,
-                commit_lsn: final_lsn,
-                end_lsn,
-                commit_time,
-            }));
+            messages.push(Message::Commit(Commit { flags, commit_lsn: final_lsn, end_lsn, commit_time }));
             messages
-        })
+        },
+    )
 }
 
 fn stream_end(version: u32, xid: u32) -> BoxedStrategy<Option<Message>> {
-    let commit = (any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(
-        move |(flags, commit_lsn, end_lsn, commit_time)| {
-            Some(Message::StreamCommit(StreamCommit {
-                xid,
-                flags,
-                commit_lsn,
-                end_lsn,
-                commit_time,
-            }))
-        },
-    );
+    let commit =
+        (any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(move |(flags, commit_lsn, end_lsn, commit_time)| {
+            Some(Message::StreamCommit(StreamCommit { xid, flags, commit_lsn, end_lsn, commit_time }))
+        });
     let info = if version >= 4 {
-        proptest::option::of(
-            (lsn(), any::<i64>()).prop_map(|(lsn, time)| StreamAbortInfo { lsn, time }),
-        )
-        .boxed()
+        proptest::option::of((lsn(), any::<i64>()).prop_map(|(lsn, time)| StreamAbortInfo { lsn, time })).boxed()
     } else {
         Just(None).boxed()
     };
-    let abort = (any::<u32>(), info).prop_map(move |(subxid, abort)| {
-        Some(Message::StreamAbort(StreamAbort { xid, subxid, abort }))
-    });
+    let abort = (any::<u32>(), info)
+        .prop_map(move |(subxid, abort)| Some(Message::StreamAbort(StreamAbort { xid, subxid, abort })));
     let mut ends = vec![Just(None).boxed(), commit.boxed(), abort.boxed()];
     if version >= 3 {
         ends.push(
             (any::<u8>(), lsn(), lsn(), any::<i64>(), name())
                 .prop_map(move |(flags, prepare_lsn, end_lsn, prepare_time, gid)| {
-                    Some(Message::StreamPrepare(StreamPrepare {
-                        flags,
-                        prepare_lsn,
-                        end_lsn,
-                        prepare_time,
-                        xid,
-                        gid,
-                    }))
+                    Some(Message::StreamPrepare(StreamPrepare { flags, prepare_lsn, end_lsn, prepare_time, xid, gid }))
                 })
                 .boxed(),
         );
@@ -197,101 +114,75 @@ fn stream_end(version: u32, xid: u32) -> BoxedStrategy<Option<Message>> {
 
 fn stream_block(version: u32) -> impl Strategy<Value = Vec<Message>> {
     (any::<u32>(), any::<bool>()).prop_flat_map(move |(xid, first_segment)| {
-        (
-            vec(body_message(any::<u32>().prop_map(Some)), 0..6),
-            stream_end(version, xid),
-        )
-            .prop_map(move |(body, end)| {
-                let mut messages = vec![Message::StreamStart(StreamStart { xid, first_segment })];
-                messages.extend(body);
-                messages.push(Message::StreamStop);
-                messages.extend(end);
-                messages
-            })
+        (vec(body_message(any::<u32>().prop_map(Some)), 0..6), stream_end(version, xid)).prop_map(move |(body, end)| {
+            let mut messages = vec![Message::StreamStart(StreamStart { xid, first_segment })];
+            messages.extend(body);
+            messages.push(Message::StreamStop);
+            messages.extend(end);
+            messages
+        })
     })
 }
 
 fn prepared_transaction() -> impl Strategy<Value = Vec<Message>> {
     let outcome = prop_oneof![
         Just(None),
-        (any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(
-            |(flags, commit_lsn, end_lsn, commit_time)| Some((
-                0,
-                flags,
-                commit_lsn,
-                end_lsn,
-                commit_time
-            ))
-        ),
-        (any::<u8>(), lsn(), lsn(), any::<i64>())
-            .prop_map(|(flags, a, b, time)| Some((1, flags, a, b, time))),
+        (any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(|(flags, commit_lsn, end_lsn, commit_time)| Some((
+            0,
+            flags,
+            commit_lsn,
+            end_lsn,
+            commit_time
+        ))),
+        (any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(|(flags, a, b, time)| Some((1, flags, a, b, time))),
     ];
-    (
-        lsn(),
-        lsn(),
-        any::<i64>(),
-        any::<u32>(),
-        name(),
-        vec(body_message(Just(None)), 0..6),
-        outcome,
-    )
-        .prop_map(
-            |(prepare_lsn, end_lsn, prepare_time, xid, gid, body, outcome)| {
-                let mut messages = vec![Message::BeginPrepare(BeginPrepare {
-                    prepare_lsn,
-                    end_lsn,
-                    prepare_time,
-                    xid,
-                    gid: gid.clone(),
-                })];
-                messages.extend(body);
-                messages.push(Message::Prepare(Prepare {
-                    flags: 0,
-                    prepare_lsn,
-                    end_lsn,
-                    prepare_time,
-                    xid,
-                    gid: gid.clone(),
-                }));
-                match outcome {
-                    Some((0, flags, commit_lsn, end_lsn, commit_time)) => {
-                        messages.push(Message::CommitPrepared(CommitPrepared {
-                            flags,
-                            commit_lsn,
-                            end_lsn,
-                            commit_time,
-                            xid,
-                            gid,
-                        }))
-                    }
-                    Some((_, flags, prepare_end_lsn, rollback_end_lsn, rollback_time)) => messages
-                        .push(Message::RollbackPrepared(RollbackPrepared {
-                            flags,
-                            prepare_end_lsn,
-                            rollback_end_lsn,
-                            prepare_time,
-                            rollback_time,
-                            xid,
-                            gid,
-                        })),
-                    None => {}
+    (lsn(), lsn(), any::<i64>(), any::<u32>(), name(), vec(body_message(Just(None)), 0..6), outcome).prop_map(
+        |(prepare_lsn, end_lsn, prepare_time, xid, gid, body, outcome)| {
+            let mut messages =
+                vec![Message::BeginPrepare(BeginPrepare { prepare_lsn, end_lsn, prepare_time, xid, gid: gid.clone() })];
+            messages.extend(body);
+            messages.push(Message::Prepare(Prepare {
+                flags: 0,
+                prepare_lsn,
+                end_lsn,
+                prepare_time,
+                xid,
+                gid: gid.clone(),
+            }));
+            match outcome {
+                Some((0, flags, commit_lsn, end_lsn, commit_time)) => {
+                    messages.push(Message::CommitPrepared(CommitPrepared {
+                        flags,
+                        commit_lsn,
+                        end_lsn,
+                        commit_time,
+                        xid,
+                        gid,
+                    }))
                 }
-                messages
-            },
-        )
+                Some((_, flags, prepare_end_lsn, rollback_end_lsn, rollback_time)) => {
+                    messages.push(Message::RollbackPrepared(RollbackPrepared {
+                        flags,
+                        prepare_end_lsn,
+                        rollback_end_lsn,
+                        prepare_time,
+                        rollback_time,
+                        xid,
+                        gid,
+                    }))
+                }
+                None => {}
+            }
+            messages
+        },
+    )
 }
 
 /// A valid session for `version`: transactions, non-transactional messages and, from version 2 and 3, stream
 /// blocks and prepared transactions.
 fn session(version: u32, streams: bool) -> impl Strategy<Value = Vec<Message>> {
     let outside = (lsn(), name(), bytes()).prop_map(|(lsn, prefix, content)| {
-        vec![Message::Message(LogicalMessage {
-            xid: None,
-            transactional: false,
-            lsn,
-            prefix,
-            content,
-        })]
+        vec![Message::Message(LogicalMessage { xid: None, transactional: false, lsn, prefix, content })]
     });
     let mut blocks = vec![transaction().boxed(), outside.boxed()];
     if streams && version >= 2 {
@@ -422,17 +313,10 @@ fn decoders(version: u32) -> Vec<Decoder> {
         return Vec::new();
     };
     let mut in_transaction = fresh.clone();
-    let begin = Message::Begin(Begin {
-        final_lsn: Lsn(1),
-        commit_time: 0,
-        xid: 1,
-    });
+    let begin = Message::Begin(Begin { final_lsn: Lsn(1), commit_time: 0, xid: 1 });
     let _ = encode(&begin).map(|data| in_transaction.decode(data));
     let mut in_stream = fresh.clone();
-    let start = Message::StreamStart(StreamStart {
-        xid: 1,
-        first_segment: true,
-    });
+    let start = Message::StreamStart(StreamStart { xid: 1, first_segment: true });
     let _ = encode(&start).map(|data| in_stream.decode(data));
     vec![fresh, in_transaction, in_stream]
 }

@@ -21,26 +21,14 @@ impl Reader {
     /// Takes the next `n` bytes as a slice of the input.
     pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         if n > self.buf.len() {
-            return Err(DecodeError::Truncated {
-                message: self.message,
-                needed: n,
-                available: self.buf.len(),
-            });
+            return Err(DecodeError::Truncated { message: self.message, needed: n, available: self.buf.len() });
         }
         Ok(self.buf.split_to(n))
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let truncated = DecodeError::Truncated {
-            message: self.message,
-            needed: N,
-            available: self.buf.len(),
-        };
-        let array = self
-            .buf
-            .get(..N)
-            .and_then(|bytes| <[u8; N]>::try_from(bytes).ok())
-            .ok_or(truncated)?;
+        let truncated = DecodeError::Truncated { message: self.message, needed: N, available: self.buf.len() };
+        let array = self.buf.get(..N).and_then(|bytes| <[u8; N]>::try_from(bytes).ok()).ok_or(truncated)?;
         self.take(N)?;
         Ok(array)
     }
@@ -71,11 +59,7 @@ impl Reader {
 
     /// Reads a NUL-terminated UTF-8 string.
     pub(crate) fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
-        let end = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(DecodeError::MissingNul)?;
+        let end = self.buf.iter().position(|&b| b == 0).ok_or(DecodeError::MissingNul)?;
         let text = self.take(end)?;
         self.take(1)?;
         String::from_utf8(text.to_vec()).map_err(|err| DecodeError::InvalidUtf8 {
@@ -105,10 +89,7 @@ impl Reader {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError::TrailingBytes {
-                message: self.message,
-                count: self.buf.len(),
-            })
+            Err(DecodeError::TrailingBytes { message: self.message, count: self.buf.len() })
         }
     }
 }

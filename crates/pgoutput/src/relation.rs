@@ -54,11 +54,7 @@ impl RelationColumn {
 impl Relation {
     /// `namespace.name`, with `pg_catalog` for the empty namespace.
     pub fn qualified_name(&self) -> String {
-        let namespace = if self.namespace.is_empty() {
-            "pg_catalog"
-        } else {
-            &self.namespace
-        };
+        let namespace = if self.namespace.is_empty() { "pg_catalog" } else { &self.namespace };
         format!("{namespace}.{}", self.name)
     }
 
@@ -82,14 +78,7 @@ impl Relation {
                 type_modifier: r.i32()?,
             });
         }
-        Ok(Relation {
-            xid,
-            id,
-            namespace,
-            name,
-            replica_identity,
-            columns,
-        })
+        Ok(Relation { xid, id, namespace, name, replica_identity, columns })
     }
 }
 
@@ -139,9 +128,7 @@ impl RelationCache {
     ///
     /// Fails with [`DecodeError::UnknownRelation`] or [`DecodeError::ColumnCountMismatch`].
     pub fn row<'a>(&'a self, relation_id: u32, tuple: &'a Tuple) -> Result<Row<'a>, DecodeError> {
-        let relation = self
-            .get(relation_id)
-            .ok_or(DecodeError::UnknownRelation(relation_id))?;
+        let relation = self.get(relation_id).ok_or(DecodeError::UnknownRelation(relation_id))?;
         if relation.columns.len() != tuple.len() {
             return Err(DecodeError::ColumnCountMismatch {
                 relation: relation.qualified_name(),
@@ -178,9 +165,7 @@ impl<'a> Row<'a> {
 
     /// The raw value of the column called `name`.
     pub fn get(&self, name: &str) -> Option<&'a TupleValue> {
-        self.iter()
-            .find(|(column, _)| column.name == name)
-            .map(|(_, value)| value)
+        self.iter().find(|(column, _)| column.name == name).map(|(_, value)| value)
     }
 
     /// The value of the column called `name`, converted by its type ([`convert`]); `Ok(None)` when there is no
@@ -191,13 +176,9 @@ impl<'a> Row<'a> {
         };
         match convert(column.type_oid, value) {
             Ok(value) => Ok(Some(value)),
-            Err(DecodeError::InvalidValue {
-                type_oid, reason, ..
-            }) => Err(DecodeError::InvalidValue {
-                column: Some(column.name.clone()),
-                type_oid,
-                reason,
-            }),
+            Err(DecodeError::InvalidValue { type_oid, reason, .. }) => {
+                Err(DecodeError::InvalidValue { column: Some(column.name.clone()), type_oid, reason })
+            }
             Err(other) => Err(other),
         }
     }
@@ -205,8 +186,7 @@ impl<'a> Row<'a> {
 
 impl<'a> IntoIterator for &Row<'a> {
     type Item = (&'a RelationColumn, &'a TupleValue);
-    type IntoIter =
-        std::iter::Zip<std::slice::Iter<'a, RelationColumn>, std::slice::Iter<'a, TupleValue>>;
+    type IntoIter = std::iter::Zip<std::slice::Iter<'a, RelationColumn>, std::slice::Iter<'a, TupleValue>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.relation.columns.iter().zip(self.tuple.iter())

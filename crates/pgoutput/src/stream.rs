@@ -54,10 +54,7 @@ pub struct StreamAbortInfo {
 
 impl StreamStart {
     pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
-        Ok(StreamStart {
-            xid: r.u32()?,
-            first_segment: r.u8()? != 0,
-        })
+        Ok(StreamStart { xid: r.u32()?, first_segment: r.u8()? != 0 })
     }
 }
 
@@ -78,10 +75,7 @@ impl StreamAbort {
         let xid = r.u32()?;
         let subxid = r.u32()?;
         let abort = if protocol_version >= 4 && r.remaining() > 0 {
-            Some(StreamAbortInfo {
-                lsn: r.lsn()?,
-                time: r.i64()?,
-            })
+            Some(StreamAbortInfo { lsn: r.lsn()?, time: r.i64()? })
         } else {
             None
         };

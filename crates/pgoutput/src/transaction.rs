@@ -34,22 +34,13 @@ pub struct Commit {
 
 impl Begin {
     pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
-        Ok(Begin {
-            final_lsn: r.lsn()?,
-            commit_time: r.i64()?,
-            xid: r.u32()?,
-        })
+        Ok(Begin { final_lsn: r.lsn()?, commit_time: r.i64()?, xid: r.u32()? })
     }
 }
 
 impl Commit {
     pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
-        Ok(Commit {
-            flags: r.u8()?,
-            commit_lsn: r.lsn()?,
-            end_lsn: r.lsn()?,
-            commit_time: r.i64()?,
-        })
+        Ok(Commit { flags: r.u8()?, commit_lsn: r.lsn()?, end_lsn: r.lsn()?, commit_time: r.i64()? })
     }
 }
 
@@ -79,10 +70,7 @@ impl TransactionGuard {
     /// Opens a transaction; fails with [`DecodeError::BeginInsideTransaction`] if one is open.
     pub fn begin(&mut self, final_lsn: Lsn, xid: u32) -> Result<(), DecodeError> {
         if let Some(open) = self.open {
-            return Err(DecodeError::BeginInsideTransaction {
-                open: open.final_lsn,
-                new: final_lsn,
-            });
+            return Err(DecodeError::BeginInsideTransaction { open: open.final_lsn, new: final_lsn });
         }
         self.open = Some(OpenTransaction { final_lsn, xid });
         Ok(())
@@ -93,10 +81,7 @@ impl TransactionGuard {
     pub fn commit(&mut self, commit_lsn: Lsn) -> Result<OpenTransaction, DecodeError> {
         let open = self.open.ok_or(DecodeError::CommitWithoutBegin)?;
         if open.final_lsn != commit_lsn {
-            return Err(DecodeError::CommitLsnMismatch {
-                begin_final_lsn: open.final_lsn,
-                commit_lsn,
-            });
+            return Err(DecodeError::CommitLsnMismatch { begin_final_lsn: open.final_lsn, commit_lsn });
         }
         self.open = None;
         Ok(open)
@@ -104,9 +89,7 @@ impl TransactionGuard {
 
     /// Checks that a change may arrive now; fails with [`DecodeError::ChangeOutsideTransaction`].
     pub fn change(&self) -> Result<(), DecodeError> {
-        self.open
-            .map(|_| ())
-            .ok_or(DecodeError::ChangeOutsideTransaction)
+        self.open.map(|_| ()).ok_or(DecodeError::ChangeOutsideTransaction)
     }
 
     /// Whether a transaction is open.
@@ -136,13 +119,7 @@ mod tests {
         guard.begin(Lsn(100), 7).expect("begin");
         assert!(guard.is_open());
         guard.change().expect("change inside");
-        assert_eq!(
-            guard.commit(Lsn(100)),
-            Ok(OpenTransaction {
-                final_lsn: Lsn(100),
-                xid: 7
-            })
-        );
+        assert_eq!(guard.commit(Lsn(100)), Ok(OpenTransaction { final_lsn: Lsn(100), xid: 7 }));
         assert!(!guard.is_open());
     }
 
@@ -152,18 +129,9 @@ mod tests {
         guard.begin(Lsn(100), 7).expect("begin");
         assert_eq!(
             guard.begin(Lsn(200), 8),
-            Err(DecodeError::BeginInsideTransaction {
-                open: Lsn(100),
-                new: Lsn(200)
-            })
+            Err(DecodeError::BeginInsideTransaction { open: Lsn(100), new: Lsn(200) })
         );
-        assert_eq!(
-            guard.current(),
-            Some(OpenTransaction {
-                final_lsn: Lsn(100),
-                xid: 7
-            })
-        );
+        assert_eq!(guard.current(), Some(OpenTransaction { final_lsn: Lsn(100), xid: 7 }));
     }
 
     #[test]
@@ -173,15 +141,9 @@ mod tests {
         guard.begin(Lsn(100), 7).expect("begin");
         assert_eq!(
             guard.commit(Lsn(101)),
-            Err(DecodeError::CommitLsnMismatch {
-                begin_final_lsn: Lsn(100),
-                commit_lsn: Lsn(101)
-            })
+            Err(DecodeError::CommitLsnMismatch { begin_final_lsn: Lsn(100), commit_lsn: Lsn(101) })
         );
-        assert!(
-            guard.is_open(),
-            "a failed commit leaves the transaction open"
-        );
+        assert!(guard.is_open(), "a failed commit leaves the transaction open");
         guard.reset();
         assert!(!guard.is_open());
     }

@@ -58,12 +58,7 @@ impl Tuple {
                     let len = r.u32()?;
                     TupleValue::Binary(r.take(len_to_usize(len, r)?)?)
                 }
-                kind => {
-                    return Err(DecodeError::UnknownColumnKind {
-                        message: r.message(),
-                        kind,
-                    })
-                }
+                kind => return Err(DecodeError::UnknownColumnKind { message: r.message(), kind }),
             };
             values.push(value);
         }

@@ -76,14 +76,8 @@ impl Uuid {
             return None;
         }
         let mut out = [0_u8; 16];
-        let mut hex = bytes
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| ![8, 13, 18, 23].contains(index));
-        if [8, 13, 18, 23]
-            .iter()
-            .any(|&index| bytes.get(index) != Some(&b'-'))
-        {
+        let mut hex = bytes.iter().enumerate().filter(|(index, _)| ![8, 13, 18, 23].contains(index));
+        if [8, 13, 18, 23].iter().any(|&index| bytes.get(index) != Some(&b'-')) {
             return None;
         }
         for byte in &mut out {
@@ -108,9 +102,7 @@ impl fmt::Display for Uuid {
 }
 
 fn hex_value(digit: u8) -> Option<u8> {
-    char::from(digit)
-        .to_digit(16)
-        .and_then(|value| u8::try_from(value).ok())
+    char::from(digit).to_digit(16).and_then(|value| u8::try_from(value).ok())
 }
 
 /// Converts `value` of a column of type `type_oid`.
@@ -118,17 +110,12 @@ fn hex_value(digit: u8) -> Option<u8> {
 /// Fails with [`DecodeError::InvalidValue`] (without a column name; [`crate::Row::value`] adds it) when the value
 /// does not match its type.
 pub fn convert(type_oid: u32, value: &TupleValue) -> Result<Value, DecodeError> {
-    let invalid = |reason: &str| DecodeError::InvalidValue {
-        column: None,
-        type_oid,
-        reason: reason.to_owned(),
-    };
+    let invalid = |reason: &str| DecodeError::InvalidValue { column: None, type_oid, reason: reason.to_owned() };
     match value {
         TupleValue::Null => Ok(Value::Null),
         TupleValue::UnchangedToast => Ok(Value::UnchangedToast),
         TupleValue::Text(bytes) => {
-            let text =
-                std::str::from_utf8(bytes).map_err(|_| invalid("text value is not valid UTF-8"))?;
+            let text = std::str::from_utf8(bytes).map_err(|_| invalid("text value is not valid UTF-8"))?;
             from_text(type_oid, text).map_err(&invalid)
         }
         TupleValue::Binary(bytes) => from_binary(type_oid, bytes).map_err(&invalid),
@@ -154,16 +141,9 @@ fn from_text(type_oid: u32, text: &str) -> Result<Value, &'static str> {
         oid::JSON | oid::JSONB => Value::Json(text.to_owned()),
         oid::BYTEA => Value::Bytea(parse_bytea(text).ok_or("not bytea hex or escape output")?),
         oid::DATE => Value::Date(Date::parse_text(text).ok_or("not an ISO date")?),
-        oid::TIMESTAMP => {
-            Value::Timestamp(Timestamp::parse_text(text, false).ok_or("not an ISO timestamp")?)
-        }
-        oid::TIMESTAMPTZ => {
-            Value::TimestampTz(Timestamp::parse_text(text, true).ok_or("not an ISO timestamptz")?)
-        }
-        _ => Value::Other {
-            type_oid,
-            text: text.to_owned(),
-        },
+        oid::TIMESTAMP => Value::Timestamp(Timestamp::parse_text(text, false).ok_or("not an ISO timestamp")?),
+        oid::TIMESTAMPTZ => Value::TimestampTz(Timestamp::parse_text(text, true).ok_or("not an ISO timestamptz")?),
+        _ => Value::Other { type_oid, text: text.to_owned() },
     })
 }
 
@@ -209,9 +189,7 @@ fn parse_bytea(text: &str) -> Option<Vec<u8>> {
 }
 
 fn from_binary(type_oid: u32, data: &Bytes) -> Result<Value, &'static str> {
-    let utf8 = |bytes: &[u8]| {
-        String::from_utf8(bytes.to_vec()).map_err(|_| "text value is not valid UTF-8")
-    };
+    let utf8 = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| "text value is not valid UTF-8");
     Ok(match type_oid {
         oid::BOOL => match data.as_ref() {
             [byte] => Value::Bool(*byte != 0),
@@ -234,10 +212,7 @@ fn from_binary(type_oid: u32, data: &Bytes) -> Result<Value, &'static str> {
         oid::DATE => Value::Date(Date(i32::from_be_bytes(fixed(data)?))),
         oid::TIMESTAMP => Value::Timestamp(Timestamp(i64::from_be_bytes(fixed(data)?))),
         oid::TIMESTAMPTZ => Value::TimestampTz(Timestamp(i64::from_be_bytes(fixed(data)?))),
-        _ => Value::Binary {
-            type_oid,
-            data: data.clone(),
-        },
+        _ => Value::Binary { type_oid, data: data.clone() },
     })
 }
 
@@ -264,19 +239,12 @@ fn numeric_from_binary(data: &[u8]) -> Result<String, &'static str> {
     if ndigits > 0x7FFF || dscale > 0x3FFF || rest.len() != usize::from(ndigits) * 2 {
         return Err(INVALID);
     }
-    let digits: Vec<u16> = rest
-        .chunks(2)
-        .map(|pair| fixed(pair).map(u16::from_be_bytes))
-        .collect::<Result<_, _>>()?;
+    let digits: Vec<u16> = rest.chunks(2).map(|pair| fixed(pair).map(u16::from_be_bytes)).collect::<Result<_, _>>()?;
     if digits.iter().any(|&digit| digit > 9999) {
         return Err(INVALID);
     }
     let digit = |position: i32| -> u16 {
-        usize::try_from(position)
-            .ok()
-            .and_then(|index| digits.get(index))
-            .copied()
-            .unwrap_or(0)
+        usize::try_from(position).ok().and_then(|index| digits.get(index)).copied().unwrap_or(0)
     };
     let mut out = String::new();
     if sign == 0x4000 {
@@ -313,10 +281,7 @@ mod tests {
     use super::*;
 
     fn text(type_oid: u32, text: &str) -> Result<Value, DecodeError> {
-        convert(
-            type_oid,
-            &TupleValue::Text(Bytes::copy_from_slice(text.as_bytes())),
-        )
+        convert(type_oid, &TupleValue::Text(Bytes::copy_from_slice(text.as_bytes())))
     }
 
     fn binary(type_oid: u32, data: &[u8]) -> Result<Value, DecodeError> {
@@ -329,59 +294,24 @@ mod tests {
         assert_eq!(text(oid::BOOL, "f"), Ok(Value::Bool(false)));
         assert_eq!(text(oid::INT2, "-32768"), Ok(Value::Int2(i16::MIN)));
         assert_eq!(text(oid::INT4, "42"), Ok(Value::Int4(42)));
-        assert_eq!(
-            text(oid::INT8, "9223372036854775807"),
-            Ok(Value::Int8(i64::MAX))
-        );
+        assert_eq!(text(oid::INT8, "9223372036854775807"), Ok(Value::Int8(i64::MAX)));
         assert_eq!(text(oid::FLOAT4, "1.5"), Ok(Value::Float4(1.5)));
-        assert_eq!(
-            text(oid::FLOAT8, "-Infinity"),
-            Ok(Value::Float8(f64::NEG_INFINITY))
-        );
+        assert_eq!(text(oid::FLOAT8, "-Infinity"), Ok(Value::Float8(f64::NEG_INFINITY)));
         assert!(matches!(text(oid::FLOAT8, "NaN"), Ok(Value::Float8(x)) if x.is_nan()));
-        assert_eq!(
-            text(oid::NUMERIC, "-12.3400"),
-            Ok(Value::Numeric("-12.3400".into()))
-        );
+        assert_eq!(text(oid::NUMERIC, "-12.3400"), Ok(Value::Numeric("-12.3400".into())));
         assert_eq!(text(oid::NUMERIC, "NaN"), Ok(Value::Numeric("NaN".into())));
         assert_eq!(text(oid::BPCHAR, "ab  "), Ok(Value::Text("ab  ".into())));
-        assert_eq!(
-            text(oid::JSONB, r#"{"a": 1}"#),
-            Ok(Value::Json(r#"{"a": 1}"#.into()))
-        );
-        assert_eq!(
-            text(oid::BYTEA, "\\xdeadBEEF"),
-            Ok(Value::Bytea(vec![0xde, 0xad, 0xbe, 0xef]))
-        );
-        assert_eq!(
-            text(oid::BYTEA, "a\\\\\\000\\377"),
-            Ok(Value::Bytea(vec![b'a', b'\\', 0, 255]))
-        );
+        assert_eq!(text(oid::JSONB, r#"{"a": 1}"#), Ok(Value::Json(r#"{"a": 1}"#.into())));
+        assert_eq!(text(oid::BYTEA, "\\xdeadBEEF"), Ok(Value::Bytea(vec![0xde, 0xad, 0xbe, 0xef])));
+        assert_eq!(text(oid::BYTEA, "a\\\\\\000\\377"), Ok(Value::Bytea(vec![b'a', b'\\', 0, 255])));
         assert_eq!(text(oid::DATE, "infinity"), Ok(Value::Date(Date::INFINITY)));
-        assert_eq!(
-            text(oid::TIMESTAMP, "2000-01-01 00:00:00"),
-            Ok(Value::Timestamp(Timestamp(0)))
-        );
-        assert_eq!(
-            text(oid::TIMESTAMPTZ, "2000-01-01 01:00:00+01"),
-            Ok(Value::TimestampTz(Timestamp(0)))
-        );
-        assert_eq!(
-            text(600, "(1,2)"),
-            Ok(Value::Other {
-                type_oid: 600,
-                text: "(1,2)".into()
-            })
-        );
+        assert_eq!(text(oid::TIMESTAMP, "2000-01-01 00:00:00"), Ok(Value::Timestamp(Timestamp(0))));
+        assert_eq!(text(oid::TIMESTAMPTZ, "2000-01-01 01:00:00+01"), Ok(Value::TimestampTz(Timestamp(0))));
+        assert_eq!(text(600, "(1,2)"), Ok(Value::Other { type_oid: 600, text: "(1,2)".into() }));
         let uuid = text(oid::UUID, "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11");
-        assert!(
-            matches!(&uuid, Ok(Value::Uuid(u)) if u.to_string() == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
-        );
+        assert!(matches!(&uuid, Ok(Value::Uuid(u)) if u.to_string() == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
         assert_eq!(convert(oid::INT4, &TupleValue::Null), Ok(Value::Null));
-        assert_eq!(
-            convert(oid::TEXT, &TupleValue::UnchangedToast),
-            Ok(Value::UnchangedToast)
-        );
+        assert_eq!(convert(oid::TEXT, &TupleValue::UnchangedToast), Ok(Value::UnchangedToast));
     }
 
     #[test]
@@ -406,10 +336,7 @@ mod tests {
             );
         }
         let invalid_utf8 = convert(oid::TEXT, &TupleValue::Text(Bytes::from_static(b"\xff")));
-        assert!(matches!(
-            invalid_utf8,
-            Err(DecodeError::InvalidValue { .. })
-        ));
+        assert!(matches!(invalid_utf8, Err(DecodeError::InvalidValue { .. })));
     }
 
     #[test]
@@ -417,29 +344,11 @@ mod tests {
         assert_eq!(binary(oid::BOOL, &[1]), Ok(Value::Bool(true)));
         assert_eq!(binary(oid::INT8, &7_i64.to_be_bytes()), Ok(Value::Int8(7)));
         assert_eq!(binary(oid::JSONB, b"\x01{}"), Ok(Value::Json("{}".into())));
-        assert_eq!(
-            binary(oid::UUID, &[0xab; 16]),
-            Ok(Value::Uuid(Uuid([0xab; 16])))
-        );
-        assert_eq!(
-            binary(oid::TIMESTAMPTZ, &5_i64.to_be_bytes()),
-            Ok(Value::TimestampTz(Timestamp(5)))
-        );
-        assert_eq!(
-            binary(600, &[1, 2]),
-            Ok(Value::Binary {
-                type_oid: 600,
-                data: Bytes::from_static(&[1, 2])
-            })
-        );
-        assert!(matches!(
-            binary(oid::INT4, &[1, 2]),
-            Err(DecodeError::InvalidValue { .. })
-        ));
-        assert!(matches!(
-            binary(oid::JSONB, b"{}"),
-            Err(DecodeError::InvalidValue { .. })
-        ));
+        assert_eq!(binary(oid::UUID, &[0xab; 16]), Ok(Value::Uuid(Uuid([0xab; 16]))));
+        assert_eq!(binary(oid::TIMESTAMPTZ, &5_i64.to_be_bytes()), Ok(Value::TimestampTz(Timestamp(5))));
+        assert_eq!(binary(600, &[1, 2]), Ok(Value::Binary { type_oid: 600, data: Bytes::from_static(&[1, 2]) }));
+        assert!(matches!(binary(oid::INT4, &[1, 2]), Err(DecodeError::InvalidValue { .. })));
+        assert!(matches!(binary(oid::JSONB, b"{}"), Err(DecodeError::InvalidValue { .. })));
     }
 
     #[test]
@@ -458,13 +367,7 @@ mod tests {
         assert_eq!(numeric(1, -2, 0, 8, &[12]), value("0.00000012"));
         assert_eq!(numeric(0, 0, 0xC000, 0, &[]), value("NaN"));
         assert_eq!(numeric(0, 0, 0xF000, 0, &[]), value("-Infinity"));
-        assert!(matches!(
-            numeric(1, 0, 0, 0, &[10000]),
-            Err(DecodeError::InvalidValue { .. })
-        ));
-        assert!(matches!(
-            numeric(2, 0, 0, 0, &[1]),
-            Err(DecodeError::InvalidValue { .. })
-        ));
+        assert!(matches!(numeric(1, 0, 0, 0, &[10000]), Err(DecodeError::InvalidValue { .. })));
+        assert!(matches!(numeric(2, 0, 0, 0, &[1]), Err(DecodeError::InvalidValue { .. })));
     }
 }

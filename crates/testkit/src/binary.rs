@@ -35,11 +35,9 @@ pub fn walrelay_bin() -> Result<PathBuf, KitError> {
     static BUILT: OnceLock<Result<PathBuf, (String, String, String)>> = OnceLock::new();
     match BUILT.get_or_init(build) {
         Ok(path) => Ok(path.clone()),
-        Err((command, status, stderr)) => Err(KitError::Build {
-            command: command.clone(),
-            status: status.clone(),
-            stderr: stderr.clone(),
-        }),
+        Err((command, status, stderr)) => {
+            Err(KitError::Build { command: command.clone(), status: status.clone(), stderr: stderr.clone() })
+        }
     }
 }
 
@@ -64,8 +62,8 @@ fn build() -> Result<PathBuf, (String, String, String)> {
     }
     let line = command::describe(&cmd);
     tracing::info!(command = %line, "building walrelay");
-    let output = command::run(&mut cmd, None, BUILD_TIMEOUT)
-        .map_err(|err| (line.clone(), err.to_string(), String::new()))?;
+    let output =
+        command::run(&mut cmd, None, BUILD_TIMEOUT).map_err(|err| (line.clone(), err.to_string(), String::new()))?;
     let stderr_tail = || {
         let kept: Vec<&str> = output.stderr.lines().rev().take(60).collect();
         kept.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -82,11 +80,5 @@ fn build() -> Result<PathBuf, (String, String, String)> {
                 && message.pointer("/target/name").and_then(|n| n.as_str()) == Some("walrelay")
         })
         .find_map(|message| message.get("executable")?.as_str().map(PathBuf::from))
-        .ok_or_else(|| {
-            (
-                line,
-                "cargo reported no walrelay executable".to_owned(),
-                stderr_tail(),
-            )
-        })
+        .ok_or_else(|| (line, "cargo reported no walrelay executable".to_owned(), stderr_tail()))
 }

@@ -36,11 +36,7 @@ impl NatsCluster {
             builder.cluster = Some(ClusterSpec {
                 name: CLUSTER_NAME.into(),
                 port,
-                routes: cluster_ports
-                    .iter()
-                    .copied()
-                    .filter(|&other| other != port)
-                    .collect(),
+                routes: cluster_ports.iter().copied().filter(|&other| other != port).collect(),
             });
             nodes.push(builder.prepare()?);
         }
@@ -78,10 +74,7 @@ impl NatsCluster {
     pub fn wait_formed(&self, timeout: Duration) -> Result<(), KitError> {
         let others = self.nodes.len().saturating_sub(1);
         wait_until("the NATS cluster to form", timeout, || {
-            self.nodes
-                .iter()
-                .all(|node| node.monitor("/healthz").is_ok() && routed_peers(node) >= others)
-                .then_some(())
+            self.nodes.iter().all(|node| node.monitor("/healthz").is_ok() && routed_peers(node) >= others).then_some(())
         })
     }
 }
@@ -97,12 +90,7 @@ fn routed_peers(node: &Nats) -> usize {
     let peers: HashSet<&str> = json
         .get("routes")
         .and_then(|routes| routes.as_array())
-        .map(|routes| {
-            routes
-                .iter()
-                .filter_map(|route| route.get("remote_id")?.as_str())
-                .collect()
-        })
+        .map(|routes| routes.iter().filter_map(|route| route.get("remote_id")?.as_str()).collect())
         .unwrap_or_default();
     peers.len()
 }

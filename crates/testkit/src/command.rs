@@ -54,22 +54,12 @@ fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
 /// Runs `cmd` to completion, feeding it `stdin`, and kills it after `timeout` ([`KitError::Timeout`]).
 ///
 /// A non-zero exit is not an error here; callers decide what a failure means.
-pub(crate) fn run(
-    cmd: &mut Command,
-    stdin: Option<&str>,
-    timeout: Duration,
-) -> Result<Output, KitError> {
+pub(crate) fn run(cmd: &mut Command, stdin: Option<&str>, timeout: Duration) -> Result<Output, KitError> {
     let line = describe(cmd);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|err| KitError::io(format!("cannot run `{line}`"), err))?;
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|err| KitError::io(format!("cannot run `{line}`"), err))?;
     let stdout = child.stdout.take().map(drain);
     let stderr = child.stderr.take().map(drain);
     let feeder = match (child.stdin.take(), stdin) {
@@ -86,21 +76,12 @@ pub(crate) fn run(
     if let Some(feeder) = feeder {
         let _ = feeder.join();
     }
-    let collect =
-        |handle: Option<JoinHandle<String>>| handle.and_then(|h| h.join().ok()).unwrap_or_default();
-    Ok(Output {
-        status,
-        stdout: collect(stdout),
-        stderr: collect(stderr),
-    })
+    let collect = |handle: Option<JoinHandle<String>>| handle.and_then(|h| h.join().ok()).unwrap_or_default();
+    Ok(Output { status, stdout: collect(stdout), stderr: collect(stderr) })
 }
 
 /// Waits for `child` to exit, killing it after `timeout`.
-pub(crate) fn wait_deadline(
-    child: &mut Child,
-    timeout: Duration,
-    what: &str,
-) -> Result<ExitStatus, KitError> {
+pub(crate) fn wait_deadline(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus, KitError> {
     let start = Instant::now();
     loop {
         match child.try_wait() {
@@ -108,10 +89,7 @@ pub(crate) fn wait_deadline(
             Ok(None) if start.elapsed() >= timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(KitError::Timeout {
-                    what: format!("`{what}` to finish"),
-                    waited: start.elapsed(),
-                });
+                return Err(KitError::Timeout { what: format!("`{what}` to finish"), waited: start.elapsed() });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(err) => return Err(KitError::io(format!("cannot wait for `{what}`"), err)),

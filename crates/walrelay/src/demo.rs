@@ -65,11 +65,7 @@ pub async fn run() -> anyhow::Result<u8> {
         Ok((pg, nats))
     })
     .await??;
-    println!(
-        "  postgres  {}  (PostgreSQL {})",
-        pg.url("postgres"),
-        pg.version().unwrap_or(0)
-    );
+    println!("  postgres  {}  (PostgreSQL {})", pg.url("postgres"), pg.version().unwrap_or(0));
     println!("  nats      {}", nats.url());
     pg.psql(SCHEMA).context("creating the outbox table")?;
 
@@ -85,73 +81,44 @@ pub async fn run() -> anyhow::Result<u8> {
     let stats = Arc::new(relay::Stats::default());
     let relay_settings = settings.clone();
     let relay_stats = stats.clone();
-    let relay_task = walrelay_core::spawn_named("relay", async move {
-        relay::run(&relay_settings, stop_rx, relay_stats).await
-    });
+    let relay_task =
+        walrelay_core::spawn_named("relay", async move { relay::run(&relay_settings, stop_rx, relay_stats).await });
 
     // The slot must exist before the application writes events.
     let control = source::connect(&settings.pg_url).await?;
-    wait_for(
-        Duration::from_secs(15),
-        "the relay to create its slot",
-        || async {
-            matches!(slot::info(&control, &settings.slot).await, Ok(Some(info)) if info.active)
-        },
-    )
+    wait_for(Duration::from_secs(15), "the relay to create its slot", || async {
+        matches!(slot::info(&control, &settings.slot).await, Ok(Some(info)) if info.active)
+    })
     .await?;
 
     println!("\nwriting business transactions:");
     for (what, sql, commit) in TRANSACTIONS {
         let end = if *commit { "COMMIT" } else { "ROLLBACK" };
-        control
-            .batch_execute(&format!("BEGIN; {sql} {end};"))
-            .await?;
-        println!(
-            "  {} {what}",
-            if *commit {
-                "committed  "
-            } else {
-                "rolled back"
-            }
-        );
+        control.batch_execute(&format!("BEGIN; {sql} {end};")).await?;
+        println!("  {} {what}", if *commit { "committed  " } else { "rolled back" });
     }
-    let expected_events: u64 = control
-        .query_one("SELECT count(*) FROM outbox", &[])
-        .await?
-        .get::<_, i64>(0)
-        .try_into()
-        .unwrap_or(0);
+    let expected_events: u64 =
+        control.query_one("SELECT count(*) FROM outbox", &[]).await?.get::<_, i64>(0).try_into().unwrap_or(0);
 
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client);
-    wait_for(
-        Duration::from_secs(15),
-        "the events to arrive in the stream",
-        || async { stats.acked.load(std::sync::atomic::Ordering::Relaxed) >= expected_events },
-    )
+    wait_for(Duration::from_secs(15), "the events to arrive in the stream", || async {
+        stats.acked.load(std::sync::atomic::Ordering::Relaxed) >= expected_events
+    })
     .await?;
 
     println!("\nevents in stream DEMO ({expected_events} expected, the rolled-back one absent):");
     let stream = js.get_stream("DEMO").await?;
     for seq in 1..=expected_events {
         let msg = stream.get_raw_message(seq).await?;
-        let header = |name: &str| {
-            msg.headers
-                .get(name)
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default()
-        };
+        let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
         let commit_time = humantime::parse_rfc3339(&header("Outbox-Commit-Time")).ok();
         let stored: std::time::SystemTime = msg.time.into();
         let latency = commit_time
             .and_then(|c| stored.duration_since(c).ok())
             .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
             .unwrap_or_else(|| "-".into());
-        println!(
-            "  #{seq} {}  id={}  commit→ack {latency}",
-            msg.subject,
-            header("Nats-Msg-Id")
-        );
+        println!("  #{seq} {}  id={}  commit→ack {latency}", msg.subject, header("Nats-Msg-Id"));
         let mut names: Vec<String> = msg.headers.iter().map(|(k, _)| k.to_string()).collect();
         names.sort();
         for name in names {

@@ -130,21 +130,11 @@ struct GlobalArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     progress_interval: Option<String>,
     /// Log filter (e.g. info, walrelay_core=debug)
-    #[arg(
-        long,
-        env = "WALRELAY_LOG",
-        global = true,
-        default_value = "info,async_nats=warn,tokio_postgres=warn"
-    )]
+    #[arg(long, env = "WALRELAY_LOG", global = true, default_value = "info,async_nats=warn,tokio_postgres=warn")]
     #[serde(skip)]
     log: String,
     /// Log format: text | json
-    #[arg(
-        long,
-        env = "WALRELAY_LOG_FORMAT",
-        global = true,
-        default_value = "text"
-    )]
+    #[arg(long, env = "WALRELAY_LOG_FORMAT", global = true, default_value = "text")]
     #[serde(skip)]
     log_format: String,
 }
@@ -241,12 +231,8 @@ fn main() -> ExitCode {
 
 fn try_main() -> anyhow::Result<u8> {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Demo | Command::Bench(_))
-        && std::env::var_os("WALRELAY_LOG").is_none();
-    init_logging(
-        if quiet { "warn" } else { &cli.global.log },
-        &cli.global.log_format,
-    );
+    let quiet = matches!(cli.command, Command::Demo | Command::Bench(_)) && std::env::var_os("WALRELAY_LOG").is_none();
+    init_logging(if quiet { "warn" } else { &cli.global.log }, &cli.global.log_format);
     // Configuration is parsed and validated before the runtime starts: exit 2 on any usage error.
     let settings = match Settings::load(cli.global.config.as_ref(), &cli.global) {
         Ok(s) => s,
@@ -256,9 +242,7 @@ fn try_main() -> anyhow::Result<u8> {
         Ok(p) => p,
         Err(err) => return Ok(usage_error(&err)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(dispatch(cli.command, prepared, settings))
 }
 
@@ -280,15 +264,8 @@ fn prepare_command(command: &Command) -> Result<Prepared, ConfigError> {
     let mut p = Prepared::default();
     match command {
         Command::Status(a) => {
-            p.max_lag = a
-                .max_lag
-                .as_deref()
-                .map(|s| parse_size("--max-lag", s))
-                .transpose()?;
-            p.interval = Some(walrelay_core::config::parse_duration(
-                "--interval",
-                &a.interval,
-            )?);
+            p.max_lag = a.max_lag.as_deref().map(|s| parse_size("--max-lag", s)).transpose()?;
+            p.interval = Some(walrelay_core::config::parse_duration("--interval", &a.interval)?);
         }
         Command::Replay(a) => {
             p.from = Some(parse_lsn("--from", &a.from)?);
@@ -317,9 +294,7 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
             let opts = ops::status::StatusOptions {
                 json: a.json,
                 watch: a.watch,
-                interval: prepared
-                    .interval
-                    .unwrap_or(std::time::Duration::from_secs(2)),
+                interval: prepared.interval.unwrap_or(std::time::Duration::from_secs(2)),
                 max_lag: prepared.max_lag,
             };
             ops::status::run(&settings, &opts, shutdown_signal()).await
@@ -330,9 +305,7 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
             let Some(from) = prepared.from else {
                 return Ok(EXIT_USAGE);
             };
-            ops::replay::run(&settings, from, prepared.to, a.stdout)
-                .await
-                .map(|()| 0)
+            ops::replay::run(&settings, from, prepared.to, a.stdout).await.map(|()| 0)
         }
         Command::Teardown(a) => {
             let opts = ops::teardown::TeardownOptions {
@@ -361,10 +334,7 @@ fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     walrelay_core::spawn_named("signals", async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             return;
         };
         tokio::select! {
@@ -377,8 +347,8 @@ fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
 }
 
 fn init_logging(filter: &str, format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

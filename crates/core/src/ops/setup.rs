@@ -18,18 +18,10 @@ pub async fn run(settings: &Settings) -> Result<(), RelayError> {
     slot::check_wal_level(&control).await?;
     publication::table_columns(&control, &settings.table).await?;
     let created = publication::ensure(&control, &settings.publication, &settings.table).await?;
-    println!(
-        "publication {}: {}",
-        settings.publication,
-        if created { "created" } else { "exists" }
-    );
+    println!("publication {}: {}", settings.publication, if created { "created" } else { "exists" });
     match slot::info(&control, &settings.slot).await? {
         Some(info) if info.is_lost() => {
-            return Err(SourceError::SlotLost {
-                slot: settings.slot.clone(),
-                wal_status: "lost".into(),
-            }
-            .into())
+            return Err(SourceError::SlotLost { slot: settings.slot.clone(), wal_status: "lost".into() }.into())
         }
         Some(info) if info.plugin.as_deref() != Some("pgoutput") => {
             return Err(SourceError::WrongPlugin {
@@ -41,9 +33,7 @@ pub async fn run(settings: &Settings) -> Result<(), RelayError> {
         Some(info) => println!(
             "slot {}: exists (confirmed_flush_lsn {})",
             settings.slot,
-            info.confirmed_flush_lsn
-                .map(|l| l.to_string())
-                .unwrap_or_else(|| "-".into())
+            info.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
         ),
         None => {
             let lsn = slot::create(&control, &settings.slot).await?;

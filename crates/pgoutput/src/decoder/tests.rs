@@ -17,22 +17,11 @@ const END_LSN: u64 = 0x16_B374_D8A0;
 const TIME: i64 = 777_777_777_000_000;
 
 fn begin_bytes() -> Bytes {
-    wire(&[
-        b"B",
-        &FINAL_LSN.to_be_bytes(),
-        &TIME.to_be_bytes(),
-        &1234_u32.to_be_bytes(),
-    ])
+    wire(&[b"B", &FINAL_LSN.to_be_bytes(), &TIME.to_be_bytes(), &1234_u32.to_be_bytes()])
 }
 
 fn commit_bytes(commit_lsn: u64) -> Bytes {
-    wire(&[
-        b"C",
-        &[0],
-        &commit_lsn.to_be_bytes(),
-        &END_LSN.to_be_bytes(),
-        &TIME.to_be_bytes(),
-    ])
+    wire(&[b"C", &[0], &commit_lsn.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes()])
 }
 
 fn relation_bytes() -> Bytes {
@@ -62,18 +51,8 @@ fn relation() -> Relation {
         name: "outbox".into(),
         replica_identity: b'd',
         columns: vec![
-            RelationColumn {
-                flags: 1,
-                name: "id".into(),
-                type_oid: 23,
-                type_modifier: -1,
-            },
-            RelationColumn {
-                flags: 0,
-                name: "payload".into(),
-                type_oid: 1043,
-                type_modifier: 68,
-            },
+            RelationColumn { flags: 1, name: "id".into(), type_oid: 23, type_modifier: -1 },
+            RelationColumn { flags: 0, name: "payload".into(), type_oid: 1043, type_modifier: 68 },
         ],
     }
 }
@@ -82,10 +61,7 @@ fn relation() -> Relation {
 const TUPLE: &[u8] = b"\x00\x02t\x00\x00\x00\x0242t\x00\x00\x00\x02hi";
 
 fn tuple() -> Tuple {
-    Tuple(vec![
-        TupleValue::Text(Bytes::from_static(b"42")),
-        TupleValue::Text(Bytes::from_static(b"hi")),
-    ])
+    Tuple(vec![TupleValue::Text(Bytes::from_static(b"42")), TupleValue::Text(Bytes::from_static(b"hi"))])
 }
 
 fn insert_bytes() -> Bytes {
@@ -102,28 +78,17 @@ fn in_transaction(version: u32) -> Decoder {
 /// A decoder inside a stream block of xid 900.
 fn in_stream(version: u32) -> Decoder {
     let mut decoder = Decoder::new(version).expect("valid version");
-    decoder
-        .decode(wire(&[b"S", &900_u32.to_be_bytes(), &[1]]))
-        .expect("stream start");
+    decoder.decode(wire(&[b"S", &900_u32.to_be_bytes(), &[1]])).expect("stream start");
     decoder
 }
 
 #[test]
 fn protocol_versions() {
     for version in 1..=4 {
-        assert_eq!(
-            Decoder::new(version).map(|d| d.protocol_version()),
-            Ok(version)
-        );
+        assert_eq!(Decoder::new(version).map(|d| d.protocol_version()), Ok(version));
     }
-    assert_eq!(
-        Decoder::new(0).err(),
-        Some(DecodeError::UnsupportedProtocolVersion(0))
-    );
-    assert_eq!(
-        Decoder::new(5).err(),
-        Some(DecodeError::UnsupportedProtocolVersion(5))
-    );
+    assert_eq!(Decoder::new(0).err(), Some(DecodeError::UnsupportedProtocolVersion(0)));
+    assert_eq!(Decoder::new(5).err(), Some(DecodeError::UnsupportedProtocolVersion(5)));
 }
 
 #[test]
@@ -131,27 +96,12 @@ fn begin_and_commit() {
     let mut decoder = Decoder::new(1).expect("v1");
     assert_eq!(
         decoder.decode(begin_bytes()),
-        Ok(Message::Begin(Begin {
-            final_lsn: Lsn(FINAL_LSN),
-            commit_time: TIME,
-            xid: 1234
-        }))
+        Ok(Message::Begin(Begin { final_lsn: Lsn(FINAL_LSN), commit_time: TIME, xid: 1234 }))
     );
-    assert_eq!(
-        decoder.transaction(),
-        Some(OpenTransaction {
-            final_lsn: Lsn(FINAL_LSN),
-            xid: 1234
-        })
-    );
+    assert_eq!(decoder.transaction(), Some(OpenTransaction { final_lsn: Lsn(FINAL_LSN), xid: 1234 }));
     assert_eq!(
         decoder.decode(commit_bytes(FINAL_LSN)),
-        Ok(Message::Commit(Commit {
-            flags: 0,
-            commit_lsn: Lsn(FINAL_LSN),
-            end_lsn: Lsn(END_LSN),
-            commit_time: TIME
-        }))
+        Ok(Message::Commit(Commit { flags: 0, commit_lsn: Lsn(FINAL_LSN), end_lsn: Lsn(END_LSN), commit_time: TIME }))
     );
     assert_eq!(decoder.transaction(), None);
 }
@@ -160,13 +110,7 @@ fn begin_and_commit() {
 fn origin() {
     let mut decoder = in_transaction(1);
     let data = wire(&[b"O", &0x10_u64.to_be_bytes(), b"node_a\0"]);
-    assert_eq!(
-        decoder.decode(data),
-        Ok(Message::Origin(Origin {
-            commit_lsn: Lsn(0x10),
-            name: "node_a".into()
-        }))
-    );
+    assert_eq!(decoder.decode(data), Ok(Message::Origin(Origin { commit_lsn: Lsn(0x10), name: "node_a".into() })));
 }
 
 #[test]
@@ -175,10 +119,7 @@ fn relation_message() {
     let decoded = decoder.decode(relation_bytes());
     assert_eq!(decoded, Ok(Message::Relation(relation())));
     assert_eq!(relation().qualified_name(), "public.outbox");
-    assert!(relation()
-        .columns
-        .first()
-        .is_some_and(RelationColumn::is_key));
+    assert!(relation().columns.first().is_some_and(RelationColumn::is_key));
 }
 
 #[test]
@@ -187,12 +128,7 @@ fn type_message() {
     let data = wire(&[b"Y", &16_400_u32.to_be_bytes(), b"public\0", b"mood\0"]);
     assert_eq!(
         decoder.decode(data),
-        Ok(Message::Type(TypeMessage {
-            xid: None,
-            type_oid: 16_400,
-            namespace: "public".into(),
-            name: "mood".into()
-        }))
+        Ok(Message::Type(TypeMessage { xid: None, type_oid: 16_400, namespace: "public".into(), name: "mood".into() }))
     );
 }
 
@@ -215,14 +151,7 @@ fn insert_with_every_column_kind() {
         TupleValue::Text(Bytes::from_static(b"abc")),
         TupleValue::Binary(Bytes::from_static(b"\xff")),
     ]);
-    assert_eq!(
-        decoder.decode(data),
-        Ok(Message::Insert(Insert {
-            xid: None,
-            relation_id: 7,
-            new: expected
-        }))
-    );
+    assert_eq!(decoder.decode(data), Ok(Message::Insert(Insert { xid: None, relation_id: 7, new: expected })));
 }
 
 #[test]
@@ -230,12 +159,8 @@ fn insert_values_are_slices_of_the_input() {
     let mut decoder = in_transaction(1);
     let data = insert_bytes();
     let range = data.as_ptr_range();
-    let Ok(Message::Insert(insert)) = decoder.decode(data) else {
-        panic!("insert expected")
-    };
-    let Some(TupleValue::Text(value)) = insert.new.0.first() else {
-        panic!("text expected")
-    };
+    let Ok(Message::Insert(insert)) = decoder.decode(data) else { panic!("insert expected") };
+    let Some(TupleValue::Text(value)) = insert.new.0.first() else { panic!("text expected") };
     assert!(range.contains(&value.as_ptr()), "zero-copy");
 }
 
@@ -243,42 +168,18 @@ fn insert_values_are_slices_of_the_input() {
 fn updates() {
     let mut decoder = in_transaction(1);
     let plain = wire(&[b"U", &16_385_u32.to_be_bytes(), b"N", TUPLE]);
-    let update = |old_key, old| Update {
-        xid: None,
-        relation_id: 16_385,
-        old_key,
-        old,
-        new: tuple(),
-    };
-    assert_eq!(
-        decoder.decode(plain),
-        Ok(Message::Update(update(None, None)))
-    );
+    let update = |old_key, old| Update { xid: None, relation_id: 16_385, old_key, old, new: tuple() };
+    assert_eq!(decoder.decode(plain), Ok(Message::Update(update(None, None))));
     let with_key = wire(&[b"U", &16_385_u32.to_be_bytes(), b"K", TUPLE, b"N", TUPLE]);
-    assert_eq!(
-        decoder.decode(with_key),
-        Ok(Message::Update(update(Some(tuple()), None)))
-    );
+    assert_eq!(decoder.decode(with_key), Ok(Message::Update(update(Some(tuple()), None))));
     let with_old = wire(&[b"U", &16_385_u32.to_be_bytes(), b"O", TUPLE, b"N", TUPLE]);
-    assert_eq!(
-        decoder.decode(with_old),
-        Ok(Message::Update(update(None, Some(tuple()))))
-    );
+    assert_eq!(decoder.decode(with_old), Ok(Message::Update(update(None, Some(tuple())))));
     let bad = wire(&[b"U", &16_385_u32.to_be_bytes(), b"X", TUPLE]);
-    assert_eq!(
-        decoder.decode(bad),
-        Err(DecodeError::UnexpectedTupleMarker {
-            message: "Update",
-            marker: b'X'
-        })
-    );
+    assert_eq!(decoder.decode(bad), Err(DecodeError::UnexpectedTupleMarker { message: "Update", marker: b'X' }));
     let missing_new = wire(&[b"U", &16_385_u32.to_be_bytes(), b"K", TUPLE, b"K", TUPLE]);
     assert_eq!(
         decoder.decode(missing_new),
-        Err(DecodeError::UnexpectedTupleMarker {
-            message: "Update",
-            marker: b'K'
-        })
+        Err(DecodeError::UnexpectedTupleMarker { message: "Update", marker: b'K' })
     );
 }
 
@@ -288,43 +189,24 @@ fn deletes() {
     let with_key = wire(&[b"D", &16_385_u32.to_be_bytes(), b"K", TUPLE]);
     assert_eq!(
         decoder.decode(with_key),
-        Ok(Message::Delete(Delete {
-            xid: None,
-            relation_id: 16_385,
-            old_key: Some(tuple()),
-            old: None
-        }))
+        Ok(Message::Delete(Delete { xid: None, relation_id: 16_385, old_key: Some(tuple()), old: None }))
     );
     let with_old = wire(&[b"D", &16_385_u32.to_be_bytes(), b"O", TUPLE]);
     assert_eq!(
         decoder.decode(with_old),
-        Ok(Message::Delete(Delete {
-            xid: None,
-            relation_id: 16_385,
-            old_key: None,
-            old: Some(tuple())
-        }))
+        Ok(Message::Delete(Delete { xid: None, relation_id: 16_385, old_key: None, old: Some(tuple()) }))
     );
     let without_old = wire(&[b"D", &16_385_u32.to_be_bytes(), b"N", TUPLE]);
     assert_eq!(
         decoder.decode(without_old),
-        Err(DecodeError::UnexpectedTupleMarker {
-            message: "Delete",
-            marker: b'N'
-        })
+        Err(DecodeError::UnexpectedTupleMarker { message: "Delete", marker: b'N' })
     );
 }
 
 #[test]
 fn truncate() {
     let mut decoder = in_transaction(1);
-    let data = wire(&[
-        b"T",
-        &2_u32.to_be_bytes(),
-        &[3],
-        &10_u32.to_be_bytes(),
-        &11_u32.to_be_bytes(),
-    ]);
+    let data = wire(&[b"T", &2_u32.to_be_bytes(), &[3], &10_u32.to_be_bytes(), &11_u32.to_be_bytes()]);
     assert_eq!(
         decoder.decode(data),
         Ok(Message::Truncate(Truncate {
@@ -334,26 +216,13 @@ fn truncate() {
         }))
     );
     let huge = wire(&[b"T", &u32::MAX.to_be_bytes(), &[0], &10_u32.to_be_bytes()]);
-    assert!(matches!(
-        decoder.decode(huge),
-        Err(DecodeError::Truncated {
-            message: "Truncate",
-            ..
-        })
-    ));
+    assert!(matches!(decoder.decode(huge), Err(DecodeError::Truncated { message: "Truncate", .. })));
 }
 
 #[test]
 fn logical_messages() {
     let mut decoder = Decoder::new(1).expect("v1");
-    let non_transactional = wire(&[
-        b"M",
-        &[0],
-        &0x20_u64.to_be_bytes(),
-        b"walrelay\0",
-        &3_u32.to_be_bytes(),
-        b"a\0b",
-    ]);
+    let non_transactional = wire(&[b"M", &[0], &0x20_u64.to_be_bytes(), b"walrelay\0", &3_u32.to_be_bytes(), b"a\0b"]);
     let expected = |transactional| LogicalMessage {
         xid: None,
         transactional,
@@ -361,28 +230,11 @@ fn logical_messages() {
         prefix: "walrelay".into(),
         content: Bytes::from_static(b"a\0b"),
     };
-    assert_eq!(
-        decoder.decode(non_transactional),
-        Ok(Message::Message(expected(false))),
-        "allowed outside"
-    );
-    let transactional = wire(&[
-        b"M",
-        &[1],
-        &0x20_u64.to_be_bytes(),
-        b"walrelay\0",
-        &3_u32.to_be_bytes(),
-        b"a\0b",
-    ]);
-    assert_eq!(
-        decoder.decode(transactional.clone()),
-        Err(DecodeError::ChangeOutsideTransaction)
-    );
+    assert_eq!(decoder.decode(non_transactional), Ok(Message::Message(expected(false))), "allowed outside");
+    let transactional = wire(&[b"M", &[1], &0x20_u64.to_be_bytes(), b"walrelay\0", &3_u32.to_be_bytes(), b"a\0b"]);
+    assert_eq!(decoder.decode(transactional.clone()), Err(DecodeError::ChangeOutsideTransaction));
     let mut decoder = in_transaction(1);
-    assert_eq!(
-        decoder.decode(transactional),
-        Ok(Message::Message(expected(true)))
-    );
+    assert_eq!(decoder.decode(transactional), Ok(Message::Message(expected(true))));
 }
 
 #[test]
@@ -390,51 +242,25 @@ fn stream_block_messages_carry_xids() {
     let mut decoder = Decoder::new(2).expect("v2");
     assert_eq!(
         decoder.decode(wire(&[b"S", &900_u32.to_be_bytes(), &[1]])),
-        Ok(Message::StreamStart(StreamStart {
-            xid: 900,
-            first_segment: true
-        }))
+        Ok(Message::StreamStart(StreamStart { xid: 900, first_segment: true }))
     );
     assert_eq!(decoder.stream_xid(), Some(900));
     let mut relation_in_stream = relation_bytes().to_vec();
     relation_in_stream.splice(1..1, 901_u32.to_be_bytes());
     assert_eq!(
         decoder.decode(Bytes::from(relation_in_stream)),
-        Ok(Message::Relation(Relation {
-            xid: Some(901),
-            ..relation()
-        }))
+        Ok(Message::Relation(Relation { xid: Some(901), ..relation() }))
     );
-    let insert = wire(&[
-        b"I",
-        &901_u32.to_be_bytes(),
-        &16_385_u32.to_be_bytes(),
-        b"N",
-        TUPLE,
-    ]);
+    let insert = wire(&[b"I", &901_u32.to_be_bytes(), &16_385_u32.to_be_bytes(), b"N", TUPLE]);
     assert_eq!(
         decoder.decode(insert),
-        Ok(Message::Insert(Insert {
-            xid: Some(901),
-            relation_id: 16_385,
-            new: tuple()
-        })),
+        Ok(Message::Insert(Insert { xid: Some(901), relation_id: 16_385, new: tuple() })),
         "no Begin needed inside a stream block"
     );
-    let truncate = wire(&[
-        b"T",
-        &901_u32.to_be_bytes(),
-        &1_u32.to_be_bytes(),
-        &[0],
-        &16_385_u32.to_be_bytes(),
-    ]);
+    let truncate = wire(&[b"T", &901_u32.to_be_bytes(), &1_u32.to_be_bytes(), &[0], &16_385_u32.to_be_bytes()]);
     assert_eq!(
         decoder.decode(truncate),
-        Ok(Message::Truncate(Truncate {
-            xid: Some(901),
-            options: 0,
-            relation_ids: vec![16_385]
-        }))
+        Ok(Message::Truncate(Truncate { xid: Some(901), options: 0, relation_ids: vec![16_385] }))
     );
     assert_eq!(decoder.decode(wire(&[b"E"])), Ok(Message::StreamStop));
     assert_eq!(decoder.stream_xid(), None);
@@ -461,52 +287,22 @@ fn stream_block_messages_carry_xids() {
 #[test]
 fn stream_abort_per_version() {
     let short = wire(&[b"A", &900_u32.to_be_bytes(), &901_u32.to_be_bytes()]);
-    let long = wire(&[
-        b"A",
-        &900_u32.to_be_bytes(),
-        &901_u32.to_be_bytes(),
-        &END_LSN.to_be_bytes(),
-        &TIME.to_be_bytes(),
-    ]);
-    let abort = |abort| {
-        Ok(Message::StreamAbort(StreamAbort {
-            xid: 900,
-            subxid: 901,
-            abort,
-        }))
-    };
+    let long =
+        wire(&[b"A", &900_u32.to_be_bytes(), &901_u32.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes()]);
+    let abort = |abort| Ok(Message::StreamAbort(StreamAbort { xid: 900, subxid: 901, abort }));
     let mut v2 = Decoder::new(2).expect("v2");
     assert_eq!(v2.decode(short.clone()), abort(None));
-    assert_eq!(
-        v2.decode(long.clone()),
-        Err(DecodeError::TrailingBytes {
-            message: "Stream Abort",
-            count: 16
-        })
-    );
+    assert_eq!(v2.decode(long.clone()), Err(DecodeError::TrailingBytes { message: "Stream Abort", count: 16 }));
     let mut v4 = Decoder::new(4).expect("v4");
     assert_eq!(v4.decode(short), abort(None));
-    assert_eq!(
-        v4.decode(long),
-        abort(Some(StreamAbortInfo {
-            lsn: Lsn(END_LSN),
-            time: TIME
-        }))
-    );
+    assert_eq!(v4.decode(long), abort(Some(StreamAbortInfo { lsn: Lsn(END_LSN), time: TIME })));
 }
 
 #[test]
 fn two_phase_messages() {
     let mut decoder = Decoder::new(3).expect("v3");
     let xid = 555_u32.to_be_bytes();
-    let begin = wire(&[
-        b"b",
-        &FINAL_LSN.to_be_bytes(),
-        &END_LSN.to_be_bytes(),
-        &TIME.to_be_bytes(),
-        &xid,
-        b"gid-1\0",
-    ]);
+    let begin = wire(&[b"b", &FINAL_LSN.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes(), &xid, b"gid-1\0"]);
     assert_eq!(
         decoder.decode(begin),
         Ok(Message::BeginPrepare(BeginPrepare {
@@ -517,19 +313,9 @@ fn two_phase_messages() {
             gid: "gid-1".into()
         }))
     );
-    assert!(
-        decoder.decode(insert_bytes()).is_ok(),
-        "changes allowed inside a prepared transaction"
-    );
-    let prepare = wire(&[
-        b"P",
-        &[0],
-        &FINAL_LSN.to_be_bytes(),
-        &END_LSN.to_be_bytes(),
-        &TIME.to_be_bytes(),
-        &xid,
-        b"gid-1\0",
-    ]);
+    assert!(decoder.decode(insert_bytes()).is_ok(), "changes allowed inside a prepared transaction");
+    let prepare =
+        wire(&[b"P", &[0], &FINAL_LSN.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes(), &xid, b"gid-1\0"]);
     assert_eq!(
         decoder.decode(prepare),
         Ok(Message::Prepare(Prepare {
@@ -541,15 +327,8 @@ fn two_phase_messages() {
             gid: "gid-1".into()
         }))
     );
-    let commit = wire(&[
-        b"K",
-        &[0],
-        &0x30_u64.to_be_bytes(),
-        &0x40_u64.to_be_bytes(),
-        &TIME.to_be_bytes(),
-        &xid,
-        b"gid-1\0",
-    ]);
+    let commit =
+        wire(&[b"K", &[0], &0x30_u64.to_be_bytes(), &0x40_u64.to_be_bytes(), &TIME.to_be_bytes(), &xid, b"gid-1\0"]);
     assert_eq!(
         decoder.decode(commit),
         Ok(Message::CommitPrepared(CommitPrepared {
@@ -583,15 +362,8 @@ fn two_phase_messages() {
             gid: "gid-2".into()
         }))
     );
-    let stream_prepare = wire(&[
-        b"p",
-        &[0],
-        &FINAL_LSN.to_be_bytes(),
-        &END_LSN.to_be_bytes(),
-        &TIME.to_be_bytes(),
-        &xid,
-        b"gid-3\0",
-    ]);
+    let stream_prepare =
+        wire(&[b"p", &[0], &FINAL_LSN.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes(), &xid, b"gid-3\0"]);
     assert_eq!(
         decoder.decode(stream_prepare),
         Ok(Message::StreamPrepare(StreamPrepare {
@@ -609,49 +381,22 @@ fn two_phase_messages() {
 fn prepare_must_match_begin_prepare() {
     let mut decoder = Decoder::new(3).expect("v3");
     let prepare = |lsn: u64| {
-        wire(&[
-            b"P",
-            &[0],
-            &lsn.to_be_bytes(),
-            &END_LSN.to_be_bytes(),
-            &TIME.to_be_bytes(),
-            &[0; 4],
-            b"g\0",
-        ])
+        wire(&[b"P", &[0], &lsn.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes(), &[0; 4], b"g\0"])
     };
-    assert_eq!(
-        decoder.decode(prepare(FINAL_LSN)),
-        Err(DecodeError::PrepareWithoutBegin)
-    );
-    let begin = wire(&[
-        b"b",
-        &FINAL_LSN.to_be_bytes(),
-        &END_LSN.to_be_bytes(),
-        &TIME.to_be_bytes(),
-        &[0; 4],
-        b"g\0",
-    ]);
+    assert_eq!(decoder.decode(prepare(FINAL_LSN)), Err(DecodeError::PrepareWithoutBegin));
+    let begin = wire(&[b"b", &FINAL_LSN.to_be_bytes(), &END_LSN.to_be_bytes(), &TIME.to_be_bytes(), &[0; 4], b"g\0"]);
     decoder.decode(begin.clone()).expect("begin prepare");
     assert_eq!(
         decoder.decode(begin),
-        Err(DecodeError::BeginInsideTransaction {
-            open: Lsn(FINAL_LSN),
-            new: Lsn(FINAL_LSN)
-        })
+        Err(DecodeError::BeginInsideTransaction { open: Lsn(FINAL_LSN), new: Lsn(FINAL_LSN) })
     );
     assert_eq!(
         decoder.decode(begin_bytes()),
-        Err(DecodeError::BeginInsideTransaction {
-            open: Lsn(FINAL_LSN),
-            new: Lsn(FINAL_LSN)
-        })
+        Err(DecodeError::BeginInsideTransaction { open: Lsn(FINAL_LSN), new: Lsn(FINAL_LSN) })
     );
     assert_eq!(
         decoder.decode(prepare(FINAL_LSN + 1)),
-        Err(DecodeError::PrepareLsnMismatch {
-            begin_prepare_lsn: Lsn(FINAL_LSN),
-            prepare_lsn: Lsn(FINAL_LSN + 1)
-        })
+        Err(DecodeError::PrepareLsnMismatch { begin_prepare_lsn: Lsn(FINAL_LSN), prepare_lsn: Lsn(FINAL_LSN + 1) })
     );
     assert!(decoder.decode(prepare(FINAL_LSN)).is_ok());
 }
@@ -669,33 +414,13 @@ fn fixtures() -> Vec<(u32, Setup, Bytes)> {
         (1, in_transaction, commit_bytes(FINAL_LSN)),
         (1, in_transaction, wire(&[b"O", &[0; 8], b"node\0"])),
         (1, in_transaction, relation_bytes()),
-        (
-            1,
-            in_transaction,
-            wire(&[b"Y", &[0; 4], b"public\0", b"mood\0"]),
-        ),
+        (1, in_transaction, wire(&[b"Y", &[0; 4], b"public\0", b"mood\0"])),
         (1, in_transaction, insert_bytes()),
-        (
-            1,
-            in_transaction,
-            wire(&[b"U", &[0; 4], b"K", TUPLE, b"N", TUPLE]),
-        ),
-        (
-            1,
-            in_transaction,
-            wire(&[b"U", &[0; 4], b"O", TUPLE, b"N", TUPLE]),
-        ),
+        (1, in_transaction, wire(&[b"U", &[0; 4], b"K", TUPLE, b"N", TUPLE])),
+        (1, in_transaction, wire(&[b"U", &[0; 4], b"O", TUPLE, b"N", TUPLE])),
         (1, in_transaction, wire(&[b"D", &[0; 4], b"O", TUPLE])),
-        (
-            1,
-            in_transaction,
-            wire(&[b"T", &2_u32.to_be_bytes(), &[0], &[0; 8]]),
-        ),
-        (
-            1,
-            in_transaction,
-            wire(&[b"M", &[1], &[0; 8], b"p\0", &2_u32.to_be_bytes(), b"hi"]),
-        ),
+        (1, in_transaction, wire(&[b"T", &2_u32.to_be_bytes(), &[0], &[0; 8]])),
+        (1, in_transaction, wire(&[b"M", &[1], &[0; 8], b"p\0", &2_u32.to_be_bytes(), b"hi"])),
         (2, fresh, wire(&[b"S", &xid, &[1]])),
         (2, in_stream, wire(&[b"E"])),
         (2, in_stream, wire(&[b"I", &xid, &[0; 4], b"N", TUPLE])),
@@ -727,15 +452,8 @@ fn truncated_at_every_offset_is_an_error() {
             let mut decoder = setup(version);
             let before = (decoder.transaction(), decoder.stream_xid());
             let result = decoder.decode(data.slice(..len));
-            assert!(
-                result.is_err(),
-                "prefix of {len} bytes of {data:?} decoded as {result:?}"
-            );
-            assert_eq!(
-                (decoder.transaction(), decoder.stream_xid()),
-                before,
-                "state unchanged"
-            );
+            assert!(result.is_err(), "prefix of {len} bytes of {data:?} decoded as {result:?}");
+            assert_eq!((decoder.transaction(), decoder.stream_xid()), before, "state unchanged");
         }
     }
 }
