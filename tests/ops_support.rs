@@ -13,15 +13,7 @@ pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 pub type Error = Box<dyn std::error::Error>;
 
 /// The default outbox table of design.md §4.
-pub const OUTBOX_DDL: &str = "CREATE TABLE public.outbox (
-  id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-  aggregate_type text NOT NULL,
-  aggregate_id   text NOT NULL,
-  event_type     text NOT NULL,
-  payload        jsonb NOT NULL,
-  headers        jsonb,
-  created_at     timestamptz NOT NULL DEFAULT now()
-)";
+pub use walrelay_core::outbox::DEFAULT_TABLE_DDL as OUTBOX_DDL;
 
 /// How long one walrelay command may take.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);

@@ -17,15 +17,7 @@ use walrelay_testkit::{walrelay_bin, Nats, Postgres, Process};
 pub use walrelay_testkit;
 
 /// The default outbox table of design.md §4.
-pub const OUTBOX_DDL: &str = "CREATE TABLE public.outbox (
-  id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-  aggregate_type text NOT NULL,
-  aggregate_id   text NOT NULL,
-  event_type     text NOT NULL,
-  payload        jsonb NOT NULL,
-  headers        jsonb,
-  created_at     timestamptz NOT NULL DEFAULT now()
-);";
+pub use walrelay_core::outbox::DEFAULT_TABLE_DDL as OUTBOX_DDL;
 
 /// One PostgreSQL, one nats-server, an outbox table, and the names a relay uses.
 pub struct Env {

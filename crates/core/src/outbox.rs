@@ -21,6 +21,17 @@ use crate::{
     subject::SubjectTemplate,
 };
 
+/// The default outbox table of design.md §4.
+pub const DEFAULT_TABLE_DDL: &str = "CREATE TABLE public.outbox (
+  id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  aggregate_type text NOT NULL,
+  aggregate_id   text NOT NULL,
+  event_type     text NOT NULL,
+  payload        jsonb NOT NULL,
+  headers        jsonb,
+  created_at     timestamptz NOT NULL DEFAULT now()
+)";
+
 /// Seconds from the Unix epoch to the Postgres epoch (2000-01-01).
 const PG_EPOCH_OFFSET_SECS: u64 = 946_684_800;
 

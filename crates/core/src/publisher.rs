@@ -65,6 +65,15 @@ pub enum PublishError {
     },
 }
 
+/// The event's headers as NATS carries them.
+pub fn header_map(event: &Event) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &event.headers {
+        headers.insert(k.as_str(), v.as_str());
+    }
+    headers
+}
+
 /// An ack credited to the tag the caller gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acked<T> {
@@ -114,10 +123,7 @@ impl<T: Send + 'static> Publisher<T> {
 
     /// Sends one event; its ack arrives later through [`next_ack`](Self::next_ack).
     pub async fn send(&mut self, event: &Event, tag: T) -> Result<(), PublishError> {
-        let mut headers = HeaderMap::new();
-        for (k, v) in &event.headers {
-            headers.insert(k.as_str(), v.as_str());
-        }
+        let headers = header_map(event);
         let expected_last = self.last_sequence;
         let message = PublishMessage::build()
             .payload(event.payload.clone())

@@ -52,17 +52,13 @@ impl BenchArgs {
     }
 }
 
-const SCHEMA: &str = "CREATE TABLE public.outbox (
-  id uuid PRIMARY KEY DEFAULT gen_random_uuid(), aggregate_type text NOT NULL, aggregate_id text NOT NULL,
-  event_type text NOT NULL, payload jsonb NOT NULL, headers jsonb, created_at timestamptz NOT NULL DEFAULT now());";
-
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let (pg, nats) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Postgres, Nats)> {
         Ok((Postgres::start().context("starting PostgreSQL")?, Nats::start().context("starting nats-server")?))
     })
     .await??;
-    pg.psql(SCHEMA)?;
+    pg.psql(walrelay_core::outbox::DEFAULT_TABLE_DDL)?;
     let raw = RawSettings {
         pg_url: pg.url("postgres"),
         nats_url: nats.url(),

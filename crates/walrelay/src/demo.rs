@@ -11,15 +11,6 @@ use walrelay_core::{config::RawSettings, config::Settings, relay, slot, source};
 use walrelay_testkit::{Nats, Postgres};
 
 const SCHEMA: &str = "
-CREATE TABLE public.outbox (
-  id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-  aggregate_type text NOT NULL,
-  aggregate_id   text NOT NULL,
-  event_type     text NOT NULL,
-  payload        jsonb NOT NULL,
-  headers        jsonb,
-  created_at     timestamptz NOT NULL DEFAULT now()
-);
 CREATE TABLE public.orders (id bigint PRIMARY KEY, customer text NOT NULL, total_cents bigint NOT NULL, status text NOT NULL);
 ";
 
@@ -67,7 +58,8 @@ pub async fn run() -> anyhow::Result<u8> {
     .await??;
     println!("  postgres  {}  (PostgreSQL {})", pg.url("postgres"), pg.version().unwrap_or(0));
     println!("  nats      {}", nats.url());
-    pg.psql(SCHEMA).context("creating the outbox table")?;
+    pg.psql(walrelay_core::outbox::DEFAULT_TABLE_DDL).context("creating the outbox table")?;
+    pg.psql(SCHEMA).context("creating the orders table")?;
 
     let raw = RawSettings {
         pg_url: pg.url("postgres"),

@@ -239,17 +239,8 @@ async fn postgres_checks(control: &Client, settings: &Settings, checks: &mut Che
     }
 
     // Copies left behind by an interrupted peek or replay.
-    let leftovers = control
-        .query(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE NOT active AND \
-             (starts_with(slot_name::text, $1) OR starts_with(slot_name::text, $2)) \
-             AND slot_name::text ~ '_(peek|copy)_[0-9]+$'",
-            &[&format!("{}_peek_", settings.slot), &format!("{}_copy_", settings.replay_slot())],
-        )
-        .await
-        .map_err(|e| SourceError::query("looking for leftover slot copies", e))?;
-    for row in leftovers {
-        let name: String = row.get(0);
+    let leftovers = super::history::leftover_copies(control, settings).await?;
+    for name in leftovers {
         checks.warn(
             "slot_copy",
             format!("{name} was left behind by an interrupted peek or replay and retains WAL"),

@@ -13,17 +13,14 @@
 
 use std::{io::IsTerminal, pin::Pin, time::Duration};
 
-use async_nats::{
-    jetstream::{self, message::PublishMessage},
-    HeaderMap,
-};
+use async_nats::jetstream::{self, message::PublishMessage};
 use futures::{stream::FuturesOrdered, Future, StreamExt};
 use pgoutput::Lsn;
 
 use crate::{
     config::{OnInvalid, Settings},
     event::Event,
-    publisher::PublishError,
+    publisher::{self, PublishError},
     relay::RelayError,
     slot,
     source::{self, SourceError},
@@ -200,11 +197,7 @@ impl Sink {
 
 impl StreamSink {
     async fn publish(&mut self, event: &Event) -> Result<(), RelayError> {
-        let mut headers = HeaderMap::new();
-        for (k, v) in &event.headers {
-            headers.insert(k.as_str(), v.as_str());
-        }
-        let message = PublishMessage::build().payload(event.payload.clone()).headers(headers);
+        let message = PublishMessage::build().payload(event.payload.clone()).headers(publisher::header_map(event));
         let fail = |reason: String| PublishError::Publish {
             id: event.id.clone(),
             subject: event.subject.clone(),

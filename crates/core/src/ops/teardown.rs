@@ -64,7 +64,7 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
         let dropped = drop_slot(&control, name, opts.force).await?;
         println!("slot {name}: {}", if dropped { "dropped" } else { "not found" });
     }
-    for name in leftover_copies(&control, settings).await? {
+    for name in super::history::leftover_copies(&control, settings).await? {
         if slot::drop(&control, &name).await.is_ok() {
             println!("slot {name}: dropped (left behind by peek or replay)");
         }
@@ -121,18 +121,4 @@ async fn drop_slot(control: &Client, name: &str, force: bool) -> Result<bool, So
             Err(err) => return Err(err),
         }
     }
-}
-
-/// Inactive copies named `<slot>_peek_<pid>` or `<slot>_replay_copy_<pid>`.
-async fn leftover_copies(control: &Client, settings: &Settings) -> Result<Vec<String>, SourceError> {
-    let rows = control
-        .query(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE NOT active AND \
-             (starts_with(slot_name::text, $1) OR starts_with(slot_name::text, $2)) \
-             AND slot_name::text ~ '_(peek|copy)_[0-9]+$'",
-            &[&format!("{}_peek_", settings.slot), &format!("{}_copy_", settings.replay_slot())],
-        )
-        .await
-        .map_err(|e| SourceError::query("looking for leftover slot copies", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
