@@ -180,3 +180,35 @@ fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResul
     drop(relay);
     Ok(())
 }
+
+#[test]
+fn replay_slot_trails_the_main_slot_by_the_retention() -> TestResult {
+    let env = Env::start()?;
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    let relay = env.start_relay(&["--replay-retention", "3s"])?;
+    wait_until("replay slot", Duration::from_secs(30), || {
+        env.slots().ok().filter(|s| s.iter().any(|n| n == "walrelay_replay"))
+    })?;
+    let created_at = lsn(&env.confirmed_flush("walrelay_replay")?);
+    env.insert_txn(&[("created", r#"{"n": 0}"#)])?;
+    env.wait_for_messages("OUTBOX", 1)?;
+    let target = lsn(&env.sql("SELECT pg_current_wal_lsn()")?);
+    wait_until("main slot confirms the event", Duration::from_secs(30), || {
+        (lsn(&env.confirmed_flush("walrelay").ok()?) >= target).then_some(())
+    })?;
+    let main_reached = std::time::Instant::now();
+    // Right after the main slot moved, the replay slot still holds the older WAL.
+    assert!(lsn(&env.confirmed_flush("walrelay_replay")?) < target, "replay slot must trail the main slot");
+    wait_until("replay slot follows after the retention", Duration::from_secs(30), || {
+        (lsn(&env.confirmed_flush("walrelay_replay").ok()?) >= target).then_some(())
+    })?;
+    let waited = main_reached.elapsed();
+    assert!(waited >= Duration::from_secs(2), "replay slot followed after only {waited:?}");
+    assert!(lsn(&env.confirmed_flush("walrelay_replay")?) > created_at);
+    stop_relay(relay)
+}
+
+fn lsn(s: &str) -> u64 {
+    let (hi, lo) = s.trim().split_once('/').unwrap_or(("0", "0"));
+    (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0)
+}

@@ -24,8 +24,10 @@ use crate::{
     source::{self, SourceError},
 };
 
-/// How often the slot is advanced once it exists.
-const TICK: Duration = Duration::from_secs(10);
+/// How often the slot is advanced once it exists: a quarter of the retention, between 0.5 s and 10 s.
+fn tick(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_millis(500), Duration::from_secs(10))
+}
 /// How often a missing main or replay slot is looked for.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -80,10 +82,10 @@ async fn keep(settings: Settings, retention: Duration, mut shutdown: watch::Rece
                 Ok(next) => next,
                 Err(err) => {
                     tracing::warn!(slot = %replay_slot, error = %err, "replay slot: update failed, retrying");
-                    RETRY.max(TICK / 2)
+                    RETRY.max(tick(retention) / 2)
                 }
             },
-            None => TICK,
+            None => tick(retention),
         };
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
@@ -112,14 +114,14 @@ async fn step(
     let Some(replay) = slot::info(control, replay_slot).await? else {
         slot::copy(control, &settings.slot, replay_slot, false).await?;
         tracing::info!(slot = %replay_slot, lsn = %confirmed, "replay slot created");
-        return Ok(TICK);
+        return Ok(tick(retention));
     };
     if replay.is_lost() {
         tracing::error!(slot = %replay_slot, "replay slot is lost; drop it (SELECT pg_drop_replication_slot('{replay_slot}')) and it is recreated");
-        return Ok(TICK);
+        return Ok(tick(retention));
     }
     let Some(target) = history.horizon(now, retention) else {
-        return Ok(TICK);
+        return Ok(tick(retention));
     };
     let target = target.min(confirmed);
     let current = replay.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
@@ -127,7 +129,7 @@ async fn step(
         slot::advance(control, replay_slot, target).await?;
         tracing::debug!(slot = %replay_slot, from = %current, to = %target, "replay slot advanced");
     }
-    Ok(TICK)
+    Ok(tick(retention))
 }
 
 #[cfg(test)]
