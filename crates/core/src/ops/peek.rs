@@ -1,15 +1,18 @@
 //! `walrelay peek`: the next pending events, decoded and mapped exactly as `run` would publish them, without
 //! consuming them.
 //!
-//! In: the settings, a limit. Out: one line per event (human or NDJSON per design.md §4). The events are read from a
+//! In: the settings, a limit. Out: one line per event (human or NDJSON per design.md §4); like `run`, events the
+//! stream already holds are not pending, and the NATS server's max_payload applies. The events are read from a
 //! throwaway copy of the slot (see [`super::history`]) up to the WAL position at the time of the call, so the slot's
 //! `confirmed_flush_lsn` is unchanged, also while `run` holds it.
 
 use crate::{
     config::{OnInvalid, Settings},
+    event::Position,
     relay::RelayError,
     slot,
     source::{self, SourceError},
+    stream,
     transaction::Assembler,
 };
 
@@ -44,9 +47,26 @@ async fn show(
     let mut shown = 0usize;
     if limit > 0 && end > copy.confirmed_flush {
         let range = Range { start: copy.confirmed_flush, last_commit: None, end };
-        let mut reader = HistoryReader::open(settings, &copy.name, range, Assembler::new(settings)?).await?;
+        // Like `run`: events the stream already holds are not pending, and the server's max_payload applies.
+        let mut assembler = Assembler::new(settings)?;
+        let mut stored = None;
+        match stream::connect(settings).await {
+            Ok((client, js)) => {
+                assembler.set_max_payload(client.server_info().max_payload);
+                stored = stream::high_water(&js, &settings.stream).await.ok().and_then(|hw| hw.position);
+            }
+            Err(err) => tracing::warn!(error = %err, "nats unreachable: not checking what the stream already holds"),
+        }
+        let mut reader = HistoryReader::open(settings, &copy.name, range, assembler).await?;
         let result = async {
             while let Some(item) = reader.next(settings).await? {
+                let position = match &item {
+                    Item::Event(e) => e.position,
+                    Item::Invalid(i) => i.position,
+                };
+                if stored.is_some_and(|(lsn, index)| position <= Position { commit_lsn: lsn, index }) {
+                    continue;
+                }
                 print_item(settings, item, json);
                 shown += 1;
                 if shown >= limit {
