@@ -192,6 +192,19 @@ pub fn redact_url(url: &str) -> String {
         }
         return parsed.to_string();
     }
+    if let Some((scheme, rest)) = url.split_once("://") {
+        // Not a valid URL, but shaped like one: mask whatever follows the user name in the user info.
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        if let Some(at) = authority.rfind('@') {
+            let (userinfo, host) = authority.split_at(at);
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            let tail = if tail.to_ascii_lowercase().contains("password=") { "/***" } else { tail };
+            return format!("{scheme}://{masked}{host}{tail}");
+        }
+        return url.to_owned();
+    }
     url.split_whitespace()
         .map(
             |kv| {
@@ -494,6 +507,8 @@ mod tests {
         assert!(!r.contains("s3cret"), "{r}");
         let r = redact_url("postgres://db/app?password=s3cret");
         assert!(!r.contains("s3cret"), "{r}");
+        let r = redact_url("postgres://alice:s3cret@:x127.0.0.1:notaport/app");
+        assert!(!r.contains("s3cret") && r.contains("alice"), "{r}");
     }
 
     #[test]

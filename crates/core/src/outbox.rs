@@ -380,3 +380,193 @@ impl OutboxMapper {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawSettings;
+    use pgoutput::{oid, RelationColumn};
+
+    fn settings(f: impl FnOnce(&mut RawSettings)) -> Settings {
+        let mut raw = RawSettings::default();
+        f(&mut raw);
+        Settings::validate(raw).expect("valid settings")
+    }
+
+    fn relation(columns: &[(&str, u32)]) -> Relation {
+        Relation {
+            xid: None,
+            id: 42,
+            namespace: "public".into(),
+            name: "outbox".into(),
+            replica_identity: b'd',
+            columns: columns
+                .iter()
+                .map(|(name, type_oid)| RelationColumn {
+                    flags: 0,
+                    name: (*name).into(),
+                    type_oid: *type_oid,
+                    type_modifier: -1,
+                })
+                .collect(),
+        }
+    }
+
+    const DEFAULT: &[(&str, u32)] = &[
+        ("id", oid::UUID),
+        ("aggregate_type", oid::TEXT),
+        ("aggregate_id", oid::TEXT),
+        ("event_type", oid::TEXT),
+        ("payload", oid::JSONB),
+        ("headers", oid::JSONB),
+    ];
+
+    fn row(values: &[Option<&str>]) -> Tuple {
+        Tuple(
+            values
+                .iter()
+                .map(|v| match v {
+                    Some(s) => TupleValue::Text(Bytes::copy_from_slice(s.as_bytes())),
+                    None => TupleValue::Null,
+                })
+                .collect(),
+        )
+    }
+
+    fn mapper(s: &Settings, columns: &[(&str, u32)]) -> OutboxMapper {
+        let mut m = OutboxMapper::new(s).expect("mapper");
+        m.relation(&relation(columns)).expect("relation");
+        m
+    }
+
+    fn invalid(result: Result<Event, MapError>) -> InvalidEvent {
+        match result {
+            Err(MapError::Invalid(i)) => *i,
+            other => panic!("expected an invalid event, got {other:?}"),
+        }
+    }
+
+    const ID: &str = "0b7d7d3e-6a43-4b5c-9b1e-1f6f9d0c2a11";
+
+    #[test]
+    fn maps_a_row_to_subject_headers_and_payload() {
+        let s = settings(|_| {});
+        let mut m = mapper(&s, DEFAULT);
+        let t = row(&[
+            Some(ID),
+            Some("order"),
+            Some("1001"),
+            Some("created"),
+            Some(r#"{"a": 1}"#),
+            Some(r#"{"trace": "x", "n": 2, "obj": {"k": true}}"#),
+        ]);
+        let e = m.map(42, &t, Lsn(0x1_0000_00AB), 0, 3).expect("event");
+        assert_eq!(e.id, ID);
+        assert_eq!(e.subject, "outbox.order.created");
+        assert_eq!(&e.payload[..], br#"{"a": 1}"#);
+        let h: Vec<(&str, &str)> = e.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            h,
+            [
+                ("Nats-Msg-Id", ID),
+                ("Outbox-Aggregate-Type", "order"),
+                ("Outbox-Aggregate-Id", "1001"),
+                ("Outbox-Event-Type", "created"),
+                ("Outbox-Commit-Lsn", "1/AB"),
+                ("Outbox-Commit-Time", "2000-01-01T00:00:00.000000Z"),
+                ("Outbox-Index", "3"),
+                ("n", "2"),
+                ("obj", r#"{"k":true}"#),
+                ("trace", "x"),
+            ]
+        );
+    }
+
+    #[test]
+    fn table_without_id_headers_and_with_bytea_payload() {
+        let s = settings(|r| r.subject = "events.{kind}".into());
+        let mut m = mapper(&s, &[("kind", oid::TEXT), ("payload", oid::BYTEA)]);
+        let e = m.map(42, &row(&[Some("ping"), Some("\\x00ff10")]), Lsn(0x20), 0, 7).expect("event");
+        assert_eq!(e.id, "0/20:7");
+        assert_eq!(e.subject, "events.ping");
+        assert_eq!(&e.payload[..], &[0x00, 0xff, 0x10]);
+        assert!(e.header("Outbox-Aggregate-Type").is_none());
+    }
+
+    #[test]
+    fn rows_that_cannot_be_messages_are_invalid_with_a_reason() {
+        let s = settings(|_| {});
+        let mut m = mapper(&s, DEFAULT);
+        let base = |id: Option<&'static str>, agg: &'static str, headers: Option<&'static str>| {
+            row(&[id, Some(agg), Some("1"), Some("created"), Some("{}"), headers])
+        };
+        let cases: Vec<(Tuple, &str)> = vec![
+            (base(None, "order", None), "NULL"),
+            (base(Some(ID), "", None), "empty"),
+            (base(Some(ID), "or.der", None), "'.'"),
+            (base(Some(ID), "or der", None), "' '"),
+            (base(Some(ID), "*", None), "'*'"),
+            (base(Some(ID), ">", None), "'>'"),
+            (base(Some(ID), "order", Some(r#"{"bad key": "v"}"#)), "cannot be carried"),
+            (base(Some(ID), "order", Some(r#"{"k:v": "v"}"#)), "cannot be carried"),
+            (base(Some(ID), "order", Some(r#"{"k": "line\r\nbreak"}"#)), "CR or LF"),
+            (base(Some(ID), "order", Some("[1, 2]")), "not a JSON object"),
+        ];
+        for (tuple, reason) in cases {
+            let i = invalid(m.map(42, &tuple, Lsn(0x30), 0, 0));
+            assert!(i.reason.contains(reason), "{} does not mention {reason}", i.reason);
+            assert_eq!(i.table, "public.outbox");
+            assert_eq!(i.position, Position { commit_lsn: Lsn(0x30), index: 0 });
+            assert!(i.headers.iter().any(|(k, v)| k == header::COMMIT_LSN && v == "0/30"));
+        }
+        // A NULL id falls back to the position for the dead-letter record.
+        let i = invalid(m.map(42, &base(None, "order", None), Lsn(0x30), 0, 4));
+        assert_eq!(i.id, "0/30:4");
+        let dl = i.dead_letter("outbox.dead-letter");
+        assert_eq!(dl.id, "dead-letter:0/30:4");
+        assert_eq!(dl.header(header::MSG_ID), Some("dead-letter:0/30:4"));
+        assert!(dl.header(header::ERROR).is_some_and(|e| e.contains("NULL")));
+        let body: serde_json::Value = serde_json::from_slice(&dl.payload).expect("json body");
+        assert_eq!(body["commit_lsn"], "0/30");
+        assert_eq!(body["index"], 4);
+    }
+
+    #[test]
+    fn oversize_and_reserved_header_keys() {
+        let s = settings(|_| {});
+        let mut m = mapper(&s, DEFAULT);
+        m.set_max_payload(100);
+        let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(200));
+        let t = row(&[Some(ID), Some("order"), Some("1"), Some("created"), Some(&big), None]);
+        let i = invalid(m.map(42, &t, Lsn(1), 0, 0));
+        assert!(i.reason.contains("max_payload of 100"), "{}", i.reason);
+        assert!(i.size > 200);
+        let mut m = mapper(&s, DEFAULT);
+        let t = row(&[
+            Some(ID),
+            Some("order"),
+            Some("1"),
+            Some("created"),
+            Some("{}"),
+            Some(r#"{"Nats-Msg-Id": "x", "outbox-index": "9", "ok": "y"}"#),
+        ]);
+        let e = m.map(42, &t, Lsn(1), 0, 0).expect("event");
+        assert_eq!(e.header("Nats-Msg-Id"), Some(ID));
+        assert_eq!(e.header("Outbox-Index"), Some("0"));
+        assert_eq!(e.header("ok"), Some("y"));
+        assert_eq!(e.headers.len(), 8);
+    }
+
+    #[test]
+    fn wrong_relation_or_column_count_is_a_stream_error() {
+        let s = settings(|_| {});
+        let mut m = mapper(&s, DEFAULT);
+        assert!(matches!(m.map(7, &row(&[]), Lsn(1), 0, 0), Err(MapError::Source(SourceError::Decode { .. }))));
+        assert!(matches!(
+            m.map(42, &row(&[Some(ID)]), Lsn(1), 0, 0),
+            Err(MapError::Source(SourceError::Decode { .. }))
+        ));
+        let mut m = OutboxMapper::new(&s).expect("mapper");
+        assert!(matches!(m.relation(&relation(&[("id", oid::UUID)])), Err(SourceError::MissingColumn { .. })));
+    }
+}

@@ -1,0 +1,114 @@
+//! The command line as users meet it: exit code 2 for usage and configuration errors found before connecting,
+//! flag > env > file > default layering, and no secrets in errors.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::{Command, Output};
+
+use walrelay_tests::walrelay_testkit::{free_port, walrelay_bin, Postgres};
+
+fn walrelay(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(walrelay_bin().unwrap());
+    cmd.args(args).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn usage_and_configuration_errors_exit_2_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let unknown_key = dir.path().join("unknown.toml");
+    std::fs::write(&unknown_key, "slot = \"a\"\nno_such_option = 1\n").unwrap();
+    let missing = dir.path().join("missing.toml");
+    // Every server URL points at a closed port: a 2 must come from validation, not from a connection.
+    let closed = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        (vec!["frobnicate"], vec![], "frobnicate"),
+        (vec!["run", "--bogus"], vec![], "--bogus"),
+        (vec!["replay", "--from", "not-an-lsn"], vec![], "--from"),
+        (vec!["replay", "--from", "0/1", "--to", "1/2/3"], vec![], "--to"),
+        (vec!["status", "--max-lag", "12 parsecs"], vec![], "--max-lag"),
+        (vec!["status", "--pg-url", "postgres://u@127.0.0.1:notaport/db"], vec![], "--pg-url"),
+        (vec!["status", "--nats-url", "nats://127.0.0.1:99999999"], vec![], "--nats-url"),
+        (vec!["run"], vec![("WALRELAY_SLOT", "Bad Slot")], "--slot"),
+        (vec!["run", "--subject", "outbox.{a"], vec![], "--subject"),
+        (vec!["run", "--on-invalid", "ignore"], vec![], "--on-invalid"),
+        (vec!["run", "--publish-timeout", "soon"], vec![], "--publish-timeout"),
+        (vec!["run", "--config", unknown_key.to_str().unwrap()], vec![], "no_such_option"),
+        (vec!["run"], vec![("WALRELAY_CONFIG", missing.to_str().unwrap())], "does not exist"),
+    ];
+    for (args, env, needle) in cases {
+        let mut env = env;
+        env.push(("WALRELAY_PG_URL", &closed));
+        let out = walrelay(&args, &env);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: error should name {needle}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn help_documents_every_option_with_its_environment_variable() {
+    let out = walrelay(&["run", "--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, env) in [
+        ("--pg-url", "WALRELAY_PG_URL"),
+        ("--slot", "WALRELAY_SLOT"),
+        ("--publication", "WALRELAY_PUBLICATION"),
+        ("--table", "WALRELAY_TABLE"),
+        ("--nats-url", "WALRELAY_NATS_URL"),
+        ("--stream", "WALRELAY_STREAM"),
+        ("--subject", "WALRELAY_SUBJECT"),
+        ("--config", "WALRELAY_CONFIG"),
+        ("--on-invalid", "WALRELAY_ON_INVALID"),
+        ("--max-in-flight", "WALRELAY_MAX_IN_FLIGHT"),
+        ("--replay-retention", "WALRELAY_REPLAY_RETENTION"),
+        ("--no-create", "WALRELAY_NO_CREATE"),
+    ] {
+        assert!(help.contains(flag) && help.contains(env), "{flag} / {env} missing from --help:\n{help}");
+    }
+}
+
+#[test]
+fn passwords_never_appear_in_errors() {
+    let url = format!("postgres://alice:s3cret-pw@127.0.0.1:{}/app", free_port());
+    let out = walrelay(&["status"], &[("WALRELAY_PG_URL", &url)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("unreachable"), "{err}");
+    assert!(!err.contains("s3cret-pw"), "password leaked: {err}");
+    let out = walrelay(&["status", "--pg-url", &url.replace(":s3cret-pw@", ":s3cret-pw@:x")], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!stderr(&out).contains("s3cret-pw"), "password leaked: {}", stderr(&out));
+}
+
+#[test]
+fn flag_beats_env_beats_file_beats_default() {
+    let pg = Postgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("walrelay.toml");
+    std::fs::write(&file, format!("pg_url = \"{}\"\nslot = \"from_file\"\n", pg.url("postgres"))).unwrap();
+    let cfg = file.to_str().unwrap();
+    let missing_slot = |o: &Output| {
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
+        let err = stderr(o);
+        ["from_file", "from_env", "from_flag", "walrelay "]
+            .into_iter()
+            .find(|s| err.contains(&format!("slot {s}")))
+            .map(str::to_owned)
+    };
+    // status of a slot that does not exist names the slot that won.
+    let o = walrelay(&["status", "--config", cfg], &[]);
+    assert_eq!(missing_slot(&o).as_deref(), Some("from_file"), "{}", stderr(&o));
+    let o = walrelay(&["status", "--config", cfg], &[("WALRELAY_SLOT", "from_env")]);
+    assert_eq!(missing_slot(&o).as_deref(), Some("from_env"), "{}", stderr(&o));
+    let o = walrelay(&["status", "--config", cfg, "--slot", "from_flag"], &[("WALRELAY_SLOT", "from_env")]);
+    assert_eq!(missing_slot(&o).as_deref(), Some("from_flag"), "{}", stderr(&o));
+    let o = walrelay(&["status", "--pg-url", &pg.url("postgres")], &[]);
+    assert_eq!(missing_slot(&o).as_deref(), Some("walrelay "), "{}", stderr(&o));
+}
