@@ -27,7 +27,8 @@ fn usage_and_configuration_errors_exit_2_before_connecting() {
     let missing = dir.path().join("missing.toml");
     // Every server URL points at a closed port: a 2 must come from validation, not from a connection.
     let closed = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["frobnicate"], vec![], "frobnicate"),
         (vec!["run", "--bogus"], vec![], "--bogus"),
         (vec!["replay", "--from", "not-an-lsn"], vec![], "--from"),
