@@ -389,3 +389,34 @@ async fn oversize_event_stops_then_dead_letters_on_restart() {
     assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), before);
     stop(&relay);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_what_was_relayed() {
+    use std::io::{Read, Write};
+    let env = Env::start();
+    env.setup();
+    let addr = format!("127.0.0.1:{}", walrelay_tests::walrelay_testkit::free_port());
+    let relay = env.spawn_run(&["--metrics-addr", &addr, "--progress-interval", "200ms"]);
+    let pg = env.client().await;
+    insert_events(&pg, "m", 0, 5).await;
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, 5, LONG).await;
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    wait_for("metrics show 5 acked events and the lag gauge", LONG, || async {
+        scrape().is_some_and(|b| {
+            b.lines().any(|l| l == "walrelay_events_acked_total 5") && b.contains("walrelay_lag_bytes")
+        })
+    })
+    .await;
+    let body = scrape().unwrap();
+    assert!(body.lines().any(|l| l == "walrelay_events_published_total 5"), "{body}");
+    assert!(body.contains("walrelay_confirmed_lsn"), "{body}");
+    assert!(body.contains("walrelay_lag_bytes"), "{body}");
+    stop(&relay);
+}

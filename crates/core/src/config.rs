@@ -84,6 +84,7 @@ pub struct RawSettings {
     pub no_create: bool,
     pub replay_retention: Option<String>,
     pub progress_interval: String,
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for RawSettings {
@@ -112,6 +113,7 @@ impl Default for RawSettings {
             no_create: false,
             replay_retention: None,
             progress_interval: "10s".into(),
+            metrics_addr: None,
         }
     }
 }
@@ -300,6 +302,7 @@ pub struct Settings {
     pub no_create: bool,
     pub replay_retention: Option<Duration>,
     pub progress_interval: Duration,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -412,6 +415,17 @@ impl Settings {
                 .map(|d| parse_duration("--replay-retention", d))
                 .transpose()?,
             progress_interval: parse_duration("--progress-interval", &raw.progress_interval)?,
+            metrics_addr: raw
+                .metrics_addr
+                .as_deref()
+                .map(|a| {
+                    a.parse().map_err(|_| ConfigError::Invalid {
+                        option: "--metrics-addr",
+                        value: a.to_owned(),
+                        reason: "expected an address and port, e.g. 127.0.0.1:9187".into(),
+                    })
+                })
+                .transpose()?,
         })
     }
 

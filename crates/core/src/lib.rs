@@ -12,6 +12,7 @@ pub mod relay;
 pub mod replication;
 pub mod slot;
 pub mod source;
+pub mod stats;
 pub mod stream;
 pub mod subject;
 pub mod transaction;

@@ -22,10 +22,7 @@
 //! jittered backoff; permanent ones end the relay with a message naming the remedy.
 
 use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -43,6 +40,7 @@ use crate::{
     replication::{self, StartAt},
     slot,
     source::{self, SourceError},
+    stats::Stats,
     stream::{self, HighWater},
     transaction::{Assembled, Assembler},
 };
@@ -71,23 +69,6 @@ impl RelayError {
             Self::Invalid(_) => false,
         }
     }
-}
-
-/// Counters shared with the caller (demo, bench, progress logs).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Events sent to JetStream.
-    pub published: AtomicU64,
-    /// Events acked by JetStream.
-    pub acked: AtomicU64,
-    /// Events skipped because the stream already held them.
-    pub skipped: AtomicU64,
-    /// Dead-letter records published.
-    pub dead_lettered: AtomicU64,
-    /// The last confirmed LSN.
-    pub confirmed: AtomicU64,
-    /// Sessions started.
-    pub sessions: AtomicU64,
 }
 
 /// How a session ended without error.
@@ -284,7 +265,7 @@ impl Relay<'_> {
             tracing::info!(slot = %settings.slot, "slot acquired, taking over");
             self.standing_by = false;
         }
-        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        self.stats.session_started();
         let pg_version = slot::setting(&control, "server_version").await.unwrap_or_default();
         let mut assembler = Assembler::new(settings)?;
         assembler.set_max_payload(client.server_info().max_payload);
@@ -316,7 +297,7 @@ impl Relay<'_> {
         let _ = tokio::time::timeout(Duration::from_secs(5), repl.shutdown()).await;
         repl.abort();
         final_confirm(&control, &settings.slot, confirmed).await;
-        self.stats.confirmed.store(confirmed.0, Ordering::Relaxed);
+        self.stats.confirmed(confirmed);
         result
     }
 }
@@ -356,7 +337,7 @@ impl Session<'_, '_> {
                 // 2. completed acks
                 ack = self.publisher.next_ack(), if self.publisher.in_flight() > 0 => {
                     let ack = ack?;
-                    self.relay.stats.acked.fetch_add(1, Ordering::Relaxed);
+                    self.relay.stats.acked();
                     self.checkpoint.acked(ack.tag);
                     self.report(repl);
                 }
@@ -367,12 +348,14 @@ impl Session<'_, '_> {
                     last_acked = acked;
                     last_tick = Instant::now();
                     let confirmed = self.checkpoint.confirmed();
+                    let lag_bytes = self.wal_end.0.saturating_sub(confirmed.0);
+                    self.relay.stats.progress(self.publisher.in_flight(), lag_bytes);
                     tracing::info!(
                         events_per_sec = format!("{rate:.0}"),
                         acked,
                         in_flight = self.publisher.in_flight(),
                         confirmed_lsn = %confirmed,
-                        lag_bytes = self.wal_end.0.saturating_sub(confirmed.0),
+                        lag_bytes,
                         "progress"
                     );
                 }
@@ -394,7 +377,7 @@ impl Session<'_, '_> {
     fn report(&mut self, repl: &ReplicationClient) {
         if let Some(lsn) = self.checkpoint.take_new_confirmed() {
             repl.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
-            self.relay.stats.confirmed.store(lsn.0, Ordering::Relaxed);
+            self.relay.stats.confirmed(lsn);
         }
     }
 
@@ -419,7 +402,7 @@ impl Session<'_, '_> {
                     return Ok(());
                 };
                 if self.hw.position.is_some_and(|(lsn, idx)| position <= Position { commit_lsn: lsn, index: idx }) {
-                    self.relay.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    self.relay.stats.skipped();
                     return Ok(());
                 }
                 let event = match event {
@@ -428,14 +411,14 @@ impl Session<'_, '_> {
                         OnInvalid::Stop => return Err(RelayError::Invalid(invalid)),
                         OnInvalid::DeadLetter => {
                             tracing::warn!(id = %invalid.id, commit_lsn = %position.commit_lsn, index = position.index, reason = %invalid.reason, "invalid event, publishing a dead-letter record");
-                            self.relay.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            self.relay.stats.dead_lettered();
                             invalid.dead_letter(&self.relay.settings.dead_letter_subject)
                         }
                     },
                 };
                 self.publisher.send(&event, tag).await?;
                 self.checkpoint.published(tag);
-                self.relay.stats.published.fetch_add(1, Ordering::Relaxed);
+                self.relay.stats.published();
             }
             Assembled::Nothing | Assembled::Stopped { .. } => {}
         }
@@ -449,7 +432,7 @@ impl Session<'_, '_> {
         let timeout = settings.shutdown_timeout.min(settings.publish_timeout.max(Duration::from_secs(1)));
         let (acked, err) = self.publisher.drain(timeout).await;
         for tag in acked {
-            self.relay.stats.acked.fetch_add(1, Ordering::Relaxed);
+            self.relay.stats.acked();
             self.checkpoint.acked(tag);
         }
         if let Some(err) = err {

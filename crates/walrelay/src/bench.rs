@@ -95,7 +95,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(relay::Stats::default());
+    let stats = Arc::new(walrelay_core::stats::Stats::default());
     let task = {
         let (settings, stats) = (settings.clone(), stats.clone());
         walrelay_core::spawn_named("relay", async move { relay::run(&settings, stop_rx, stats).await })
@@ -148,7 +148,7 @@ async fn live_latency(
     args: &BenchArgs,
     control: &tokio_postgres::Client,
     nats: &Nats,
-    stats: &relay::Stats,
+    stats: &walrelay_core::stats::Stats,
 ) -> anyhow::Result<()> {
     let base = stats.acked.load(Ordering::Relaxed);
     let interval = Duration::from_secs_f64(1.0 / args.latency_rate as f64);

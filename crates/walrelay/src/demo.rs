@@ -70,7 +70,7 @@ pub async fn run() -> anyhow::Result<u8> {
     };
     let settings = Settings::validate(raw)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(relay::Stats::default());
+    let stats = Arc::new(walrelay_core::stats::Stats::default());
     let relay_settings = settings.clone();
     let relay_stats = stats.clone();
     let relay_task =

@@ -129,6 +129,10 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_PROGRESS_INTERVAL", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     progress_interval: Option<String>,
+    /// Serve Prometheus metrics of `run` on this address (e.g. 127.0.0.1:9187) at /metrics
+    #[arg(long, env = "WALRELAY_METRICS_ADDR", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_addr: Option<String>,
     /// Log filter (e.g. info, walrelay_core=debug)
     #[arg(long, env = "WALRELAY_LOG", global = true, default_value = "info,async_nats=warn,tokio_postgres=warn")]
     #[serde(skip)]
@@ -280,8 +284,15 @@ fn prepare_command(command: &Command) -> Result<Prepared, ConfigError> {
 async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> anyhow::Result<u8> {
     let result: Result<u8, RelayError> = match command {
         Command::Run => {
+            if let Some(addr) = settings.metrics_addr {
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .with_http_listener(addr)
+                    .install()
+                    .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+                tracing::info!(addr = %addr, "serving prometheus metrics at /metrics");
+            }
             let shutdown = shutdown_signal();
-            let stats = Arc::new(relay::Stats::default());
+            let stats = Arc::new(walrelay_core::stats::Stats::default());
             let retention = ops::retention::spawn(&settings, shutdown.clone());
             let result = relay::run(&settings, shutdown, stats).await.map(|()| 0);
             if let Some(task) = retention {
