@@ -420,3 +420,32 @@ async fn prometheus_metrics_count_what_was_relayed() {
     assert!(body.contains("walrelay_lag_bytes"), "{body}");
     stop(&relay);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_broker_never_lets_wal_sender_timeout_kill_the_session() {
+    let pg = Postgres::builder().setting("wal_sender_timeout", "2s").start().unwrap();
+    let env = Env::with(pg, Nats::start().unwrap());
+    env.setup();
+    let relay = env.spawn_run(&["--publish-timeout", "60s", "--max-in-flight", "100"]);
+    let client = env.client().await;
+    let js = env.js().await;
+    env.nats.pause().unwrap();
+    let mut expected = Vec::new();
+    // More than the in-flight window and the replication client's 4096-event buffer together.
+    for t in 0..100u64 {
+        expected.extend(insert_events(&client, "slow", t * 100, 100).await);
+    }
+    // Three wal_sender_timeouts with the in-flight window full and reading stopped.
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.nats.resume().unwrap();
+    wait_stream_count(&js, &env.stream, 10_000, LONG).await;
+    let got = stream_messages(&js, &env.stream).await;
+    assert_eq!(got.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), expected);
+    let log = env.pg.log_tail(200);
+    assert!(!log.contains("replication timeout"), "walsender timed out:\n{log}");
+    assert!(!relay.output().contains("relay interrupted"), "{}", relay.output_tail(30));
+    stop(&relay);
+}
