@@ -85,6 +85,8 @@ pub struct RawSettings {
     pub replay_retention: Option<String>,
     pub progress_interval: String,
     pub metrics_addr: Option<String>,
+    pub log: String,
+    pub log_format: String,
 }
 
 impl Default for RawSettings {
@@ -114,6 +116,8 @@ impl Default for RawSettings {
             replay_retention: None,
             progress_interval: "10s".into(),
             metrics_addr: None,
+            log: "info,async_nats=warn,tokio_postgres=warn".into(),
+            log_format: "text".into(),
         }
     }
 }
@@ -303,6 +307,8 @@ pub struct Settings {
     pub replay_retention: Option<Duration>,
     pub progress_interval: Duration,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    pub log: String,
+    pub log_format: String,
 }
 
 impl Settings {
@@ -426,6 +432,17 @@ impl Settings {
                     })
                 })
                 .transpose()?,
+            log: raw.log,
+            log_format: match raw.log_format.as_str() {
+                "text" | "json" => raw.log_format,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        option: "--log-format",
+                        value: other.to_owned(),
+                        reason: "expected `text` or `json`".into(),
+                    })
+                }
+            },
         })
     }
 

@@ -24,7 +24,7 @@ where
     F::Output: Send + 'static,
 {
     use tracing::Instrument;
-    tokio::spawn(future.instrument(tracing::info_span!("task", name)))
+    tokio::spawn(future.instrument(tracing::info_span!("task", task = name)))
 }
 
 /// Resolves once the shutdown watch turns true (never, if its sender is gone without a stop).

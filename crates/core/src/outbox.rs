@@ -314,17 +314,22 @@ impl OutboxMapper {
                 ))))
             }
         };
-        let subject = match self.template.render(|c| text(layout.template.get(c).copied())) {
-            Ok(s) => s,
-            Err(reason) => return Err(MapError::Invalid(Box::new(invalid(reason, &base, payload.len())))),
-        };
-        headers.push((header::MSG_ID.to_owned(), id.clone()));
-        headers.extend(base.iter().cloned());
+        // The row's own headers first, so a record standing in for an invalid event can carry them.
+        let mut user = Vec::new();
         if let Some(json) = text(layout.headers) {
-            if let Err(reason) = self.user_headers(&json, &mut headers) {
+            if let Err(reason) = user_headers(&mut self.warned_keys, &json, &mut user) {
                 return Err(MapError::Invalid(Box::new(invalid(reason, &base, payload.len()))));
             }
         }
+        let mut with_user = base.clone();
+        with_user.extend(user.iter().cloned());
+        let subject = match self.template.render(|c| text(layout.template.get(c).copied())) {
+            Ok(s) => s,
+            Err(reason) => return Err(MapError::Invalid(Box::new(invalid(reason, &with_user, payload.len())))),
+        };
+        headers.push((header::MSG_ID.to_owned(), id.clone()));
+        headers.extend(base.iter().cloned());
+        headers.extend(user);
         let event = Event {
             id,
             subject,
@@ -340,45 +345,47 @@ impl OutboxMapper {
             if size > max {
                 return Err(MapError::Invalid(Box::new(invalid(
                     format!("message of {size} bytes exceeds the NATS server's max_payload of {max} bytes"),
-                    &base,
+                    &with_user,
                     size,
                 ))));
             }
         }
         Ok(event)
     }
+}
 
-    /// Appends the keys of the `headers` JSON object.
-    fn user_headers(&mut self, json: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
-        let value: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| format!("headers column is not valid JSON: {e}"))?;
-        let map = match value {
-            serde_json::Value::Null => return Ok(()),
-            serde_json::Value::Object(map) => map,
-            _ => return Err("headers column is not a JSON object".into()),
-        };
-        for (key, value) in map {
-            let lower = key.to_ascii_lowercase();
-            if lower.starts_with("nats-") || lower.starts_with("outbox-") {
-                if self.warned_keys.insert(key.clone()) {
-                    tracing::warn!(key = %key, "user header cannot override Nats-*/Outbox-* headers, dropped");
-                }
-                continue;
-            }
-            if key.is_empty() || key.chars().any(|c| c == ':' || c.is_whitespace() || c.is_control()) {
-                return Err(format!("header key {key:?} cannot be carried by NATS (empty, or has `:` or whitespace)"));
-            }
-            let value = match value {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            if value.contains(['\r', '\n']) {
-                return Err(format!("header {key} value contains CR or LF"));
-            }
-            out.push((key, value));
+/// Appends the keys of the `headers` JSON object.
+fn user_headers(warned_keys: &mut HashSet<String>, json: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    use serde_json::value::RawValue;
+    // Raw values keep Postgres' JSON text exactly (numbers keep their precision and spelling).
+    let map: Option<std::collections::BTreeMap<String, &RawValue>> = match serde_json::from_str(json) {
+        Ok(map) => map,
+        Err(e) if serde_json::from_str::<&RawValue>(json).is_ok() => {
+            return Err(format!("headers column is not a JSON object ({e})"))
         }
-        Ok(())
+        Err(e) => return Err(format!("headers column is not valid JSON: {e}")),
+    };
+    for (key, value) in map.into_iter().flatten() {
+        let lower = key.to_ascii_lowercase();
+        if lower.starts_with("nats-") || lower.starts_with("outbox-") {
+            if warned_keys.insert(key.clone()) {
+                tracing::warn!(key = %key, "user header cannot override Nats-*/Outbox-* headers, dropped");
+            }
+            continue;
+        }
+        if key.is_empty() || key.chars().any(|c| c == ':' || c.is_whitespace() || c.is_control()) {
+            return Err(format!("header key {key:?} cannot be carried by NATS (empty, or has `:` or whitespace)"));
+        }
+        let value = match serde_json::from_str::<String>(value.get()) {
+            Ok(s) => s,
+            Err(_) => value.get().to_owned(),
+        };
+        if value.contains(['\r', '\n']) {
+            return Err(format!("header {key} value contains CR or LF"));
+        }
+        out.push((key, value));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -458,7 +465,7 @@ mod tests {
             Some("1001"),
             Some("created"),
             Some(r#"{"a": 1}"#),
-            Some(r#"{"trace": "x", "n": 2, "obj": {"k": true}}"#),
+            Some(r#"{"trace": "x", "n": 2, "obj": {"k": true}, "big": 123456789012345678901234567890, "d": 1.50}"#),
         ]);
         let e = m.map(42, &t, Lsn(0x1_0000_00AB), 0, 3).expect("event");
         assert_eq!(e.id, ID);
@@ -475,8 +482,10 @@ mod tests {
                 ("Outbox-Commit-Lsn", "1/AB"),
                 ("Outbox-Commit-Time", "2000-01-01T00:00:00.000000Z"),
                 ("Outbox-Index", "3"),
+                ("big", "123456789012345678901234567890"),
+                ("d", "1.50"),
                 ("n", "2"),
-                ("obj", r#"{"k":true}"#),
+                ("obj", r#"{"k": true}"#),
                 ("trace", "x"),
             ]
         );
@@ -537,9 +546,11 @@ mod tests {
         let mut m = mapper(&s, DEFAULT);
         m.set_max_payload(100);
         let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(200));
-        let t = row(&[Some(ID), Some("order"), Some("1"), Some("created"), Some(&big), None]);
+        let t = row(&[Some(ID), Some("order"), Some("1"), Some("created"), Some(&big), Some(r#"{"u": "1"}"#)]);
         let i = invalid(m.map(42, &t, Lsn(1), 0, 0));
         assert!(i.reason.contains("max_payload of 100"), "{}", i.reason);
+        assert!(i.headers.contains(&("u".to_owned(), "1".to_owned())), "the record keeps the row's headers");
+        assert!(i.dead_letter("dl").header("u") == Some("1"));
         assert!(i.size > 200);
         let mut m = mapper(&s, DEFAULT);
         let t = row(&[

@@ -40,6 +40,14 @@ pub enum PublishError {
         /// The server's or client's message.
         reason: String,
     },
+    /// Publishes still in flight when the wait for their acks ended.
+    #[error("{count} publishes not acked within {timeout:?}")]
+    Unacked {
+        /// How many.
+        count: usize,
+        /// How long we waited.
+        timeout: Duration,
+    },
     /// A publish failed or was not acked.
     #[error("publish of event {id} at {position:?} to {subject}: {reason}")]
     Publish {
@@ -189,13 +197,7 @@ impl<T: Send + 'static> Publisher<T> {
                 Err(_) => {
                     let n = self.in_flight.len();
                     self.in_flight = FuturesOrdered::new();
-                    return (
-                        acked,
-                        Some(PublishError::Stream {
-                            stream: String::new(),
-                            reason: format!("{n} publishes not acked within {timeout:?}"),
-                        }),
-                    );
+                    return (acked, Some(PublishError::Unacked { count: n, timeout }));
                 }
             }
         }

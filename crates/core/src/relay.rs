@@ -276,7 +276,7 @@ impl Relay<'_> {
             start_lsn = %start,
             stream = %settings.stream,
             stream_last_sequence = hw.last_sequence,
-            high_water = ?hw.position.map(|(l, i)| format!("{l}#{i}")),
+            high_water = %hw.position.map(|(l, i)| format!("{l}#{i}")).unwrap_or_else(|| "none".into()),
             postgres_version = %pg_version,
             nats_version = %client.server_info().version,
             "relay started"
@@ -351,7 +351,7 @@ impl Session<'_, '_> {
                     let lag_bytes = self.wal_end.0.saturating_sub(confirmed.0);
                     self.relay.stats.progress(self.publisher.in_flight(), lag_bytes);
                     tracing::info!(
-                        events_per_sec = format!("{rate:.0}"),
+                        events_per_sec = rate.round(),
                         acked,
                         in_flight = self.publisher.in_flight(),
                         confirmed_lsn = %confirmed,

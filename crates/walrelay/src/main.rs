@@ -118,7 +118,7 @@ struct GlobalArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_replicas: Option<usize>,
     /// Never create the publication, slot or stream; fail instead
-    #[arg(long, env = "WALRELAY_NO_CREATE", global = true)]
+    #[arg(long, env = "WALRELAY_NO_CREATE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     no_create: bool,
     /// Keep a trailing slot `<slot>_replay` about this far behind, so `replay` can re-send that much history
@@ -133,14 +133,14 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_METRICS_ADDR", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_addr: Option<String>,
-    /// Log filter (e.g. info, walrelay_core=debug)
-    #[arg(long, env = "WALRELAY_LOG", global = true, default_value = "info,async_nats=warn,tokio_postgres=warn")]
-    #[serde(skip)]
-    log: String,
-    /// Log format: text | json
-    #[arg(long, env = "WALRELAY_LOG_FORMAT", global = true, default_value = "text")]
-    #[serde(skip)]
-    log_format: String,
+    /// Log filter, e.g. debug or info,walrelay_core=debug [default: info]
+    #[arg(long, env = "WALRELAY_LOG", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<String>,
+    /// Log format: text | json [default: text]
+    #[arg(long, env = "WALRELAY_LOG_FORMAT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,13 +235,13 @@ fn main() -> ExitCode {
 
 fn try_main() -> anyhow::Result<u8> {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Demo | Command::Bench(_)) && std::env::var_os("WALRELAY_LOG").is_none();
-    init_logging(if quiet { "warn" } else { &cli.global.log }, &cli.global.log_format);
     // Configuration is parsed and validated before the runtime starts: exit 2 on any usage error.
     let settings = match Settings::load(cli.global.config.as_ref(), &cli.global) {
         Ok(s) => s,
         Err(err) => return Ok(usage_error(&err)),
     };
+    let quiet = matches!(cli.command, Command::Demo | Command::Bench(_)) && cli.global.log.is_none();
+    init_logging(if quiet { "warn" } else { &settings.log }, &settings.log_format);
     let prepared = match prepare_command(&cli.command) {
         Ok(p) => p,
         Err(err) => return Ok(usage_error(&err)),
@@ -269,7 +269,15 @@ fn prepare_command(command: &Command) -> Result<Prepared, ConfigError> {
     match command {
         Command::Status(a) => {
             p.max_lag = a.max_lag.as_deref().map(|s| parse_size("--max-lag", s)).transpose()?;
-            p.interval = Some(walrelay_core::config::parse_duration("--interval", &a.interval)?);
+            let interval = walrelay_core::config::parse_duration("--interval", &a.interval)?;
+            if interval < std::time::Duration::from_millis(100) {
+                return Err(ConfigError::Invalid {
+                    option: "--interval",
+                    value: a.interval.clone(),
+                    reason: "must be at least 100ms".into(),
+                });
+            }
+            p.interval = Some(interval);
         }
         Command::Replay(a) => {
             p.from = Some(parse_lsn("--from", &a.from)?);

@@ -206,21 +206,71 @@ impl HistoryReader {
 
 /// An event as one NDJSON object (design.md §4): `{"id", "table", "subject", "headers", "payload", "commit_lsn",
 /// "index", "commit_time"}`; the payload as a JSON value, or a string when it is not JSON.
-pub(crate) fn event_json(event: &Event) -> serde_json::Value {
-    let headers: serde_json::Map<String, serde_json::Value> =
-        event.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-    let payload = serde_json::from_slice::<serde_json::Value>(&event.payload)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&event.payload).into_owned()));
-    serde_json::json!({
-        "id": event.id,
-        "table": event.table,
-        "subject": event.subject,
-        "headers": headers,
-        "payload": payload,
-        "commit_lsn": event.position.commit_lsn.to_string(),
-        "index": event.position.index,
-        "commit_time": event.commit_time,
-    })
+pub(crate) fn event_json(event: &Event) -> String {
+    let headers: std::collections::BTreeMap<&str, &str> =
+        event.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let line = EventLine {
+        id: &event.id,
+        table: &event.table,
+        subject: Some(&event.subject),
+        headers,
+        payload: payload_json(&event.payload),
+        commit_lsn: event.position.commit_lsn.to_string(),
+        index: event.position.index,
+        commit_time: &event.commit_time,
+        invalid: None,
+    };
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// The NDJSON line of an event that cannot be published: the same fields (subject and payload null, the headers it
+/// would have had) and `invalid` with the reason.
+pub(crate) fn invalid_json(invalid: &crate::outbox::InvalidEvent) -> String {
+    let headers: std::collections::BTreeMap<&str, &str> =
+        invalid.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let line = EventLine {
+        id: &invalid.id,
+        table: &invalid.table,
+        subject: None,
+        headers,
+        payload: Payload::Null,
+        commit_lsn: invalid.position.commit_lsn.to_string(),
+        index: invalid.position.index,
+        commit_time: &invalid.commit_time,
+        invalid: Some(&invalid.reason),
+    };
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// One NDJSON line of `peek --json` and `replay --stdout` (design.md §4).
+#[derive(serde::Serialize)]
+struct EventLine<'a> {
+    id: &'a str,
+    table: &'a str,
+    subject: Option<&'a str>,
+    headers: std::collections::BTreeMap<&'a str, &'a str>,
+    payload: Payload<'a>,
+    commit_lsn: String,
+    index: u32,
+    commit_time: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invalid: Option<&'a str>,
+}
+
+/// The payload as its JSON text unchanged (numbers keep their precision), or as a string when it is not JSON.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Payload<'a> {
+    Json(&'a serde_json::value::RawValue),
+    Text(std::borrow::Cow<'a, str>),
+    Null,
+}
+
+fn payload_json(payload: &[u8]) -> Payload<'_> {
+    match std::str::from_utf8(payload).ok().and_then(|s| serde_json::from_str::<&serde_json::value::RawValue>(s).ok()) {
+        Some(raw) => Payload::Json(raw),
+        None => Payload::Text(String::from_utf8_lossy(payload)),
+    }
 }
 
 /// A requested stop (SIGINT or SIGTERM), for the commands that hold a slot copy and must drop it before exiting.
@@ -267,12 +317,18 @@ mod tests {
             table: "public.outbox".into(),
             dead_letter: false,
         };
-        let v = event_json(&event);
+        let v: serde_json::Value = serde_json::from_str(&event_json(&event)).expect("json line");
         assert_eq!(v["payload"]["n"], 1);
         assert_eq!(v["commit_lsn"], "1/FF");
         assert_eq!(v["index"], 2);
         assert_eq!(v["headers"]["Nats-Msg-Id"], "a");
         let text = Event { payload: bytes::Bytes::from_static(b"not json"), ..event };
-        assert_eq!(event_json(&text)["payload"], "not json");
+        let t: serde_json::Value = serde_json::from_str(&event_json(&text)).expect("json line");
+        assert_eq!(t["payload"], "not json");
+        let exact = Event {
+            payload: bytes::Bytes::from_static(b"{\"big\": 123456789012345678901234567890, \"d\": 1.50}"),
+            ..text
+        };
+        assert!(event_json(&exact).contains("\"payload\":{\"big\": 123456789012345678901234567890, \"d\": 1.50}"));
     }
 }

@@ -99,15 +99,7 @@ fn print_item(settings: &Settings, item: Item, json: bool) {
         }
         Item::Invalid(invalid) => {
             if json {
-                let line = serde_json::json!({
-                    "id": invalid.id,
-                    "table": invalid.table,
-                    "commit_lsn": invalid.position.commit_lsn.to_string(),
-                    "index": invalid.position.index,
-                    "commit_time": invalid.commit_time,
-                    "invalid": invalid.reason,
-                });
-                println!("{line}");
+                println!("{}", history::invalid_json(&invalid));
             } else {
                 println!(
                     "{} #{} {} INVALID id={}: {} (run stops here unless --on-invalid dead-letter)",

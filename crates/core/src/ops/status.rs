@@ -203,6 +203,7 @@ fn block(s: &Status) -> String {
         (false, _) => "no".to_owned(),
     };
     let safe = match s.safe_wal_size {
+        _ if s.wal_status.as_deref() == Some("lost") => "- (slot lost)".to_owned(),
         Some(n) => format!("{n} bytes ({})", human(u64::try_from(n).unwrap_or(0))),
         None => "unlimited".to_owned(),
     };
