@@ -114,7 +114,7 @@ pub async fn run() -> anyhow::Result<u8> {
         let mut names: Vec<String> = msg.headers.iter().map(|(k, _)| k.to_string()).collect();
         names.sort();
         for name in names {
-            if name != "Nats-Msg-Id" {
+            if !name.starts_with("Nats-") {
                 println!("      {name}: {}", header(&name));
             }
         }
