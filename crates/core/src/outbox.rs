@@ -61,6 +61,28 @@ pub enum MapError {
     Source(SourceError),
 }
 
+/// What every event of one transaction shares, formatted once at Begin instead of once per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnStamp {
+    /// Begin's final LSN: where the commit record starts.
+    pub commit_lsn: Lsn,
+    /// `commit_lsn` as `X/Y`.
+    pub commit_lsn_text: String,
+    /// Commit time, RFC 3339 UTC.
+    pub commit_time: String,
+}
+
+impl TxnStamp {
+    /// Stamps a transaction from its Begin message.
+    pub fn new(commit_lsn: Lsn, commit_time_micros: i64) -> Self {
+        Self {
+            commit_lsn,
+            commit_lsn_text: commit_lsn.to_string(),
+            commit_time: commit_time_rfc3339(commit_time_micros),
+        }
+    }
+}
+
 /// An event that cannot be published as is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InvalidEvent {
@@ -221,14 +243,8 @@ impl OutboxMapper {
     ///
     /// Errors: [`MapError::Invalid`] for a row that cannot be published (handled by `--on-invalid`),
     /// [`MapError::Source`] for a stream that makes no sense (unknown relation, wrong column count).
-    pub fn map(
-        &mut self,
-        relation_id: u32,
-        tuple: &Tuple,
-        commit_lsn: Lsn,
-        commit_time_micros: i64,
-        index: u32,
-    ) -> Result<Event, MapError> {
+    pub fn map(&mut self, relation_id: u32, tuple: &Tuple, txn: &TxnStamp, index: u32) -> Result<Event, MapError> {
+        let commit_lsn = txn.commit_lsn;
         let layout = self.layouts.get(&relation_id).ok_or(MapError::Source(SourceError::Decode {
             lsn: commit_lsn,
             source: pgoutput::DecodeError::UnknownRelation(relation_id),
@@ -250,8 +266,8 @@ impl OutboxMapper {
             }
         };
         let position = Position { commit_lsn, index };
-        let commit_time = commit_time_rfc3339(commit_time_micros);
-        let fallback_id = format!("{commit_lsn}:{index}");
+        let commit_time = &txn.commit_time;
+        let fallback_id = format!("{}:{index}", txn.commit_lsn_text);
         let row_id = text(layout.id);
         let mut headers: Vec<(String, String)> = Vec::with_capacity(8);
         let mut base = Vec::with_capacity(7);
@@ -264,7 +280,7 @@ impl OutboxMapper {
         if let Some(v) = text(layout.event_type) {
             base.push((header::EVENT_TYPE.to_owned(), v));
         }
-        base.push((header::COMMIT_LSN.to_owned(), commit_lsn.to_string()));
+        base.push((header::COMMIT_LSN.to_owned(), txn.commit_lsn_text.clone()));
         base.push((header::COMMIT_TIME.to_owned(), commit_time.clone()));
         base.push((header::INDEX.to_owned(), index.to_string()));
         let payload: Bytes = match tuple.0.get(layout.payload) {
@@ -467,7 +483,7 @@ mod tests {
             Some(r#"{"a": 1}"#),
             Some(r#"{"trace": "x", "n": 2, "obj": {"k": true}, "big": 123456789012345678901234567890, "d": 1.50}"#),
         ]);
-        let e = m.map(42, &t, Lsn(0x1_0000_00AB), 0, 3).expect("event");
+        let e = m.map(42, &t, &TxnStamp::new(Lsn(0x1_0000_00AB), 0), 3).expect("event");
         assert_eq!(e.id, ID);
         assert_eq!(e.subject, "outbox.order.created");
         assert_eq!(&e.payload[..], br#"{"a": 1}"#);
@@ -495,7 +511,7 @@ mod tests {
     fn table_without_id_headers_and_with_bytea_payload() {
         let s = settings(|r| r.subject = "events.{kind}".into());
         let mut m = mapper(&s, &[("kind", oid::TEXT), ("payload", oid::BYTEA)]);
-        let e = m.map(42, &row(&[Some("ping"), Some("\\x00ff10")]), Lsn(0x20), 0, 7).expect("event");
+        let e = m.map(42, &row(&[Some("ping"), Some("\\x00ff10")]), &TxnStamp::new(Lsn(0x20), 0), 7).expect("event");
         assert_eq!(e.id, "0/20:7");
         assert_eq!(e.subject, "events.ping");
         assert_eq!(&e.payload[..], &[0x00, 0xff, 0x10]);
@@ -522,14 +538,14 @@ mod tests {
             (base(Some(ID), "order", Some("[1, 2]")), "not a JSON object"),
         ];
         for (tuple, reason) in cases {
-            let i = invalid(m.map(42, &tuple, Lsn(0x30), 0, 0));
+            let i = invalid(m.map(42, &tuple, &TxnStamp::new(Lsn(0x30), 0), 0));
             assert!(i.reason.contains(reason), "{} does not mention {reason}", i.reason);
             assert_eq!(i.table, "public.outbox");
             assert_eq!(i.position, Position { commit_lsn: Lsn(0x30), index: 0 });
             assert!(i.headers.iter().any(|(k, v)| k == header::COMMIT_LSN && v == "0/30"));
         }
         // A NULL id falls back to the position for the dead-letter record.
-        let i = invalid(m.map(42, &base(None, "order", None), Lsn(0x30), 0, 4));
+        let i = invalid(m.map(42, &base(None, "order", None), &TxnStamp::new(Lsn(0x30), 0), 4));
         assert_eq!(i.id, "0/30:4");
         let dl = i.dead_letter("outbox.dead-letter");
         assert_eq!(dl.id, "dead-letter:0/30:4");
@@ -547,7 +563,7 @@ mod tests {
         m.set_max_payload(100);
         let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(200));
         let t = row(&[Some(ID), Some("order"), Some("1"), Some("created"), Some(&big), Some(r#"{"u": "1"}"#)]);
-        let i = invalid(m.map(42, &t, Lsn(1), 0, 0));
+        let i = invalid(m.map(42, &t, &TxnStamp::new(Lsn(1), 0), 0));
         assert!(i.reason.contains("max_payload of 100"), "{}", i.reason);
         assert!(i.headers.contains(&("u".to_owned(), "1".to_owned())), "the record keeps the row's headers");
         assert!(i.dead_letter("dl").header("u") == Some("1"));
@@ -561,7 +577,7 @@ mod tests {
             Some("{}"),
             Some(r#"{"Nats-Msg-Id": "x", "outbox-index": "9", "ok": "y"}"#),
         ]);
-        let e = m.map(42, &t, Lsn(1), 0, 0).expect("event");
+        let e = m.map(42, &t, &TxnStamp::new(Lsn(1), 0), 0).expect("event");
         assert_eq!(e.header("Nats-Msg-Id"), Some(ID));
         assert_eq!(e.header("Outbox-Index"), Some("0"));
         assert_eq!(e.header("ok"), Some("y"));
@@ -572,9 +588,12 @@ mod tests {
     fn wrong_relation_or_column_count_is_a_stream_error() {
         let s = settings(|_| {});
         let mut m = mapper(&s, DEFAULT);
-        assert!(matches!(m.map(7, &row(&[]), Lsn(1), 0, 0), Err(MapError::Source(SourceError::Decode { .. }))));
         assert!(matches!(
-            m.map(42, &row(&[Some(ID)]), Lsn(1), 0, 0),
+            m.map(7, &row(&[]), &TxnStamp::new(Lsn(1), 0), 0),
+            Err(MapError::Source(SourceError::Decode { .. }))
+        ));
+        assert!(matches!(
+            m.map(42, &row(&[Some(ID)]), &TxnStamp::new(Lsn(1), 0), 0),
             Err(MapError::Source(SourceError::Decode { .. }))
         ));
         let mut m = OutboxMapper::new(&s).expect("mapper");

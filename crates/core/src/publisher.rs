@@ -73,6 +73,13 @@ pub enum PublishError {
     },
 }
 
+impl PublishError {
+    /// A failed publish of `event`.
+    pub fn publish(event: &Event, reason: String) -> Self {
+        Self::Publish { id: event.id.clone(), subject: event.subject.clone(), position: event.position, reason }
+    }
+}
+
 /// The event's headers as NATS carries them.
 pub fn header_map(event: &Event) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -137,12 +144,7 @@ impl<T: Send + 'static> Publisher<T> {
             .payload(event.payload.clone())
             .headers(headers)
             .expected_last_sequence(expected_last);
-        let fail = |reason: String| PublishError::Publish {
-            id: event.id.clone(),
-            subject: event.subject.clone(),
-            position: event.position,
-            reason,
-        };
+        let fail = |reason: String| PublishError::publish(event, reason);
         let ack = self.js.send_publish(event.subject.clone(), message).await.map_err(|e| fail(e.to_string()))?;
         self.last_sequence += 1;
         let expected = self.last_sequence;

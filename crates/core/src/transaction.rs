@@ -15,7 +15,7 @@ use pgwire_replication::ReplicationEvent;
 use crate::{
     config::Settings,
     event::{Event, Position},
-    outbox::{InvalidEvent, MapError, OutboxMapper},
+    outbox::{InvalidEvent, MapError, OutboxMapper, TxnStamp},
     source::SourceError,
 };
 
@@ -58,8 +58,7 @@ pub enum Assembled {
 }
 
 struct OpenTxn {
-    commit_lsn: Lsn,
-    commit_time: i64,
+    stamp: TxnStamp,
     next_index: u32,
 }
 
@@ -101,7 +100,7 @@ impl Assembler {
             ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                 let lsn = Lsn(final_lsn.0);
                 self.decoder.begin_transaction(lsn, xid).map_err(|e| SourceError::Decode { lsn, source: e })?;
-                self.open = Some(OpenTxn { commit_lsn: lsn, commit_time: commit_time_micros, next_index: 0 });
+                self.open = Some(OpenTxn { stamp: TxnStamp::new(lsn, commit_time_micros), next_index: 0 });
                 Assembled::Begin { commit_lsn: lsn }
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
@@ -148,8 +147,8 @@ impl Assembler {
                 };
                 let index = open.next_index;
                 open.next_index += 1;
-                let (commit_lsn, commit_time) = (open.commit_lsn, open.commit_time);
-                let event = match self.mapper.map(insert.relation_id, &insert.new, commit_lsn, commit_time, index) {
+                let commit_lsn = open.stamp.commit_lsn;
+                let event = match self.mapper.map(insert.relation_id, &insert.new, &open.stamp, index) {
                     Ok(event) => Ok(event),
                     Err(MapError::Invalid(invalid)) => Err(invalid),
                     Err(MapError::Source(source)) => return Err(source),

@@ -198,12 +198,7 @@ impl Sink {
 impl StreamSink {
     async fn publish(&mut self, event: &Event) -> Result<(), RelayError> {
         let message = PublishMessage::build().payload(event.payload.clone()).headers(publisher::header_map(event));
-        let fail = |reason: String| PublishError::Publish {
-            id: event.id.clone(),
-            subject: event.subject.clone(),
-            position: event.position,
-            reason,
-        };
+        let fail = |reason: String| PublishError::publish(event, reason);
         let ack = self.js.send_publish(event.subject.clone(), message).await.map_err(|e| fail(e.to_string()))?;
         let failed = fail(String::new());
         self.in_flight.push_back(Box::pin(async move {
