@@ -13,7 +13,7 @@ pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 pub type Error = Box<dyn std::error::Error>;
 
 /// The default outbox table of design.md §4.
-pub use walrelay_core::outbox::DEFAULT_TABLE_DDL as OUTBOX_DDL;
+pub use walrelay_core::mapping::outbox::DEFAULT_TABLE_DDL as OUTBOX_DDL;
 
 /// How long one walrelay command may take.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);

@@ -17,7 +17,7 @@ use walrelay_testkit::{walrelay_bin, Nats, Postgres, Process};
 pub use walrelay_testkit;
 
 /// The default outbox table of design.md §4.
-pub use walrelay_core::outbox::DEFAULT_TABLE_DDL as OUTBOX_DDL;
+pub use walrelay_core::mapping::outbox::DEFAULT_TABLE_DDL as OUTBOX_DDL;
 
 /// One PostgreSQL, one nats-server, an outbox table, and the names a relay uses.
 pub struct Env {

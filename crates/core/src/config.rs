@@ -367,15 +367,10 @@ impl Settings {
                 reason: "must be at least 1".into(),
             });
         }
-        let subject = crate::subject::SubjectTemplate::parse(&raw.subject).map_err(|reason| ConfigError::Invalid {
-            option: "--subject",
-            value: raw.subject.clone(),
-            reason,
-        })?;
-        crate::subject::validate_literal_subject(&raw.dead_letter_subject).map_err(|reason| ConfigError::Invalid {
-            option: "--dead-letter-subject",
-            value: raw.dead_letter_subject.clone(),
-            reason,
+        let subject = crate::mapping::subject::SubjectTemplate::parse(&raw.subject)
+            .map_err(|reason| ConfigError::Invalid { option: "--subject", value: raw.subject.clone(), reason })?;
+        crate::mapping::subject::validate_literal_subject(&raw.dead_letter_subject).map_err(|reason| {
+            ConfigError::Invalid { option: "--dead-letter-subject", value: raw.dead_letter_subject.clone(), reason }
         })?;
         validate_nats_url(&raw.nats_url)?;
         let on_invalid = raw.on_invalid.parse().map_err(|reason| ConfigError::Invalid {

@@ -3,19 +3,12 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod event;
+pub mod mapping;
 pub mod ops;
-pub mod outbox;
-pub mod publication;
-pub mod publisher;
 pub mod relay;
-pub mod replication;
-pub mod slot;
+pub mod sink;
 pub mod source;
 pub mod stats;
-pub mod stream;
-pub mod subject;
-pub mod transaction;
 
 /// Spawns a task inside a span named after it, so its logs say which task wrote them.
 pub fn spawn_named<F>(name: &'static str, future: F) -> tokio::task::JoinHandle<F::Output>

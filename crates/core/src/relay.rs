@@ -33,16 +33,16 @@ use tokio::sync::watch;
 use crate::{
     checkpoint::{Checkpoint, TxnTag},
     config::{OnInvalid, Settings},
-    event::Position,
-    outbox::InvalidEvent,
-    publication,
-    publisher::{PublishError, Publisher},
-    replication::{self, StartAt},
-    slot,
+    mapping::event::Position,
+    mapping::outbox::InvalidEvent,
+    sink::publisher::{PublishError, Publisher},
+    sink::stream::{self, HighWater},
+    source::publication,
+    source::replication::{self, StartAt},
+    source::slot,
+    source::transaction::{Assembled, Assembler},
     source::{self, SourceError},
     stats::Stats,
-    stream::{self, HighWater},
-    transaction::{Assembled, Assembler},
 };
 
 /// Why the relay stopped.
@@ -231,7 +231,7 @@ async fn check_table(control: &tokio_postgres::Client, settings: &Settings) -> R
     if !has(&settings.columns.payload) {
         return Err(missing(&settings.columns.payload, "the message data", "--payload-column"));
     }
-    if let Ok(t) = crate::subject::SubjectTemplate::parse(&settings.subject) {
+    if let Ok(t) = crate::mapping::subject::SubjectTemplate::parse(&settings.subject) {
         for column in t.columns() {
             if !has(column) {
                 return Err(missing(column, "the subject template", "--subject"));

@@ -58,7 +58,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         Ok((Postgres::start().context("starting PostgreSQL")?, Nats::start().context("starting nats-server")?))
     })
     .await??;
-    pg.psql(walrelay_core::outbox::DEFAULT_TABLE_DDL)?;
+    pg.psql(walrelay_core::mapping::outbox::DEFAULT_TABLE_DDL)?;
     let raw = RawSettings {
         pg_url: pg.url("postgres"),
         nats_url: nats.url(),
@@ -206,15 +206,15 @@ async fn raw_ceiling(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()
     raw.stream = "BENCH_RAW".into();
     raw.subject = "raw.{x}".into();
     raw.dead_letter_subject = "raw.dead-letter".into();
-    let (_client, js) = walrelay_core::stream::connect(&raw).await?;
-    walrelay_core::stream::ensure(&js, &raw, true).await?;
-    let mut publisher = walrelay_core::publisher::Publisher::new(js, 0);
+    let (_client, js) = walrelay_core::sink::stream::connect(&raw).await?;
+    walrelay_core::sink::stream::ensure(&js, &raw, true).await?;
+    let mut publisher = walrelay_core::sink::publisher::Publisher::new(js, 0);
     let payload =
         bytes::Bytes::from(format!("{{\"n\":0,\"pad\":\"{}\"}}", "x".repeat(args.payload_bytes.saturating_sub(40))));
     let t0 = Instant::now();
     let mut acked = 0u64;
     for i in 0..args.events {
-        let event = walrelay_core::event::Event {
+        let event = walrelay_core::mapping::event::Event {
             id: format!("raw-{i}"),
             subject: "raw.x".into(),
             headers: vec![
@@ -227,7 +227,7 @@ async fn raw_ceiling(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()
                 ("Outbox-Index".into(), (i % 100).to_string()),
             ],
             payload: payload.clone(),
-            position: walrelay_core::event::Position { commit_lsn: pgoutput::Lsn(0), index: 0 },
+            position: walrelay_core::mapping::event::Position { commit_lsn: pgoutput::Lsn(0), index: 0 },
             commit_time: String::new(),
             table: String::new(),
             dead_letter: false,

@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use walrelay_core::{config::RawSettings, config::Settings, relay, slot, source};
+use walrelay_core::{config::RawSettings, config::Settings, relay, source, source::slot};
 use walrelay_testkit::{Nats, Postgres};
 
 const SCHEMA: &str = "
@@ -58,7 +58,7 @@ pub async fn run() -> anyhow::Result<u8> {
     .await??;
     println!("  postgres  {}  (PostgreSQL {})", pg.url("postgres"), pg.version().unwrap_or(0));
     println!("  nats      {}", nats.url());
-    pg.psql(walrelay_core::outbox::DEFAULT_TABLE_DDL).context("creating the outbox table")?;
+    pg.psql(walrelay_core::mapping::outbox::DEFAULT_TABLE_DDL).context("creating the outbox table")?;
     pg.psql(SCHEMA).context("creating the orders table")?;
 
     let raw = RawSettings {

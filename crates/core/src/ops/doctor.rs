@@ -14,10 +14,11 @@ use tokio_postgres::Client;
 
 use crate::{
     config::{quote_ident, quote_literal, Settings},
-    publication, slot,
+    mapping::subject::{filter_matches, SubjectTemplate},
+    sink::stream,
+    source::publication,
+    source::slot,
     source::{self, SourceError},
-    stream,
-    subject::{filter_matches, SubjectTemplate},
 };
 
 /// Smallest duplicate window that still covers a relay restart.

@@ -20,13 +20,13 @@ use tokio_postgres::Client;
 
 use crate::{
     config::Settings,
-    event::Event,
-    outbox::InvalidEvent,
+    mapping::event::Event,
+    mapping::outbox::InvalidEvent,
     relay::RelayError,
-    replication::{self, StartAt},
-    slot,
+    source::replication::{self, StartAt},
+    source::slot,
+    source::transaction::{Assembled, Assembler},
     source::SourceError,
-    transaction::{Assembled, Assembler},
 };
 
 /// Longest wait for the next replication message before the read is declared stalled.
@@ -225,7 +225,7 @@ pub(crate) fn event_json(event: &Event) -> String {
 
 /// The NDJSON line of an event that cannot be published: the same fields (subject and payload null, the headers it
 /// would have had) and `invalid` with the reason.
-pub(crate) fn invalid_json(invalid: &crate::outbox::InvalidEvent) -> String {
+pub(crate) fn invalid_json(invalid: &crate::mapping::outbox::InvalidEvent) -> String {
     let headers: std::collections::BTreeMap<&str, &str> =
         invalid.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let line = EventLine {
@@ -312,7 +312,7 @@ mod tests {
             subject: "outbox.order.created".into(),
             headers: vec![("Nats-Msg-Id".into(), "a".into())],
             payload: bytes::Bytes::from_static(b"{\"n\":1}"),
-            position: crate::event::Position { commit_lsn: Lsn(0x1_0000_00FF), index: 2 },
+            position: crate::mapping::event::Position { commit_lsn: Lsn(0x1_0000_00FF), index: 2 },
             commit_time: "2024-01-01T00:00:00.000000Z".into(),
             table: "public.outbox".into(),
             dead_letter: false,

@@ -8,12 +8,12 @@
 
 use crate::{
     config::{OnInvalid, Settings},
-    event::Position,
+    mapping::event::Position,
     relay::RelayError,
-    slot,
+    sink::stream,
+    source::slot,
+    source::transaction::Assembler,
     source::{self, SourceError},
-    stream,
-    transaction::Assembler,
 };
 
 use super::history::{self, HistoryReader, Item, Range, SlotCopy};

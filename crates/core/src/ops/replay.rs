@@ -19,13 +19,13 @@ use pgoutput::Lsn;
 
 use crate::{
     config::{OnInvalid, Settings},
-    event::Event,
-    publisher::{self, PublishError},
+    mapping::event::Event,
     relay::RelayError,
-    slot,
+    sink::publisher::{self, PublishError},
+    sink::stream,
+    source::slot,
+    source::transaction::Assembler,
     source::{self, SourceError},
-    stream,
-    transaction::Assembler,
 };
 
 use super::history::{self, HistoryReader, Item, Range, SlotCopy};

@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use crate::{
     config::Settings,
-    slot,
+    source::slot,
     source::{self, SourceError},
 };
 

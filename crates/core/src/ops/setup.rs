@@ -5,11 +5,11 @@
 
 use crate::{
     config::Settings,
-    publication,
     relay::RelayError,
-    slot,
+    sink::stream,
+    source::publication,
+    source::slot,
     source::{self, SourceError},
-    stream,
 };
 
 /// Creates what is missing; running it twice changes nothing.

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use crate::{
     config::Settings,
     relay::RelayError,
-    slot,
+    sink::stream,
+    source::slot,
     source::{self, SourceError},
-    stream,
 };
 
 /// Exit code when `--max-lag` is exceeded.

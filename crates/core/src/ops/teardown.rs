@@ -11,12 +11,12 @@ use tokio_postgres::Client;
 
 use crate::{
     config::Settings,
-    publication,
-    publisher::PublishError,
     relay::RelayError,
-    slot,
+    sink::publisher::PublishError,
+    sink::stream,
+    source::publication,
+    source::slot,
     source::{self, SourceError},
-    stream,
 };
 
 /// Which objects to drop besides the slot.

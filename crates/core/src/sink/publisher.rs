@@ -12,7 +12,7 @@ use async_nats::{
 };
 use futures::{stream::FuturesOrdered, Future, StreamExt};
 
-use crate::event::{Event, Position};
+use crate::mapping::event::{Event, Position};
 
 /// A failure on the NATS side.
 #[derive(Debug, thiserror::Error)]

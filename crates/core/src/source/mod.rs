@@ -2,7 +2,13 @@
 //!
 //! In: the `--pg-url` settings. Out: a `tokio_postgres::Client` for control-plane SQL (slots, publications, lag),
 //! and [`SourceError`], which says what failed on the Postgres side and whether retrying can help.
-//! The replication stream itself is opened in [`crate::replication`].
+//! The replication stream itself is opened in [`replication`]; [`slot`] and [`publication`] check and create the
+//! server-side objects; [`transaction`] assembles decoded messages into outbox transactions.
+
+pub mod publication;
+pub mod replication;
+pub mod slot;
+pub mod transaction;
 
 use std::time::Duration;
 

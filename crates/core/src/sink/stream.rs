@@ -11,7 +11,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use pgoutput::Lsn;
 
-use crate::{config::Settings, event::header, publisher::PublishError, subject::SubjectTemplate};
+use crate::{
+    config::Settings, mapping::event::header, mapping::subject::SubjectTemplate, sink::publisher::PublishError,
+};
 
 /// Connects to NATS (comma-separated URLs for a cluster) and returns a JetStream context.
 pub async fn connect(settings: &Settings) -> Result<(async_nats::Client, jetstream::Context), PublishError> {
@@ -54,7 +56,7 @@ pub fn stream_subjects(settings: &Settings) -> Vec<String> {
     if let Ok(t) = SubjectTemplate::parse(&settings.subject) {
         subjects.push(t.filter());
     }
-    if !subjects.iter().any(|f| crate::subject::filter_matches(f, &settings.dead_letter_subject)) {
+    if !subjects.iter().any(|f| crate::mapping::subject::filter_matches(f, &settings.dead_letter_subject)) {
         subjects.push(settings.dead_letter_subject.clone());
     }
     subjects
@@ -85,7 +87,11 @@ pub async fn ensure(
             let missing: Vec<String> = stream_subjects(settings)
                 .into_iter()
                 .filter(|want| {
-                    !info.config.subjects.iter().any(|have| crate::subject::filter_matches(have, want) || have == want)
+                    !info
+                        .config
+                        .subjects
+                        .iter()
+                        .any(|have| crate::mapping::subject::filter_matches(have, want) || have == want)
                 })
                 .collect();
             if !missing.is_empty() {

@@ -14,8 +14,8 @@ use pgwire_replication::ReplicationEvent;
 
 use crate::{
     config::Settings,
-    event::{Event, Position},
-    outbox::{InvalidEvent, MapError, OutboxMapper, TxnStamp},
+    mapping::event::{Event, Position},
+    mapping::outbox::{InvalidEvent, MapError, OutboxMapper, TxnStamp},
     source::SourceError,
 };
 

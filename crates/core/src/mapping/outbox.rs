@@ -16,9 +16,9 @@ use pgoutput::{Lsn, Relation, Tuple, TupleValue};
 
 use crate::{
     config::{Columns, Settings, TableName},
-    event::{header, Event, Position},
+    mapping::event::{header, Event, Position},
+    mapping::subject::SubjectTemplate,
     source::SourceError,
-    subject::SubjectTemplate,
 };
 
 /// The default outbox table of design.md §4.
