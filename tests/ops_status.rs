@@ -107,3 +107,64 @@ fn status_of_an_absent_slot_fails_and_nats_down_does_not() -> TestResult {
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+/// The problems a `status --json` sample lists.
+fn problems(s: &serde_json::Value) -> Vec<String> {
+    s["problems"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn status_check_fires_on_what_loses_data() -> TestResult {
+    let env = Env::start()?;
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    env.sql("CREATE TABLE churn (id bigserial PRIMARY KEY, pad text)")?;
+
+    // Healthy: --check and a generous --max-lag pass, `problems` is empty.
+    let healthy = env.walrelay(&["status", "--check"])?;
+    assert_eq!(healthy.code, 0, "{healthy:?}");
+    assert_eq!(env.walrelay(&["status", "--max-lag", "1GB"])?.code, 0);
+    let s = status_json(&env, &["--check"])?;
+    assert!(problems(&s).is_empty(), "{s}");
+
+    // The stream is missing: nothing can be delivered.
+    env.delete_stream("OUTBOX")?;
+    let out = env.walrelay(&["status", "--max-lag", "1GB"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("stream OUTBOX does not exist"), "{}", out.stderr);
+    let out = env.walrelay(&["status", "--json", "--check"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    let p = problems(&out.json_lines()?[0]);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("walrelay setup"), "{p:?}");
+    // Without a check, status only reports.
+    assert_eq!(env.walrelay(&["status"])?.code, 0);
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+
+    // NATS unreachable.
+    let unreachable = format!("nats://127.0.0.1:{}", free_port());
+    let out = env.walrelay(&["status", "--max-lag", "1GB", "--nats-url", &unreachable])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("nats"), "{}", out.stderr);
+    assert_eq!(env.walrelay(&["status", "--check", "--nats-url", &unreachable])?.code, 3);
+
+    // The slot is lost: its WAL was removed past max_slot_wal_keep_size.
+    env.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")?;
+    env.sql("SELECT pg_reload_conf()")?;
+    wait_until("slot wal_status = lost", Duration::from_secs(60), || {
+        env.sql("INSERT INTO churn (pad) SELECT repeat('x', 1000) FROM generate_series(1, 2000)").ok()?;
+        env.sql("SELECT pg_switch_wal()").ok()?;
+        env.sql("CHECKPOINT").ok()?;
+        let s = env.sql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walrelay'").ok()?;
+        (s.trim() == "lost").then_some(())
+    })?;
+    let out = env.walrelay(&["status", "--max-lag", "1GB"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("slot walrelay is lost"), "{}", out.stderr);
+    let s = &env.walrelay(&["status", "--json", "--check"])?.json_lines()?[0];
+    assert_eq!(s["wal_status"], "lost", "{s}");
+    assert_eq!(problems(s).len(), 1, "{s}");
+    Ok(())
+}

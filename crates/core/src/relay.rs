@@ -65,7 +65,7 @@ impl RelayError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Source(e) => e.is_transient(),
-            Self::Publish(e) => !matches!(e, PublishError::MissingStream { .. }),
+            Self::Publish(e) => e.is_transient(),
             Self::Invalid(_) => false,
         }
     }

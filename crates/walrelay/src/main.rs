@@ -176,9 +176,12 @@ struct StatusArgs {
     /// Refresh interval for --watch
     #[arg(long, default_value = "2s")]
     interval: String,
-    /// Exit 3 when lag_bytes exceeds this size (e.g. 64MB)
+    /// Exit 3 when lag_bytes exceeds this size (e.g. 256MB) or on any problem --check finds
     #[arg(long)]
     max_lag: Option<String>,
+    /// Exit 3 when the slot is lost, the stream is missing or NATS is unreachable (each reason printed)
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -315,6 +318,7 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
                 watch: a.watch,
                 interval: prepared.interval.unwrap_or(std::time::Duration::from_secs(2)),
                 max_lag: prepared.max_lag,
+                check: a.check,
             };
             ops::status::run(&settings, &opts, shutdown_signal()).await
         }

@@ -3,7 +3,12 @@
 //! In: the settings and the output options. Out: the slot's row of `pg_replication_slots`, the server's WAL position,
 //! lag (current − confirmed_flush) and retained WAL (current − restart) in bytes and human units, and, when NATS
 //! answers, the stream's message count and the commit LSN of its last message. `--json` prints one object
-//! (design.md §4), `--watch` refreshes until stopped, `--max-lag` turns the lag into exit code 3.
+//! (design.md §4), `--watch` refreshes until stopped.
+//!
+//! `--check` and `--max-lag` make it a monitoring check: exit code 3 whenever anything a relay needs is not healthy
+//! (the slot lost or invalidated, the stream missing, NATS unreachable, and with `--max-lag` the lag above the
+//! bound), each reason printed and listed in `problems`. A lag bound alone would stay silent exactly when data is
+//! at risk: a lost slot has no meaningful lag, and a relay that cannot reach NATS lets lag grow only slowly.
 //! See <https://www.postgresql.org/docs/current/view-pg-replication-slots.html>.
 
 use std::{io::IsTerminal, time::Duration};
@@ -21,8 +26,8 @@ use crate::{
     source::{self, SourceError},
 };
 
-/// Exit code when `--max-lag` is exceeded.
-const EXIT_LAG: u8 = 3;
+/// Exit code of a failed `--check` / `--max-lag`.
+const EXIT_CHECK: u8 = 3;
 
 /// How `status` reports.
 #[derive(Debug, Clone)]
@@ -33,8 +38,10 @@ pub struct StatusOptions {
     pub watch: bool,
     /// Refresh interval for `watch`.
     pub interval: Duration,
-    /// Exit 3 when `lag_bytes` exceeds this many bytes.
+    /// Exit 3 when `lag_bytes` exceeds this many bytes, or when any problem is found (implies `check`).
     pub max_lag: Option<u64>,
+    /// Exit 3 when any problem is found.
+    pub check: bool,
 }
 
 /// The trailing replay slot's position.
@@ -83,10 +90,38 @@ pub struct Status {
     pub stream_last_commit_lsn: Option<String>,
     /// Why the stream figures are missing.
     pub nats_error: Option<String>,
+    /// Everything that keeps a relay from delivering, one sentence each with its remedy; empty when healthy.
+    pub problems: Vec<String>,
 }
 
-/// Prints the status (once, or until shutdown with `watch`); returns 0, or 3 when the last sample's lag exceeded
-/// `max_lag`.
+impl Status {
+    /// Fills [`Status::problems`] from the sample (and the lag bound, if any).
+    fn diagnose(&mut self, max_lag: Option<u64>) {
+        let mut problems = Vec::new();
+        if self.wal_status.as_deref() == Some("lost") {
+            problems.push(format!(
+                "slot {} is lost (wal_status = lost): the WAL it needed was removed; see docs/operations.md \"a lost slot\"",
+                self.slot
+            ));
+        }
+        if let Some(reason) = &self.nats_error {
+            problems.push(reason.clone());
+        }
+        if let Some(max) = max_lag {
+            if self.lag_bytes > max {
+                problems.push(format!(
+                    "lag {} exceeds --max-lag {}: is the relay running (walrelay status shows active)?",
+                    human(self.lag_bytes),
+                    human(max)
+                ));
+            }
+        }
+        self.problems = problems;
+    }
+}
+
+/// Prints the status (once, or until shutdown with `watch`); returns 0, or 3 when checking and the last sample
+/// had a problem.
 pub async fn run(
     settings: &Settings,
     opts: &StatusOptions,
@@ -95,18 +130,22 @@ pub async fn run(
     let control = source::connect(&settings.pg_url).await?;
     let nats = match tokio::time::timeout(Duration::from_secs(3), stream::connect(settings)).await {
         Ok(Ok((client, js))) => Ok((client, js)),
+        // A permanent failure (e.g. authentication) is an error of the command, not a health finding.
+        Ok(Err(err)) if !err.is_transient() => return Err(err.into()),
         Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err(format!("nats at {} did not answer within 3s", crate::config::redact_url(&settings.nats_url))),
     };
+    let check = opts.check || opts.max_lag.is_some();
     let tty = std::io::stdout().is_terminal();
     let mut drawn_lines = 0usize;
     loop {
         let status = collect(&control, settings, nats.as_ref().map(|(_, js)| js)).await?;
-        let status = match (&nats, status) {
+        let mut status = match (&nats, status) {
             (Err(reason), s) => Status { nats_error: Some(reason.clone()), ..s },
             (Ok(_), s) => s,
         };
-        let exceeded = opts.max_lag.is_some_and(|max| status.lag_bytes > max);
+        status.diagnose(opts.max_lag);
+        let failed = check && !status.problems.is_empty();
         if opts.json {
             println!("{}", serde_json::to_string(&status).unwrap_or_default());
         } else if opts.watch && !tty {
@@ -120,17 +159,18 @@ pub async fn run(
             drawn_lines = text.lines().count();
             print!("{text}");
         }
-        if exceeded && !opts.watch {
-            if let Some(max) = opts.max_lag {
-                eprintln!("lag {} exceeds --max-lag {}", human(status.lag_bytes), human(max));
+        if failed && !opts.watch {
+            for problem in &status.problems {
+                eprintln!("problem: {problem}");
             }
         }
+        let code = if failed { EXIT_CHECK } else { 0 };
         if !opts.watch {
-            return Ok(if exceeded { EXIT_LAG } else { 0 });
+            return Ok(code);
         }
         tokio::select! {
             _ = tokio::time::sleep(opts.interval) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(if exceeded { EXIT_LAG } else { 0 }),
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(code),
         }
     }
 }
@@ -173,8 +213,20 @@ async fn collect(
         stream_messages: None,
         stream_last_commit_lsn: None,
         nats_error: None,
+        problems: Vec::new(),
     };
     if let Ok(js) = js {
+        if let Err(err) = js.get_stream(&settings.stream).await {
+            status.nats_error = Some(if stream::is_stream_not_found(&err) {
+                format!(
+                    "stream {} does not exist: nothing can be delivered; run `walrelay setup` to create it",
+                    settings.stream
+                )
+            } else {
+                format!("stream {}: {err}", settings.stream)
+            });
+            return Ok(status);
+        }
         match tokio::time::timeout(Duration::from_secs(3), stream::high_water(js, &settings.stream)).await {
             Ok(Ok(hw)) => {
                 status.stream_messages = Some(hw.messages);
@@ -245,6 +297,9 @@ fn block(s: &Status) -> String {
         )),
         (None, Some(err)) => out.push_str(&format!("stream               {}: unknown ({err})\n", s.stream)),
         (None, None) => {}
+    }
+    for problem in &s.problems {
+        out.push_str(&format!("problem              {problem}\n"));
     }
     out
 }

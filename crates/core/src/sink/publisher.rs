@@ -74,6 +74,11 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// The one place that decides, for the NATS side, whether retrying (after a backoff) may help.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::MissingStream { .. })
+    }
+
     /// A failed publish of `event`.
     pub fn publish(event: &Event, reason: String) -> Self {
         Self::Publish { id: event.id.clone(), subject: event.subject.clone(), position: event.position, reason }
