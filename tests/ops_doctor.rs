@@ -70,11 +70,15 @@ fn doctor_names_the_remedy_for_each_failure() -> TestResult {
     let nopk = ["doctor", "--table", "public.nopk", "--publication", "nopk"];
     let out = env.walrelay(&nopk)?;
     assert_well_formed(&out);
-    assert_eq!(out.code, 1, "{out:?}");
+    // run relays such a table, so doctor does not fail it: a warning with the remedy.
+    assert_eq!(out.code, 0, "{out:?}");
     let remedy = "ALTER TABLE \"public\".\"nopk\" ADD PRIMARY KEY (\"id\");";
     assert_eq!(
         line(&out, "primary_key"),
-        format!("fail primary_key: public.nopk has no primary key; remedy: {remedy}")
+        format!(
+            "warn primary_key: public.nopk has no primary key (run relays it; nothing keeps the ids that become \
+             Nats-Msg-Id unique); remedy: {remedy}"
+        )
     );
     env.sql(remedy)?;
     let out = env.walrelay(&nopk)?;

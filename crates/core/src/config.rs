@@ -75,7 +75,7 @@ pub struct RawSettings {
     pub aggregate_id_column: String,
     pub event_type_column: String,
     pub on_invalid: String,
-    pub dead_letter_subject: String,
+    pub dead_letter_subject: Option<String>,
     pub max_in_flight: usize,
     pub publish_timeout: String,
     pub shutdown_timeout: String,
@@ -106,7 +106,7 @@ impl Default for RawSettings {
             aggregate_id_column: "aggregate_id".into(),
             event_type_column: "event_type".into(),
             on_invalid: "stop".into(),
-            dead_letter_subject: "outbox.dead-letter".into(),
+            dead_letter_subject: None,
             max_in_flight: 1024,
             publish_timeout: "10s".into(),
             shutdown_timeout: "10s".into(),
@@ -369,8 +369,9 @@ impl Settings {
         }
         let subject = crate::mapping::subject::SubjectTemplate::parse(&raw.subject)
             .map_err(|reason| ConfigError::Invalid { option: "--subject", value: raw.subject.clone(), reason })?;
-        crate::mapping::subject::validate_literal_subject(&raw.dead_letter_subject).map_err(|reason| {
-            ConfigError::Invalid { option: "--dead-letter-subject", value: raw.dead_letter_subject.clone(), reason }
+        let dead_letter_subject = raw.dead_letter_subject.unwrap_or_else(|| subject.default_dead_letter_subject());
+        crate::mapping::subject::validate_literal_subject(&dead_letter_subject).map_err(|reason| {
+            ConfigError::Invalid { option: "--dead-letter-subject", value: dead_letter_subject.clone(), reason }
         })?;
         validate_nats_url(&raw.nats_url)?;
         let on_invalid = raw.on_invalid.parse().map_err(|reason| ConfigError::Invalid {
@@ -403,7 +404,7 @@ impl Settings {
                 event_type: name("--event-type-column", &raw.event_type_column)?,
             },
             on_invalid,
-            dead_letter_subject: raw.dead_letter_subject,
+            dead_letter_subject,
             max_in_flight: raw.max_in_flight,
             publish_timeout: parse_duration("--publish-timeout", &raw.publish_timeout)?,
             shutdown_timeout: parse_duration("--shutdown-timeout", &raw.shutdown_timeout)?,

@@ -157,7 +157,7 @@ fn backoff(attempt: u32) -> Duration {
 async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
     let control = source::connect(&settings.pg_url).await?;
     slot::check_wal_level(&control).await?;
-    check_table(&control, settings).await?;
+    publication::check_table(&control, settings).await?;
     if settings.no_create {
         if publication::info(&control, &settings.publication, &settings.table).await?.is_none() {
             return Err(SourceError::MissingPublication {
@@ -173,7 +173,7 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
     stream::ensure(&js, settings, !settings.no_create).await?;
     let hw = stream::high_water(&js, &settings.stream).await?;
     match slot::info(&control, &settings.slot).await? {
-        Some(info) => check_slot(&info)?,
+        Some(info) => info.check()?,
         None if settings.no_create => {
             return Err(SourceError::MissingSlot {
                 slot: settings.slot.clone(),
@@ -204,56 +204,21 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
     Ok(interval)
 }
 
-/// The slot must be a pgoutput logical slot that is not lost.
-fn check_slot(info: &slot::SlotInfo) -> Result<(), SourceError> {
-    if info.is_lost() {
-        return Err(SourceError::SlotLost { slot: info.name.clone(), wal_status: "lost".into() });
-    }
-    if info.plugin.as_deref() != Some("pgoutput") {
-        return Err(SourceError::WrongPlugin {
-            slot: info.name.clone(),
-            plugin: info.plugin.clone().unwrap_or_else(|| "none (physical)".into()),
-        });
-    }
-    Ok(())
-}
-
-/// The table must exist and have the payload column and the template's columns.
-async fn check_table(control: &tokio_postgres::Client, settings: &Settings) -> Result<(), SourceError> {
-    let columns = publication::table_columns(control, &settings.table).await?;
-    let has = |name: &str| columns.iter().any(|c| c.name == name);
-    let missing = |column: &str, purpose: &str, option: &str| SourceError::MissingColumn {
-        table: settings.table.to_string(),
-        column: column.to_owned(),
-        purpose: purpose.to_owned(),
-        option: option.to_owned(),
-    };
-    if !has(&settings.columns.payload) {
-        return Err(missing(&settings.columns.payload, "the message data", "--payload-column"));
-    }
-    if let Ok(t) = crate::mapping::subject::SubjectTemplate::parse(&settings.subject) {
-        for column in t.columns() {
-            if !has(column) {
-                return Err(missing(column, "the subject template", "--subject"));
-            }
-        }
-    }
-    Ok(())
-}
-
 impl Relay<'_> {
     /// One replication session: from the stream's high-water mark until shutdown or an error.
     async fn session(&mut self) -> Result<SessionEnd, RelayError> {
         let settings = self.settings;
         let control = source::connect(&settings.pg_url).await?;
+        // The slot first: when it is gone (e.g. `walrelay teardown` ran), stop before recreating anything that the
+        // teardown removed, such as the stream.
+        let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
+            slot: settings.slot.clone(),
+            detail: " (it was dropped while walrelay ran, e.g. by `walrelay teardown`)".into(),
+        })?;
+        info.check()?;
         let (client, js) = stream::connect(settings).await?;
         stream::ensure(&js, settings, !settings.no_create).await?;
         let hw = stream::high_water(&js, &settings.stream).await?;
-        let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
-            slot: settings.slot.clone(),
-            detail: " (it was dropped while walrelay ran)".into(),
-        })?;
-        check_slot(&info)?;
         if let (true, Some(pid)) = (info.active, info.active_pid) {
             return Err(SourceError::SlotActive { slot: settings.slot.clone(), pid }.into());
         }

@@ -93,7 +93,7 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_ON_INVALID", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     on_invalid: Option<String>,
-    /// Subject of dead-letter records [default: outbox.dead-letter]
+    /// Subject of dead-letter records [default: <first token of --subject>.dead-letter, e.g. outbox.dead-letter]
     #[arg(long, env = "WALRELAY_DEAD_LETTER_SUBJECT", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dead_letter_subject: Option<String>,

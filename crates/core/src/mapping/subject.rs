@@ -95,7 +95,17 @@ impl SubjectTemplate {
         Ok(out)
     }
 
-    /// The stream subject that covers every rendered subject: each token holding a placeholder becomes `*`.
+    /// The dead-letter subject when `--dead-letter-subject` is not given: `<first token>.dead-letter` when the
+    /// template's first token is literal (`outbox.dead-letter` for the default template), so it stays inside the
+    /// stream's own subject space and separate streams never overlap; `dead-letter` otherwise.
+    pub fn default_dead_letter_subject(&self) -> String {
+        match self.filter().split('.').next() {
+            Some(first) if first != "*" && !first.is_empty() => format!("{first}.dead-letter"),
+            _ => "dead-letter".to_owned(),
+        }
+    }
+
+    /// The stream filter covering every subject the template can render: placeholder tokens become `*`.
     pub fn filter(&self) -> String {
         let marker = "\u{1}";
         let rendered: String = self
@@ -147,6 +157,15 @@ pub fn filter_matches(filter: &str, subject: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letter_subject_follows_the_template() {
+        let dl = |t: &str| SubjectTemplate::parse(t).map(|t| t.default_dead_letter_subject());
+        assert_eq!(dl("outbox.{aggregate_type}.{event_type}").as_deref(), Ok("outbox.dead-letter"));
+        assert_eq!(dl("replay.{aggregate_type}.{event_type}").as_deref(), Ok("replay.dead-letter"));
+        assert_eq!(dl("{aggregate_type}.{event_type}").as_deref(), Ok("dead-letter"));
+        assert_eq!(dl("v1-{event_type}.x").as_deref(), Ok("dead-letter"));
+    }
 
     #[test]
     fn renders_and_filters() {

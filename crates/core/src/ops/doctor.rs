@@ -307,7 +307,13 @@ async fn table_checks(control: &Client, settings: &Settings, checks: &mut Checks
                 quote_ident(&settings.columns.id)
             )
         };
-        checks.fail("primary_key", format!("{table} has no primary key"), remedy);
+        // Not needed for relaying (pgoutput sends every column of an insert), so `run` relays it: a warning only.
+        // A key is what makes the ids that become Nats-Msg-Id unique.
+        checks.warn(
+            "primary_key",
+            format!("{table} has no primary key (run relays it; nothing keeps the ids that become Nats-Msg-Id unique)"),
+            remedy,
+        );
     } else {
         checks.ok("primary_key", format!("({})", key.join(", ")));
     }

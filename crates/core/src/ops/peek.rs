@@ -24,9 +24,7 @@ pub async fn run(settings: &Settings, limit: usize, json: bool) -> Result<(), Re
     let info = slot::info(&control, &settings.slot)
         .await?
         .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: String::new() })?;
-    if info.is_lost() {
-        return Err(SourceError::SlotLost { slot: settings.slot.clone(), wal_status: "lost".into() }.into());
-    }
+    info.check()?;
     let copy = SlotCopy::create(&control, &settings.slot, "peek").await?;
     let result = tokio::select! {
         result = show(settings, &control, &copy, limit, json) => result,
@@ -43,41 +41,14 @@ async fn show(
     limit: usize,
     json: bool,
 ) -> Result<(), RelayError> {
-    let end = history::end_marker(control).await?;
     let mut shown = 0usize;
-    if limit > 0 && end > copy.confirmed_flush {
-        let range = Range { start: copy.confirmed_flush, last_commit: None, end };
-        // Like `run`: events the stream already holds are not pending, and the server's max_payload applies.
-        let mut assembler = Assembler::new(settings)?;
-        let mut stored = None;
-        match stream::connect(settings).await {
-            Ok((client, js)) => {
-                assembler.set_max_payload(client.server_info().max_payload);
-                stored = stream::high_water(&js, &settings.stream).await.ok().and_then(|hw| hw.position);
-            }
-            Err(err) => tracing::warn!(error = %err, "nats unreachable: not checking what the stream already holds"),
-        }
-        let mut reader = HistoryReader::open(settings, &copy.name, range, assembler).await?;
-        let result = async {
-            while let Some(item) = reader.next(settings).await? {
-                let position = match &item {
-                    Item::Event(e) => e.position,
-                    Item::Invalid(i) => i.position,
-                };
-                if stored.is_some_and(|(lsn, index)| position <= Position { commit_lsn: lsn, index }) {
-                    continue;
-                }
-                print_item(settings, item, json);
-                shown += 1;
-                if shown >= limit {
-                    break;
-                }
-            }
-            Ok::<_, RelayError>(())
-        }
-        .await;
-        reader.close().await;
-        result?;
+    if limit > 0 {
+        pending(settings, control, copy, |item| {
+            print_item(settings, item, json);
+            shown += 1;
+            shown < limit
+        })
+        .await?;
     }
     if !json {
         match shown {
@@ -89,6 +60,50 @@ async fn show(
         }
     }
     Ok(())
+}
+
+/// Visits the pending events of a slot copy in commit order, up to the WAL position of the call, until `visit`
+/// returns false. Like `run`: events the stream already holds are not pending, and the server's max_payload
+/// applies (both only when NATS answers).
+pub(super) async fn pending(
+    settings: &Settings,
+    control: &tokio_postgres::Client,
+    copy: &SlotCopy,
+    mut visit: impl FnMut(Item) -> bool,
+) -> Result<(), RelayError> {
+    let end = history::end_marker(control).await?;
+    if end <= copy.confirmed_flush {
+        return Ok(());
+    }
+    let range = Range { start: copy.confirmed_flush, last_commit: None, end };
+    let mut assembler = Assembler::new(settings)?;
+    let mut stored = None;
+    match stream::connect(settings).await {
+        Ok((client, js)) => {
+            assembler.set_max_payload(client.server_info().max_payload);
+            stored = stream::high_water(&js, &settings.stream).await.ok().and_then(|hw| hw.position);
+        }
+        Err(err) => tracing::warn!(error = %err, "nats unreachable: not checking what the stream already holds"),
+    }
+    let mut reader = HistoryReader::open(settings, &copy.name, range, assembler).await?;
+    let result = async {
+        while let Some(item) = reader.next(settings).await? {
+            let position = match &item {
+                Item::Event(e) => e.position,
+                Item::Invalid(i) => i.position,
+            };
+            if stored.is_some_and(|(lsn, index)| position <= Position { commit_lsn: lsn, index }) {
+                continue;
+            }
+            if !visit(item) {
+                break;
+            }
+        }
+        Ok::<_, RelayError>(())
+    }
+    .await;
+    reader.close().await;
+    result
 }
 
 fn print_item(settings: &Settings, item: Item, json: bool) {

@@ -51,9 +51,7 @@ pub async fn run(settings: &Settings, from: Lsn, to: Option<Lsn>, stdout: bool) 
             (settings.slot.clone(), info)
         }
     };
-    if info.is_lost() {
-        return Err(SourceError::SlotLost { slot: source_slot, wal_status: "lost".into() }.into());
-    }
+    info.check()?;
     let oldest = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
     if from < oldest {
         return Err(SourceError::ReplayOutOfRange { from, oldest, slot: source_slot }.into());

@@ -3,38 +3,24 @@
 //! In: the settings. Out: a publication `FOR TABLE <outbox> WITH (publish = 'insert')`, a pgoutput slot and a
 //! JetStream stream covering the subjects; a line per object saying whether it was created or already there.
 
-use crate::{
-    config::Settings,
-    relay::RelayError,
-    sink::stream,
-    source::publication,
-    source::slot,
-    source::{self, SourceError},
-};
+use crate::{config::Settings, relay::RelayError, sink::stream, source, source::publication, source::slot};
 
 /// Creates what is missing; running it twice changes nothing.
 pub async fn run(settings: &Settings) -> Result<(), RelayError> {
     let control = source::connect(&settings.pg_url).await?;
     slot::check_wal_level(&control).await?;
-    publication::table_columns(&control, &settings.table).await?;
+    publication::check_table(&control, settings).await?;
     let created = publication::ensure(&control, &settings.publication, &settings.table).await?;
     println!("publication {}: {}", settings.publication, if created { "created" } else { "exists" });
     match slot::info(&control, &settings.slot).await? {
-        Some(info) if info.is_lost() => {
-            return Err(SourceError::SlotLost { slot: settings.slot.clone(), wal_status: "lost".into() }.into())
+        Some(info) => {
+            info.check()?;
+            println!(
+                "slot {}: exists (confirmed_flush_lsn {})",
+                settings.slot,
+                info.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
+            )
         }
-        Some(info) if info.plugin.as_deref() != Some("pgoutput") => {
-            return Err(SourceError::WrongPlugin {
-                slot: settings.slot.clone(),
-                plugin: info.plugin.unwrap_or_else(|| "none (physical)".into()),
-            }
-            .into())
-        }
-        Some(info) => println!(
-            "slot {}: exists (confirmed_flush_lsn {})",
-            settings.slot,
-            info.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
-        ),
         None => {
             let lsn = slot::create(&control, &settings.slot).await?;
             println!("slot {}: created at {lsn}", settings.slot);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use super::history::SlotCopy;
 use crate::{
     config::Settings,
     relay::RelayError,
@@ -44,16 +45,16 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
     }
     // Refuse before dropping anything.
     if !opts.force {
+        refuse_pending(settings, &control).await?;
         for name in &slots {
             if let Some(info) = slot::info(&control, name).await? {
                 if info.active {
-                    return Err(SourceError::Query {
-                        context: format!("teardown of slot {name}"),
+                    return Err(SourceError::Refused {
+                        action: format!("teardown of slot {name}"),
                         reason: format!(
                             "it is active for pid {} (a relay is running); stop the relay first, or pass --force to terminate it",
                             info.active_pid.unwrap_or(0)
                         ),
-                        code: Some("55006".into()),
                     }
                     .into());
                 }
@@ -91,6 +92,43 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
         println!("stream {}: {result}", settings.stream);
     }
     Ok(())
+}
+
+/// Refuses (without `--force`) to drop the main slot while it holds events that were never relayed: they would be
+/// lost, since nothing else can read them. A lost slot holds nothing that can still be read.
+async fn refuse_pending(settings: &Settings, control: &Client) -> Result<(), RelayError> {
+    let Some(info) = slot::info(control, &settings.slot).await? else {
+        return Ok(());
+    };
+    if info.is_lost() {
+        return Ok(());
+    }
+    let lag = slot::current_wal_lsn(control).await?.0.saturating_sub(info.confirmed_flush_lsn.map_or(0, |l| l.0));
+    if lag == 0 {
+        return Ok(());
+    }
+    let copy = SlotCopy::create(control, &settings.slot, "teardown").await?;
+    let mut events = 0u64;
+    let counted = super::peek::pending(settings, control, &copy, |_| {
+        events += 1;
+        true
+    })
+    .await;
+    copy.remove(control).await;
+    counted?;
+    if events == 0 {
+        return Ok(());
+    }
+    Err(SourceError::Refused {
+        action: format!("teardown of slot {}", settings.slot),
+        reason: format!(
+            "it holds {events} pending event{} ({lag} bytes of WAL behind it) that were never relayed and would be \
+             lost; run `walrelay run` until `walrelay status` shows lag near 0 (`walrelay peek` lists them), or pass \
+             --force to drop them",
+            if events == 1 { "" } else { "s" }
+        ),
+    }
+    .into())
 }
 
 /// Drops a slot; with `force`, terminates whoever holds it until the drop succeeds.

@@ -103,14 +103,66 @@ pub async fn ensure(
             if !create {
                 return Err(PublishError::MissingStream { stream: settings.stream.clone() });
             }
-            let s = js
-                .create_stream(stream_config(settings))
-                .await
-                .map_err(|e| PublishError::Stream { stream: settings.stream.clone(), reason: e.to_string() })?;
+            let s = match js.create_stream(stream_config(settings)).await {
+                Ok(s) => s,
+                Err(err)
+                    if matches!(err.kind(), jetstream::context::CreateStreamErrorKind::JetStream(e)
+                        if e.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP) =>
+                {
+                    return Err(overlap(js, settings).await);
+                }
+                Err(err) => {
+                    return Err(PublishError::Stream { stream: settings.stream.clone(), reason: err.to_string() })
+                }
+            };
             tracing::info!(stream = %settings.stream, subjects = ?stream_subjects(settings), "stream created");
             Ok((s, true))
         }
         Err(err) => Err(PublishError::Stream { stream: settings.stream.clone(), reason: err.to_string() }),
+    }
+}
+
+/// Explains a subject overlap (JetStream error 10065): which subject of ours another stream already covers, and
+/// which option moves it.
+async fn overlap(js: &jetstream::Context, settings: &Settings) -> PublishError {
+    use futures::TryStreamExt;
+    let ours = stream_subjects(settings);
+    let others = js.streams().try_collect::<Vec<_>>().await.unwrap_or_default();
+    let clashes: Vec<(&String, &str, &String)> = others
+        .iter()
+        .flat_map(|other| other.config.subjects.iter().map(move |theirs| (other.config.name.as_str(), theirs)))
+        .flat_map(|(name, theirs)| {
+            ours.iter().filter(|mine| subjects_overlap(mine, theirs)).map(move |mine| (mine, name, theirs))
+        })
+        .collect();
+    let what = if clashes.is_empty() {
+        ours.join(", ")
+    } else {
+        let named: Vec<String> =
+            clashes.iter().map(|(mine, name, theirs)| format!("{mine} (stream {name} holds {theirs})")).collect();
+        named.join(", ")
+    };
+    let remedy = if clashes.iter().any(|(mine, ..)| **mine == settings.dead_letter_subject) {
+        "choose another --dead-letter-subject, e.g. one under this stream's own --subject prefix"
+    } else {
+        "choose a --subject whose subjects no other stream holds, or relay into that stream with --stream"
+    };
+    PublishError::Stream {
+        stream: settings.stream.clone(),
+        reason: format!("its subjects overlap with an existing stream's: {what}; {remedy}"),
+    }
+}
+
+/// Whether two subject filters can match a common subject.
+fn subjects_overlap(a: &str, b: &str) -> bool {
+    let (mut x, mut y) = (a.split('.'), b.split('.'));
+    loop {
+        match (x.next(), y.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(p), Some(q)) if p == "*" || q == "*" || p == q => {}
+            (None, None) => return true,
+            _ => return false,
+        }
     }
 }
 
@@ -173,4 +225,18 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
         seq -= 1;
     }
     Ok(hw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subjects_overlap;
+
+    #[test]
+    fn overlapping_filters() {
+        assert!(subjects_overlap("outbox.*.*", "outbox.order.*"));
+        assert!(subjects_overlap("outbox.dead-letter", "outbox.>"));
+        assert!(subjects_overlap("outbox.dead-letter", "outbox.dead-letter"));
+        assert!(!subjects_overlap("outbox.dead-letter", "outbox.*.*"));
+        assert!(!subjects_overlap("replay.*.*", "outbox.*.*"));
+    }
 }

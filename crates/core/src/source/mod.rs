@@ -130,6 +130,14 @@ pub enum SourceError {
         /// The slot replay reads from (a copy of it).
         slot: String,
     },
+    /// An operator command refuses to do what would lose data, unless forced.
+    #[error("{action} refused: {reason}")]
+    Refused {
+        /// What was refused, e.g. `teardown of slot walrelay`.
+        action: String,
+        /// Why, and how to go on.
+        reason: String,
+    },
     /// The pgoutput stream made no sense.
     #[error("pgoutput decode at {lsn}: {source}")]
     Decode {

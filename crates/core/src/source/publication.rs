@@ -104,3 +104,30 @@ pub async fn drop(client: &Client, publication: &str) -> Result<(), SourceError>
     let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication));
     client.batch_execute(&sql).await.map_err(|e| SourceError::query(format!("dropping publication {publication}"), e))
 }
+
+/// The one check of the outbox table (run, setup): it exists and has the payload column and every column the
+/// subject template names.
+pub async fn check_table(
+    control: &tokio_postgres::Client,
+    settings: &crate::config::Settings,
+) -> Result<(), SourceError> {
+    let columns = table_columns(control, &settings.table).await?;
+    let has = |name: &str| columns.iter().any(|c| c.name == name);
+    let missing = |column: &str, purpose: &str, option: &str| SourceError::MissingColumn {
+        table: settings.table.to_string(),
+        column: column.to_owned(),
+        purpose: purpose.to_owned(),
+        option: option.to_owned(),
+    };
+    if !has(&settings.columns.payload) {
+        return Err(missing(&settings.columns.payload, "the message data", "--payload-column"));
+    }
+    if let Ok(t) = crate::mapping::subject::SubjectTemplate::parse(&settings.subject) {
+        for column in t.columns() {
+            if !has(column) {
+                return Err(missing(column, "the subject template", "--subject"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -44,6 +44,21 @@ impl SlotInfo {
     pub fn is_lost(&self) -> bool {
         self.wal_status.as_deref() == Some("lost")
     }
+
+    /// The one check of a slot the relay reads from (run, setup, peek, replay): a pgoutput logical slot that is
+    /// not lost.
+    pub fn check(&self) -> Result<(), SourceError> {
+        if self.is_lost() {
+            return Err(SourceError::SlotLost { slot: self.name.clone(), wal_status: "lost".into() });
+        }
+        if self.plugin.as_deref() != Some("pgoutput") {
+            return Err(SourceError::WrongPlugin {
+                slot: self.name.clone(),
+                plugin: self.plugin.clone().unwrap_or_else(|| "none (physical)".into()),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Reads a slot, `None` when it does not exist.

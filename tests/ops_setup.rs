@@ -1,0 +1,136 @@
+//! `setup` and `teardown` on real servers, where an operator can lose data or get stuck: teardown refuses to drop
+//! unrelayed events and a running relay never recreates what teardown removed; separate streams never overlap on
+//! the dead-letter subject, and an overlap names the subject and the option; setup rejects a subject template that
+//! names a missing column.
+
+#[path = "ops_support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::{stop_relay, Env, TestResult};
+use walrelay_testkit::wait_until;
+
+#[test]
+fn teardown_refuses_unrelayed_events_and_a_relay_never_recreates_what_it_removed() -> TestResult {
+    let env = Env::start()?;
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    let ids: Vec<String> =
+        (0..3).flat_map(|i| env.insert_txn(&[("created", &format!("{{\"n\": {i}}}"))]).unwrap_or_default()).collect();
+    assert_eq!(ids.len(), 3);
+
+    // Three events were never relayed: plain teardown refuses and says what would be lost.
+    let refused = env.walrelay(&["teardown"])?;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("3 pending events"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("bytes of WAL"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
+    assert_eq!(env.slots()?, ["walrelay"], "nothing dropped, no copy left behind");
+
+    // Relayed: teardown has nothing to lose. Set up again for the next part.
+    let relay = env.start_relay(&[])?;
+    let messages = env.wait_for_messages("OUTBOX", 3)?;
+    assert_eq!(messages.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), ids);
+    stop_relay(relay)?;
+    let out = env.walrelay(&["teardown"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("slot walrelay: dropped"), "{}", out.stdout);
+    assert!(env.slots()?.is_empty());
+
+    // Pending events and --force: dropped.
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    env.insert_txn(&[("created", r#"{"n": 9}"#)])?;
+    assert_eq!(env.walrelay(&["teardown"])?.code, 1);
+    let forced = env.walrelay(&["teardown", "--force"])?;
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert!(env.slots()?.is_empty());
+
+    // A running relay, `teardown --all --force`: the relay stops naming the teardown and recreates nothing.
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    let relay = env.start_relay(&[])?;
+    wait_until("slot active", Duration::from_secs(30), || {
+        (env.sql("SELECT active FROM pg_replication_slots WHERE slot_name = 'walrelay'").ok()? == "t").then_some(())
+    })?;
+    let forced = env.walrelay(&["teardown", "--all", "--force"])?;
+    assert_eq!(forced.code, 0, "{forced:?}");
+    let status = relay.wait_timeout(Duration::from_secs(60))?.ok_or("relay did not stop after the teardown")?;
+    assert_eq!(status.code(), Some(1), "{}", relay.output_tail(20));
+    assert!(relay.output().contains("walrelay teardown"), "{}", relay.output_tail(20));
+    assert!(env.slots()?.is_empty(), "no slot recreated");
+    assert_eq!(env.sql("SELECT count(*) FROM pg_publication")?, "0", "no publication recreated");
+    assert!(env.stream_messages("OUTBOX")?.is_empty());
+    let info = env.walrelay(&["status", "--json", "--check"])?;
+    assert_eq!(info.code, 1, "the slot is gone: {info:?}");
+    assert!(stream_names(&env)?.is_empty(), "no stream recreated");
+    Ok(())
+}
+
+#[test]
+fn separate_streams_never_overlap_and_an_overlap_names_the_subject() -> TestResult {
+    let env = Env::start()?;
+    let out = env.walrelay(&["setup"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("subjects outbox.*.*, outbox.dead-letter"), "{}", out.stdout);
+
+    // A second stream with its own subject space: its dead-letter subject follows the template.
+    let out = env.walrelay(&[
+        "setup",
+        "--slot",
+        "second",
+        "--stream",
+        "REPLAY_X",
+        "--subject",
+        "replay.{aggregate_type}.{event_type}",
+    ])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("subjects replay.*.*, replay.dead-letter"), "{}", out.stdout);
+
+    // The same subjects as OUTBOX: the error names the subject, the stream holding it and the option.
+    let out = env.walrelay(&["setup", "--slot", "third", "--stream", "NEW"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("outbox.*.* (stream OUTBOX holds outbox.*.*)"), "{}", out.stderr);
+    assert!(out.stderr.contains("--subject"), "{}", out.stderr);
+
+    // Only the dead-letter subject clashes: the remedy is --dead-letter-subject.
+    let out = env.walrelay(&[
+        "setup",
+        "--slot",
+        "fourth",
+        "--stream",
+        "OTHER",
+        "--subject",
+        "other.{aggregate_type}.{event_type}",
+        "--dead-letter-subject",
+        "outbox.dead-letter",
+    ])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("outbox.dead-letter (stream OUTBOX holds outbox.dead-letter)"), "{}", out.stderr);
+    assert!(out.stderr.contains("--dead-letter-subject"), "{}", out.stderr);
+    let mut names = stream_names(&env)?;
+    names.sort();
+    assert_eq!(names, ["OUTBOX", "REPLAY_X"]);
+    Ok(())
+}
+
+#[test]
+fn setup_rejects_a_template_naming_a_missing_column() -> TestResult {
+    let env = Env::start()?;
+    let out = env.walrelay(&["setup", "--subject", "outbox.{tenant}.{event_type}"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("has no column tenant"), "{}", out.stderr);
+    assert!(out.stderr.contains("--subject"), "{}", out.stderr);
+    assert!(env.slots()?.is_empty(), "nothing created before the check");
+    Ok(())
+}
+
+/// Names of the streams on the server.
+fn stream_names(env: &Env) -> Result<Vec<String>, support::Error> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        use futures::TryStreamExt;
+        let client = async_nats::connect(env.nats_url.as_str()).await?;
+        let js = async_nats::jetstream::new(client);
+        let names: Vec<String> = js.stream_names().try_collect().await?;
+        Ok(names)
+    })
+}
