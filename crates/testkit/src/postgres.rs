@@ -22,6 +22,8 @@ use nix::sys::signal::Signal;
 use nix::unistd::{Uid, User};
 use tempfile::TempDir;
 
+mod standby;
+
 use crate::command::{self, RunAs};
 use crate::{locate, logfile, net, proctree, wait_until, KitError};
 
@@ -57,17 +59,30 @@ impl PostgresBuilder {
         self
     }
 
+    /// Uses PostgreSQL 18 (see [`crate::locate::pg18_bin_dir`]) instead of the default installation, for what
+    /// needs 16+ (logical decoding on a standby) or 17+ (failover slots).
+    pub fn pg18(self) -> Result<Self, KitError> {
+        Ok(self.bin_dir(locate::pg18_bin_dir()?))
+    }
+
     /// Runs initdb and starts the server; returns once it accepts connections.
     pub fn start(self) -> Result<Postgres, KitError> {
-        let bin_dir = locate::pg_bin_dir(self.bin_dir.as_deref())?;
+        let mut pg = Postgres::new(locate::pg_bin_dir(self.bin_dir.as_deref())?)?;
+        pg.initdb(&self.settings)?;
+        pg.spawn_first()?;
+        Ok(pg)
+    }
+}
+
+impl Postgres {
+    /// A server object in a fresh directory on a free port, not yet initialised or started.
+    fn new(bin_dir: PathBuf) -> Result<Postgres, KitError> {
         let psql = locate::psql(&bin_dir)?;
         let run_as = server_user()?;
         let dir = make_dir(run_as)?;
-        let data_dir = dir.path().join("data");
-        let log_path = dir.path().join("postgres.log");
-        let mut pg = Postgres {
-            data_dir,
-            log_path,
+        Ok(Postgres {
+            data_dir: dir.path().join("data"),
+            log_path: dir.path().join("postgres.log"),
             bin_dir,
             psql,
             port: net::free_port(),
@@ -75,8 +90,12 @@ impl PostgresBuilder {
             postmaster: None,
             paused: AtomicBool::new(false),
             dir,
-        };
-        pg.initdb(&self.settings)?;
+        })
+    }
+
+    /// The first start of a new server, retried on another port when the chosen one was taken meanwhile.
+    fn spawn_first(&mut self) -> Result<(), KitError> {
+        let pg = self;
         let mut attempt = 1;
         loop {
             match pg.spawn_and_wait() {
@@ -90,7 +109,7 @@ impl PostgresBuilder {
             }
         }
         tracing::debug!(port = pg.port, data_dir = %pg.data_dir.display(), "postgres started");
-        Ok(pg)
+        Ok(())
     }
 }
 
