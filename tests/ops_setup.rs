@@ -123,6 +123,33 @@ fn setup_rejects_a_template_naming_a_missing_column() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn a_fatal_error_is_printed_once_and_as_json_with_json_logs() -> TestResult {
+    let env = Env::start()?;
+    let out = env.walrelay(&["setup", "--table", "public.nosuch", "--log", "info"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.stderr.matches("table public.nosuch does not exist").count(), 1, "{}", out.stderr);
+    assert!(!out.stderr.contains("walrelay stopped"), "{}", out.stderr);
+
+    let out = env.walrelay(&["setup", "--table", "public.nosuch", "--log", "info", "--log-format", "json"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{e}: {}", out.stderr))?;
+    let errors: Vec<&serde_json::Value> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert_eq!(errors[0]["fields"]["command"], "setup", "{}", out.stderr);
+    assert!(
+        errors[0]["fields"]["error"].as_str().is_some_and(|e| e.contains("table public.nosuch does not exist")),
+        "{}",
+        out.stderr
+    );
+    Ok(())
+}
+
 /// Names of the streams on the server.
 fn stream_names(env: &Env) -> Result<Vec<String>, support::Error> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

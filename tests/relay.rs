@@ -418,6 +418,9 @@ async fn prometheus_metrics_count_what_was_relayed() {
     assert!(body.lines().any(|l| l == "walrelay_events_published_total 5"), "{body}");
     assert!(body.contains("walrelay_confirmed_lsn"), "{body}");
     assert!(body.contains("walrelay_lag_bytes"), "{body}");
+    // Counters that never moved are exported from the start, at 0.
+    assert!(body.lines().any(|l| l == "walrelay_events_skipped_total 0"), "{body}");
+    assert!(body.lines().any(|l| l == "walrelay_events_dead_lettered_total 0"), "{body}");
     stop(&relay);
 }
 

@@ -278,6 +278,9 @@ struct Session<'r, 'a> {
     wal_end: Lsn,
 }
 
+/// While idle, the relay logs one line every this many progress intervals (and at the first idle one).
+const IDLE_LOG_TICKS: u32 = 30;
+
 /// Upper bound on payload bytes in flight, besides the event count.
 const MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
 
@@ -289,6 +292,7 @@ impl Session<'_, '_> {
         progress.tick().await;
         let mut last_acked = self.relay.stats.acked.load(Ordering::Relaxed);
         let mut last_tick = Instant::now();
+        let mut idle_ticks = 0u32;
         loop {
             let has_room = self.publisher.in_flight() < settings.max_in_flight
                 && self.publisher.in_flight_bytes() < MAX_IN_FLIGHT_BYTES;
@@ -310,11 +314,20 @@ impl Session<'_, '_> {
                 _ = progress.tick() => {
                     let acked = self.relay.stats.acked.load(Ordering::Relaxed);
                     let rate = (acked - last_acked) as f64 / last_tick.elapsed().as_secs_f64().max(0.001);
+                    let moved = acked != last_acked || self.publisher.in_flight() > 0;
                     last_acked = acked;
                     last_tick = Instant::now();
                     let confirmed = self.checkpoint.confirmed();
                     let lag_bytes = self.wal_end.0.saturating_sub(confirmed.0);
                     self.relay.stats.progress(self.publisher.in_flight(), lag_bytes);
+                    // Progress when something moved; while idle, one line every IDLE_LOG_TICKS intervals.
+                    idle_ticks = if moved { 0 } else { idle_ticks.saturating_add(1) };
+                    if !moved {
+                        if idle_ticks % IDLE_LOG_TICKS == 1 {
+                            tracing::info!(acked, confirmed_lsn = %confirmed, lag_bytes, "idle, no events");
+                        }
+                        continue;
+                    }
                     tracing::info!(
                         events_per_sec = rate.round(),
                         acked,

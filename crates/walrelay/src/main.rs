@@ -133,7 +133,7 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_METRICS_ADDR", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_addr: Option<String>,
-    /// Log filter, e.g. debug or info,walrelay_core=debug [default: info]
+    /// Log filter, e.g. debug or info,walrelay_core=debug [default: info,async_nats=warn,tokio_postgres=warn]
     #[arg(long, env = "WALRELAY_LOG", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<String>,
@@ -293,6 +293,8 @@ fn prepare_command(command: &Command) -> Result<Prepared, ConfigError> {
 }
 
 async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> anyhow::Result<u8> {
+    let name = command.name();
+    let json_logs = settings.log_format == "json";
     let result: Result<u8, RelayError> = match command {
         Command::Run => {
             if let Some(addr) = settings.metrics_addr {
@@ -345,9 +347,35 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
     match result {
         Ok(code) => Ok(code),
         Err(err) => {
-            tracing::error!(error = %walrelay_core::source::error_chain(&err), "walrelay stopped");
-            eprintln!("error: {}", walrelay_core::source::error_chain(&err));
+            // Printed once: as a log event when logs are JSON (one machine-readable stream), else as plain text.
+            let error = walrelay_core::source::error_chain(&err);
+            if json_logs {
+                if name == "run" {
+                    tracing::error!(command = name, error = %error, "relay stopped");
+                } else {
+                    tracing::error!(command = name, error = %error, "command failed");
+                }
+            } else {
+                eprintln!("error: {error}");
+            }
             Ok(EXIT_FAILURE)
+        }
+    }
+}
+
+impl Command {
+    /// The subcommand's name, for logs.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Run => "run",
+            Self::Setup => "setup",
+            Self::Status(_) => "status",
+            Self::Doctor => "doctor",
+            Self::Peek(_) => "peek",
+            Self::Replay(_) => "replay",
+            Self::Teardown(_) => "teardown",
+            Self::Demo => "demo",
+            Self::Bench(_) => "bench",
         }
     }
 }
