@@ -1,7 +1,7 @@
-//! `setup` and `teardown` on real servers, where an operator can lose data or get stuck: teardown refuses to drop
-//! unrelayed events and a running relay never recreates what teardown removed; separate streams never overlap on
-//! the dead-letter subject, and an overlap names the subject and the option; setup rejects a subject template that
-//! names a missing column.
+//! Operator commands on real servers, where an operator can lose data or get stuck: teardown refuses to drop
+//! unrelayed events and a running relay never recreates what teardown removed; `skip` passes exactly the event run
+//! stopped on, as its error says; separate streams never overlap on the dead-letter subject, and an overlap names
+//! the subject and the option; setup rejects a subject template naming a missing column; fatal errors print once.
 
 #[path = "ops_support.rs"]
 mod support;
@@ -147,6 +147,63 @@ fn a_fatal_error_is_printed_once_and_as_json_with_json_logs() -> TestResult {
         "{}",
         out.stderr
     );
+    Ok(())
+}
+
+#[test]
+fn skip_passes_exactly_the_event_run_stopped_on() -> TestResult {
+    let env = Env::with(
+        walrelay_testkit::Postgres::start()?,
+        walrelay_testkit::Nats::builder().max_payload(64 * 1024).start()?,
+    )?;
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    let before = env.insert_txn(&[("created", r#"{"n": 0}"#), ("created", r#"{"n": 1}"#)])?;
+    let big = env.sql(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) SELECT 'doc', 'big', 'stored', \
+         jsonb_build_object('blob', string_agg(md5(g::text), '')) FROM generate_series(1, 3000) g RETURNING id",
+    )?;
+    let after = env.insert_txn(&[("created", r#"{"n": 2}"#), ("created", r#"{"n": 3}"#)])?;
+
+    // run stops on the oversize event and names the remedy with the event's position.
+    let relay = env.start_relay(&[])?;
+    let status = relay.wait_timeout(Duration::from_secs(60))?.ok_or("relay did not stop on the invalid event")?;
+    assert_eq!(status.code(), Some(1), "{}", relay.output_tail(20));
+    let output = relay.output();
+    let through = output
+        .split("walrelay skip --through ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '`').next())
+        .ok_or_else(|| format!("no skip remedy in: {output}"))?
+        .to_owned();
+    assert!(through.ends_with(":0"), "{through}");
+    assert!(output.contains("--on-invalid dead-letter"), "{output}");
+    assert!(output.contains(big.trim()), "{output}");
+
+    // Malformed: exit 2. Another position: refused, naming the next one. Nothing published by either.
+    assert_eq!(env.walrelay(&["skip", "--through", "soon"])?.code, 2);
+    let wrong = env.walrelay(&["skip", "--through", "0/1:0"])?;
+    assert_eq!(wrong.code, 1, "{wrong:?}");
+    assert!(wrong.stderr.contains(&format!("use --through {through}")), "{}", wrong.stderr);
+    assert_eq!(env.stream_messages("OUTBOX")?.len(), 2);
+
+    // The remedy as printed: a dead-letter record for exactly that event; run goes on after it.
+    let out = env.walrelay(&["skip", "--through", &through])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let relay = env.start_relay(&[])?;
+    let messages = env.wait_for_messages("OUTBOX", 5)?;
+    stop_relay(relay)?;
+    let mut expected = before.clone();
+    expected.push(format!("dead-letter:{}", big.trim()));
+    expected.extend(after);
+    assert_eq!(messages.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), expected);
+    assert_eq!(messages[2].subject, "outbox.dead-letter");
+    assert!(messages[2].header("Outbox-Error").contains("max_payload"), "{:?}", messages[2].header("Outbox-Error"));
+    assert_eq!(format!("{}:{}", messages[2].header("Outbox-Commit-Lsn"), messages[2].header("Outbox-Index")), through);
+
+    // Nothing left to skip.
+    let again = env.walrelay(&["skip", "--through", &through])?;
+    assert_eq!(again.code, 1, "{again:?}");
+    assert_eq!(env.stream_messages("OUTBOX")?.len(), 5);
     Ok(())
 }
 

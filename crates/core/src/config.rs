@@ -503,6 +503,11 @@ pub fn parse_lsn(option: &'static str, value: &str) -> Result<Lsn, ConfigError> 
     })
 }
 
+/// Parses an event position `<commit_lsn>:<index>` (as `Outbox-Commit-Lsn` and `Outbox-Index` show it).
+pub fn parse_position(option: &'static str, value: &str) -> Result<crate::mapping::event::Position, ConfigError> {
+    value.parse().map_err(|reason| ConfigError::Invalid { option, value: value.to_owned(), reason })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

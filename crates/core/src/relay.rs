@@ -56,7 +56,7 @@ pub enum RelayError {
     #[error(transparent)]
     Publish(#[from] PublishError),
     /// An event cannot be published and `--on-invalid stop` is set.
-    #[error("invalid event {} in table {} at commit LSN {} (index {}): {}; fix the row's data, or restart with --on-invalid dead-letter to publish a dead-letter record in its place", .0.id, .0.table, .0.position.commit_lsn, .0.position.index, .0.reason)]
+    #[error("invalid event {} in table {} at commit LSN {} (index {}): {}; the insert is in the WAL, so changing the row does not help: publish a dead-letter record for just this event with `walrelay skip --through {}` and start run again, or run with --on-invalid dead-letter to do so for every invalid event", .0.id, .0.table, .0.position.commit_lsn, .0.position.index, .0.reason, .0.position)]
     Invalid(Box<InvalidEvent>),
 }
 

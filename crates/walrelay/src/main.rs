@@ -157,6 +157,8 @@ enum Command {
     Peek(PeekArgs),
     /// Re-publish every event of the transactions committed at or after an LSN
     Replay(ReplayArgs),
+    /// Publish a dead-letter record for the one event `run` stopped on, so `run` goes on after it
+    Skip(SkipArgs),
     /// Drop the slot (and optionally the replay slot, publication and stream)
     Teardown(TeardownArgs),
     /// Run the whole flow on throwaway local servers
@@ -205,6 +207,13 @@ struct ReplayArgs {
     /// Print NDJSON instead of publishing
     #[arg(long)]
     stdout: bool,
+}
+
+#[derive(Debug, Args)]
+struct SkipArgs {
+    /// The event's position <commit_lsn>:<index>, as the error of `run` names it
+    #[arg(long)]
+    through: String,
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +274,7 @@ struct Prepared {
     interval: Option<std::time::Duration>,
     from: Option<pgoutput::Lsn>,
     to: Option<pgoutput::Lsn>,
+    through: Option<walrelay_core::mapping::event::Position>,
 }
 
 fn prepare_command(command: &Command) -> Result<Prepared, ConfigError> {
@@ -286,6 +296,7 @@ fn prepare_command(command: &Command) -> Result<Prepared, ConfigError> {
             p.from = Some(parse_lsn("--from", &a.from)?);
             p.to = a.to.as_deref().map(|s| parse_lsn("--to", s)).transpose()?;
         }
+        Command::Skip(a) => p.through = Some(walrelay_core::config::parse_position("--through", &a.through)?),
         Command::Bench(a) => a.validate()?,
         _ => {}
     }
@@ -332,6 +343,12 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
             };
             ops::replay::run(&settings, from, prepared.to, a.stdout).await.map(|()| 0)
         }
+        Command::Skip(_) => {
+            let Some(through) = prepared.through else {
+                return Ok(EXIT_USAGE);
+            };
+            ops::skip::run(&settings, through).await.map(|()| 0)
+        }
         Command::Teardown(a) => {
             let opts = ops::teardown::TeardownOptions {
                 force: a.force,
@@ -373,6 +390,7 @@ impl Command {
             Self::Doctor => "doctor",
             Self::Peek(_) => "peek",
             Self::Replay(_) => "replay",
+            Self::Skip(_) => "skip",
             Self::Teardown(_) => "teardown",
             Self::Demo => "demo",
             Self::Bench(_) => "bench",

@@ -35,6 +35,25 @@ pub struct Position {
     pub index: u32,
 }
 
+impl std::fmt::Display for Position {
+    /// `<commit_lsn>:<index>`, e.g. `0/1A2B3C4:2`: the form `walrelay skip --through` takes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.commit_lsn, self.index)
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+
+    /// Parses `<commit_lsn>:<index>`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (lsn, index) = s.trim().rsplit_once(':').ok_or("expected <commit_lsn>:<index>, e.g. 0/1A2B3C4:0")?;
+        let commit_lsn = lsn.parse::<Lsn>().map_err(|_| format!("`{lsn}` is not an LSN in Postgres form X/Y"))?;
+        let index = index.parse::<u32>().map_err(|_| format!("`{index}` is not an index (0, 1, ...)"))?;
+        Ok(Self { commit_lsn, index })
+    }
+}
+
 /// One event ready to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {

@@ -117,12 +117,14 @@ fn print_item(settings: &Settings, item: Item, json: bool) {
                 println!("{}", history::invalid_json(&invalid));
             } else {
                 println!(
-                    "{} #{} {} INVALID id={}: {} (run stops here unless --on-invalid dead-letter)",
+                    "{} #{} {} INVALID id={}: {} (run stops here: `walrelay skip --through {}:{}`, or --on-invalid dead-letter)",
                     invalid.position.commit_lsn,
                     invalid.position.index,
                     invalid.commit_time,
                     invalid.id,
-                    invalid.reason
+                    invalid.reason,
+                    invalid.position.commit_lsn,
+                    invalid.position.index
                 );
             }
             return;

@@ -41,7 +41,7 @@ pub enum PublishError {
         reason: String,
     },
     /// Publishes still in flight when the wait for their acks ended.
-    #[error("{count} publishes not acked within {timeout:?}")]
+    #[error("{count} publishes not acked within {}", humantime::format_duration(*.timeout))]
     Unacked {
         /// How many.
         count: usize,
@@ -49,7 +49,7 @@ pub enum PublishError {
         timeout: Duration,
     },
     /// A publish failed or was not acked.
-    #[error("publish of event {id} at {position:?} to {subject}: {reason}")]
+    #[error("publish of event {id} at {position} to {subject}: {reason}")]
     Publish {
         /// Event id.
         id: String,

@@ -1,0 +1,91 @@
+//! `walrelay skip --through <commit_lsn>:<index>`: let `run` go on past the one event it stopped on.
+//!
+//! In: the settings and the position of the event `run` named when it stopped (`--on-invalid stop`). Out: a
+//! dead-letter record for exactly that event, published to the stream as the next message, as
+//! `--on-invalid dead-letter` would have published it. The record carries the event's `Outbox-Commit-Lsn` and
+//! `Outbox-Index`, so the next `run` starts after it (design.md rule 8) and relays everything that follows.
+//!
+//! Why not fix the row: the insert is in the WAL, and the WAL is what `run` reads; an UPDATE of the row changes
+//! nothing that is relayed. Skipping is safe only for the first pending event: publishing a record for a later one
+//! would move the stream's high-water mark past events that were never published, so any other position is
+//! refused, naming the one that is next.
+
+use std::time::Duration;
+
+use crate::{
+    config::Settings,
+    mapping::event::Position,
+    relay::RelayError,
+    sink::publisher::Publisher,
+    sink::stream,
+    source::slot,
+    source::{self, SourceError},
+};
+
+use super::history::{Item, SlotCopy};
+
+/// How long the record's ack may take.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Publishes a dead-letter record for the pending event at `through`.
+pub async fn run(settings: &Settings, through: Position) -> Result<(), RelayError> {
+    let refused = |reason: String| SourceError::Refused { action: format!("skip --through {through}"), reason };
+    let control = source::connect(&settings.pg_url).await?;
+    let info = slot::info(&control, &settings.slot)
+        .await?
+        .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: String::new() })?;
+    info.check()?;
+    if let (true, Some(pid)) = (info.active, info.active_pid) {
+        return Err(refused(format!("slot {} is active for pid {pid}: stop the relay first", settings.slot)).into());
+    }
+    let copy = SlotCopy::create(&control, &settings.slot, "skip").await?;
+    let mut first = None;
+    let found = super::peek::pending(settings, &control, &copy, |item| {
+        first = Some(item);
+        false
+    })
+    .await;
+    copy.remove(&control).await;
+    found?;
+    let invalid = match first {
+        None => return Err(refused("there is no pending event; nothing to skip".into()).into()),
+        Some(Item::Invalid(invalid)) if invalid.position == through => invalid,
+        Some(Item::Invalid(invalid)) => {
+            return Err(refused(format!(
+                "the next pending event is {} (id {}); skip only passes the event run stops on: use --through {}",
+                invalid.position, invalid.id, invalid.position
+            ))
+            .into())
+        }
+        Some(Item::Event(event)) if event.position == through => {
+            return Err(refused(format!(
+                "event {} (id {}) is valid and `walrelay run` relays it; skip is for an event run stopped on",
+                event.position, event.id
+            ))
+            .into())
+        }
+        Some(Item::Event(event)) => {
+            return Err(refused(format!(
+                "the next pending event is {} (id {}) and it is valid: start `walrelay run`, and skip only what it \
+                 stops on",
+                event.position, event.id
+            ))
+            .into())
+        }
+    };
+    let record = invalid.dead_letter(&settings.dead_letter_subject);
+    let (_client, js) = stream::connect(settings).await?;
+    let hw = stream::high_water(&js, &settings.stream).await?;
+    let mut publisher = Publisher::new(js, hw.last_sequence);
+    publisher.send(&record, ()).await?;
+    let (_, err) = publisher.drain(ACK_TIMEOUT).await;
+    if let Some(err) = err {
+        return Err(err.into());
+    }
+    tracing::info!(id = %invalid.id, position = %through, subject = %record.subject, "event skipped");
+    println!(
+        "skipped event {} at {through} ({}): dead-letter record published to {}; start `walrelay run` to go on",
+        invalid.id, invalid.reason, record.subject
+    );
+    Ok(())
+}
