@@ -233,6 +233,10 @@ struct TeardownArgs {
     /// All of the above drops
     #[arg(long)]
     all: bool,
+    /// Keep the main slot: drop only what the other options name (e.g. `--keep-slot --drop-stream` to rebuild the
+    /// stream)
+    #[arg(long)]
+    keep_slot: bool,
 }
 
 fn main() -> ExitCode {
@@ -352,6 +356,7 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
         Command::Teardown(a) => {
             let opts = ops::teardown::TeardownOptions {
                 force: a.force,
+                slot: !a.keep_slot,
                 replay_slot: a.drop_replay_slot || a.all,
                 publication: a.drop_publication || a.all,
                 stream: a.drop_stream || a.all,

@@ -88,6 +88,9 @@ pub struct Status {
     pub stream_messages: Option<u64>,
     /// Commit LSN of the stream's last relayed message.
     pub stream_last_commit_lsn: Option<String>,
+    /// Its commit time (`Outbox-Commit-Time`, RFC 3339): rows created after it were never relayed (the lost-slot
+    /// procedure of docs/operations.md).
+    pub stream_last_commit_time: Option<String>,
     /// Why the stream figures are missing.
     pub nats_error: Option<String>,
     /// Everything that keeps a relay from delivering, one sentence each with its remedy; empty when healthy.
@@ -212,6 +215,7 @@ async fn collect(
         stream: settings.stream.clone(),
         stream_messages: None,
         stream_last_commit_lsn: None,
+        stream_last_commit_time: None,
         nats_error: None,
         problems: Vec::new(),
     };
@@ -231,12 +235,21 @@ async fn collect(
             Ok(Ok(hw)) => {
                 status.stream_messages = Some(hw.messages);
                 status.stream_last_commit_lsn = hw.position.map(|(lsn, _): (Lsn, u32)| lsn.to_string());
+                status.stream_last_commit_time = last_commit_time(js, settings, hw.last_sequence).await;
             }
             Ok(Err(err)) => status.nats_error = Some(err.to_string()),
             Err(_) => status.nats_error = Some("stream info did not arrive within 3s".into()),
         }
     }
     Ok(status)
+}
+
+/// The commit time of the stream's last message, when it is a relayed event.
+async fn last_commit_time(js: &async_nats::jetstream::Context, settings: &Settings, sequence: u64) -> Option<String> {
+    let stream = js.get_stream(&settings.stream).await.ok()?;
+    let message = stream.get_raw_message(sequence).await.ok()?;
+    let time = message.headers.get(crate::mapping::event::header::COMMIT_TIME)?;
+    Some(time.as_str().to_owned())
 }
 
 fn human(bytes: u64) -> String {
@@ -291,9 +304,10 @@ fn block(s: &Status) -> String {
     }
     match (&s.stream_messages, &s.nats_error) {
         (Some(n), _) => out.push_str(&format!(
-            "stream               {}: {n} messages, last commit LSN {}\n",
+            "stream               {}: {n} messages, last commit LSN {} at {}\n",
             s.stream,
-            or_dash(&s.stream_last_commit_lsn)
+            or_dash(&s.stream_last_commit_lsn),
+            or_dash(&s.stream_last_commit_time)
         )),
         (None, Some(err)) => out.push_str(&format!("stream               {}: unknown ({err})\n", s.stream)),
         (None, None) => {}

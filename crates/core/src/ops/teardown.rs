@@ -21,10 +21,12 @@ use crate::{
 };
 
 /// Which objects to drop besides the slot.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct TeardownOptions {
     /// Drop even while active, terminating the walsender.
     pub force: bool,
+    /// Drop the main slot (the default; `--keep-slot` turns it off).
+    pub slot: bool,
     /// Also drop `<slot>_replay`.
     pub replay_slot: bool,
     /// Also drop the publication.
@@ -39,12 +41,15 @@ const FORCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Drops what the options say.
 pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), RelayError> {
     let control = source::connect(&settings.pg_url).await?;
-    let mut slots = vec![settings.slot.clone()];
+    let mut slots = Vec::new();
+    if opts.slot {
+        slots.push(settings.slot.clone());
+    }
     if opts.replay_slot {
         slots.push(settings.replay_slot());
     }
     // Refuse before dropping anything.
-    if !opts.force {
+    if !opts.force && opts.slot {
         refuse_pending(settings, &control).await?;
         for name in &slots {
             if let Some(info) = slot::info(&control, name).await? {
