@@ -12,7 +12,7 @@ use figment::{
     Figment,
 };
 use pgoutput::Lsn;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 /// A configuration problem found before connecting (exit code 2).
@@ -87,6 +87,8 @@ pub struct RawSettings {
     pub metrics_addr: Option<String>,
     pub log: String,
     pub log_format: String,
+    // Postgres credentials and connections (design.md §4a).
+    pub pg_password_file: Option<PathBuf>,
 }
 
 impl Default for RawSettings {
@@ -118,67 +120,12 @@ impl Default for RawSettings {
             metrics_addr: None,
             log: "info,async_nats=warn,tokio_postgres=warn".into(),
             log_format: "text".into(),
+            pg_password_file: None,
         }
     }
 }
 
-/// A PostgreSQL connection string, kept secret: it may hold a password.
-#[derive(Clone)]
-pub struct PgUrl {
-    secret: SecretString,
-    parsed: tokio_postgres::Config,
-}
-
-impl PgUrl {
-    /// Parses a `postgres://` URL or a `key=value` connection string.
-    pub fn parse(url: &str) -> Result<Self, ConfigError> {
-        let parsed = tokio_postgres::Config::from_str(url).map_err(|err| ConfigError::Invalid {
-            option: "--pg-url",
-            value: redact_url(url),
-            reason: format!("{err}; expected e.g. postgres://user:password@host:5432/dbname"),
-        })?;
-        if parsed.get_hosts().is_empty() {
-            return Err(ConfigError::Invalid {
-                option: "--pg-url",
-                value: redact_url(url),
-                reason: "no host; expected e.g. postgres://user@host:5432/dbname".into(),
-            });
-        }
-        Ok(Self { secret: SecretString::from(url.to_owned()), parsed })
-    }
-
-    /// The parsed connection settings (holds the password; never log it).
-    pub fn config(&self) -> &tokio_postgres::Config {
-        &self.parsed
-    }
-
-    /// The URL itself, for handing to a child process. Never log it.
-    pub fn expose(&self) -> &str {
-        self.secret.expose_secret()
-    }
-
-    /// The database name (defaults to the user name, as libpq does).
-    pub fn dbname(&self) -> String {
-        self.parsed.get_dbname().or(self.parsed.get_user()).unwrap_or("postgres").to_owned()
-    }
-
-    /// The user name (defaults to `postgres`).
-    pub fn user(&self) -> String {
-        self.parsed.get_user().unwrap_or("postgres").to_owned()
-    }
-}
-
-impl fmt::Debug for PgUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", redact_url(self.secret.expose_secret()))
-    }
-}
-
-impl fmt::Display for PgUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", redact_url(self.secret.expose_secret()))
-    }
-}
+pub use crate::source::conninfo::PgUrl;
 
 /// Removes a password from a URL or `key=value` connection string, for logs and errors.
 pub fn redact_url(url: &str) -> String {
@@ -309,6 +256,9 @@ pub struct Settings {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub log: String,
     pub log_format: String,
+    // Postgres credentials (design.md §4a): the `--pg-password-file` password, already applied to `pg_url`; apply it
+    // to any other Postgres URL with [`Settings::with_pg_password`].
+    pub pg_password: Option<SecretString>,
 }
 
 impl Settings {
@@ -387,8 +337,9 @@ impl Settings {
                 reason: "must be at least 1s (10m or more recommended)".into(),
             });
         }
+        let pg_password = raw.pg_password_file.as_deref().map(read_password_file).transpose()?;
         Ok(Self {
-            pg_url: PgUrl::parse(&raw.pg_url)?,
+            pg_url: PgUrl::parse(&raw.pg_url)?.with_password(pg_password.as_ref()),
             slot,
             publication: name("--publication", &raw.publication)?,
             table: TableName::parse(&raw.table)?,
@@ -439,13 +390,30 @@ impl Settings {
                     })
                 }
             },
+            pg_password,
         })
+    }
+
+    /// `url` with the `--pg-password-file` password, when one is set (it wins over a password in the URL).
+    pub fn with_pg_password(&self, url: PgUrl) -> PgUrl {
+        url.with_password(self.pg_password.as_ref())
     }
 
     /// The name of the trailing replay slot kept by `run --replay-retention`.
     pub fn replay_slot(&self) -> String {
         format!("{}_replay", self.slot)
     }
+}
+
+/// Reads `--pg-password-file`: the whole file, one trailing newline (`\n` or `\r\n`) dropped.
+fn read_password_file(path: &std::path::Path) -> Result<SecretString, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Invalid {
+        option: "--pg-password-file",
+        value: path.display().to_string(),
+        reason: format!("cannot read the password file {}: {err}", path.display()),
+    })?;
+    let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    Ok(SecretString::from(password.to_owned()))
 }
 
 fn validate_nats_url(urls: &str) -> Result<(), ConfigError> {

@@ -208,7 +208,7 @@ impl Relay<'_> {
     /// One replication session: from the stream's high-water mark until shutdown or an error.
     async fn session(&mut self) -> Result<SessionEnd, RelayError> {
         let settings = self.settings;
-        let control = source::connect(&settings.pg_url).await?;
+        let (control, host) = source::connect_host(&settings.pg_url).await?;
         // The slot first: when it is gone (e.g. `walrelay teardown` ran), stop before recreating anything that the
         // teardown removed, such as the stream.
         let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
@@ -225,7 +225,7 @@ impl Relay<'_> {
         let confirmed = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
         let start = hw.position.map(|(lsn, _)| lsn).unwrap_or(Lsn::ZERO).max(confirmed);
         let at = StartAt { start, ack: confirmed, status_interval: self.status_interval, stop: None };
-        let mut repl = replication::open(&settings.pg_url, &settings.slot, &settings.publication, at).await?;
+        let mut repl = replication::open(&settings.pg_url, &host, &settings.slot, &settings.publication, at).await?;
         if self.standing_by {
             tracing::info!(slot = %settings.slot, "slot acquired, taking over");
             self.standing_by = false;

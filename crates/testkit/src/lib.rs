@@ -37,6 +37,6 @@ pub use cluster::{NatsCluster, CLUSTER_NAME};
 pub use error::KitError;
 pub use nats::{Nats, NatsBuilder};
 pub use net::{free_port, HOST};
-pub use postgres::{Postgres, PostgresBuilder, PSQL_TIMEOUT, SUPERUSER};
+pub use postgres::{Postgres, PostgresBuilder, ServerTls, PSQL_TIMEOUT, SUPERUSER};
 pub use process::Process;
 pub use wait::{wait_until, POLL_INTERVAL};

@@ -43,6 +43,20 @@ const PORT_ATTEMPTS: usize = 3;
 pub struct PostgresBuilder {
     bin_dir: Option<PathBuf>,
     settings: Vec<(String, String)>,
+    tls: Option<ServerTls>,
+    hba: Option<Vec<String>>,
+}
+
+/// TLS material for a server (PEM texts), written into its data directory: `ssl = on` with this certificate and
+/// key, and `ssl_ca_file` (the CA that client certificates must chain to) when given.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server certificate (chain), PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// CA certificates for client certificates, PEM.
+    pub client_ca_pem: Option<String>,
 }
 
 impl PostgresBuilder {
@@ -50,6 +64,19 @@ impl PostgresBuilder {
     /// The value is written quoted, so any type of parameter works.
     pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Turns TLS on with the given certificate and key (see [`ServerTls`]).
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Replaces `pg_hba.conf` with these lines, after one `local all all trust` line that the kit's own
+    /// [`Postgres::psql`] uses (it then connects through the Unix socket, so TCP clients see only `lines`).
+    pub fn hba(mut self, lines: &[&str]) -> Self {
+        self.hba = Some(lines.iter().map(|l| (*l).to_owned()).collect());
         self
     }
 
@@ -69,6 +96,18 @@ impl PostgresBuilder {
     pub fn start(self) -> Result<Postgres, KitError> {
         let mut pg = Postgres::new(locate::pg_bin_dir(self.bin_dir.as_deref())?)?;
         pg.initdb(&self.settings)?;
+        if let Some(tls) = &self.tls {
+            pg.write_tls(tls)?;
+        }
+        if let Some(lines) = &self.hba {
+            let mut text = String::from("local all all trust\n");
+            for line in lines {
+                text.push_str(line);
+                text.push('\n');
+            }
+            pg.write_owned("pg_hba.conf", &text, 0o600)?;
+            pg.psql_host = pg.dir.path().display().to_string();
+        }
         pg.spawn_first()?;
         Ok(pg)
     }
@@ -89,6 +128,7 @@ impl Postgres {
             run_as,
             postmaster: None,
             paused: AtomicBool::new(false),
+            psql_host: net::HOST.to_owned(),
             dir,
         })
     }
@@ -165,6 +205,8 @@ pub struct Postgres {
     run_as: Option<RunAs>,
     postmaster: Option<Child>,
     paused: AtomicBool,
+    /// Where the kit's psql connects: `127.0.0.1`, or the socket directory under a custom `pg_hba.conf`.
+    psql_host: String,
     // Last, so the directory goes only after the server is stopped by `Drop`.
     dir: TempDir,
 }
@@ -238,8 +280,7 @@ impl Postgres {
         let connect_timeout = timeout.as_secs().clamp(2, 10);
         let conninfo = format!(
             "host={} port={} user={SUPERUSER} dbname={db} connect_timeout={connect_timeout}",
-            net::HOST,
-            self.port
+            self.psql_host, self.port
         );
         let mut cmd = Command::new(&self.psql);
         cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-f", "-"])
@@ -405,6 +446,35 @@ impl Postgres {
         .collect();
         all.extend_from_slice(settings);
         self.append_settings(&all)
+    }
+
+    /// Writes the certificate files into the data directory and turns `ssl` on.
+    fn write_tls(&self, tls: &ServerTls) -> Result<(), KitError> {
+        self.write_owned("server.crt", &tls.cert_pem, 0o644)?;
+        self.write_owned("server.key", &tls.key_pem, 0o600)?;
+        let mut settings = vec![
+            ("ssl".to_owned(), "on".to_owned()),
+            ("ssl_cert_file".to_owned(), "server.crt".to_owned()),
+            ("ssl_key_file".to_owned(), "server.key".to_owned()),
+        ];
+        if let Some(ca) = &tls.client_ca_pem {
+            self.write_owned("client-ca.crt", ca, 0o644)?;
+            settings.push(("ssl_ca_file".to_owned(), "client-ca.crt".to_owned()));
+        }
+        self.append_settings(&settings)
+    }
+
+    /// Writes `name` in the data directory, owned by the server's user, with `mode`.
+    fn write_owned(&self, name: &str, text: &str, mode: u32) -> Result<(), KitError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir.join(name);
+        let io = |err| KitError::io(format!("cannot write {}", path.display()), err);
+        std::fs::write(&path, text).map_err(io)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        if let Some(user) = self.run_as {
+            nix::unistd::chown(&path, Some(user.uid), Some(user.gid)).map_err(|err| io(err.into()))?;
+        }
+        Ok(())
     }
 
     /// Appends `name = 'value'` lines to `postgresql.conf`; the last line for a name wins.

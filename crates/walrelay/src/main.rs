@@ -141,6 +141,11 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_LOG_FORMAT", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<String>,
+    // Postgres credentials (design.md §4a).
+    /// File holding the Postgres password (one trailing newline dropped); wins over a password in --pg-url
+    #[arg(long, env = "WALRELAY_PG_PASSWORD_FILE", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pg_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

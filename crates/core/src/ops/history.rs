@@ -26,7 +26,7 @@ use crate::{
     source::replication::{self, StartAt},
     source::slot,
     source::transaction::{Assembled, Assembler},
-    source::SourceError,
+    source::{PgHost, SourceError},
 };
 
 /// Longest wait for the next replication message before the read is declared stalled.
@@ -42,11 +42,13 @@ pub(crate) struct SlotCopy {
     pub name: String,
     /// The source's `confirmed_flush_lsn` at copy time: the oldest commit LSN the copy can deliver.
     pub confirmed_flush: Lsn,
+    /// The server holding it (where `control` is connected): the replication connection goes there too.
+    pub host: PgHost,
 }
 
 impl SlotCopy {
     /// Copies `source` to a new persistent slot.
-    pub async fn create(control: &Client, source: &str, purpose: &str) -> Result<Self, SourceError> {
+    pub async fn create(control: &Client, host: &PgHost, source: &str, purpose: &str) -> Result<Self, SourceError> {
         let suffix = format!("_{purpose}_{}", std::process::id());
         let keep = 63usize.saturating_sub(suffix.len()).min(source.len());
         let name = format!("{}{suffix}", source.get(..keep).unwrap_or(source));
@@ -59,7 +61,7 @@ impl SlotCopy {
             }
         };
         tracing::debug!(slot = %name, source, confirmed_flush_lsn = %confirmed_flush, "slot copy created");
-        Ok(Self { name, confirmed_flush })
+        Ok(Self { name, confirmed_flush, host: host.clone() })
     }
 
     /// Drops the copy (waiting briefly for its walsender to let go).
@@ -125,15 +127,20 @@ pub(crate) struct HistoryReader {
 }
 
 impl HistoryReader {
-    /// Starts replication on `slot` (a copy) at `range.start`.
-    pub async fn open(settings: &Settings, slot: &str, range: Range, assembler: Assembler) -> Result<Self, RelayError> {
+    /// Starts replication on `copy` at `range.start`.
+    pub async fn open(
+        settings: &Settings,
+        copy: &SlotCopy,
+        range: Range,
+        assembler: Assembler,
+    ) -> Result<Self, RelayError> {
         let at = StartAt {
             start: range.start,
             ack: range.start,
             status_interval: Duration::from_secs(1),
             stop: Some(range.end),
         };
-        let repl = replication::open(&settings.pg_url, slot, &settings.publication, at).await?;
+        let repl = replication::open(&settings.pg_url, &copy.host, &copy.name, &settings.publication, at).await?;
         Ok(Self { repl, assembler, range, included: false, position: range.start, done: false })
     }
 

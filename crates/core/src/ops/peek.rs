@@ -20,12 +20,12 @@ use super::history::{self, HistoryReader, Item, Range, SlotCopy};
 
 /// Prints up to `limit` pending events.
 pub async fn run(settings: &Settings, limit: usize, json: bool) -> Result<(), RelayError> {
-    let control = source::connect(&settings.pg_url).await?;
+    let (control, host) = source::connect_host(&settings.pg_url).await?;
     let info = slot::info(&control, &settings.slot)
         .await?
         .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: String::new() })?;
     info.check()?;
-    let copy = SlotCopy::create(&control, &settings.slot, "peek").await?;
+    let copy = SlotCopy::create(&control, &host, &settings.slot, "peek").await?;
     let result = tokio::select! {
         result = show(settings, &control, &copy, limit, json) => result,
         () = history::stop_requested() => Ok(()),
@@ -85,7 +85,7 @@ pub(super) async fn pending(
         }
         Err(err) => tracing::warn!(error = %err, "nats unreachable: not checking what the stream already holds"),
     }
-    let mut reader = HistoryReader::open(settings, &copy.name, range, assembler).await?;
+    let mut reader = HistoryReader::open(settings, copy, range, assembler).await?;
     let result = async {
         while let Some(item) = reader.next(settings).await? {
             let position = match &item {

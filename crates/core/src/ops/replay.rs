@@ -35,7 +35,7 @@ const WINDOW: usize = 256;
 
 /// Replays `[from, to]` to the stream, or to stdout as NDJSON.
 pub async fn run(settings: &Settings, from: Lsn, to: Option<Lsn>, stdout: bool) -> Result<(), RelayError> {
-    let control = source::connect(&settings.pg_url).await?;
+    let (control, host) = source::connect_host(&settings.pg_url).await?;
     let replay_slot = settings.replay_slot();
     let (source_slot, info) = match slot::info(&control, &replay_slot).await? {
         Some(info) => (replay_slot, info),
@@ -56,7 +56,7 @@ pub async fn run(settings: &Settings, from: Lsn, to: Option<Lsn>, stdout: bool) 
     if from < oldest {
         return Err(SourceError::ReplayOutOfRange { from, oldest, slot: source_slot }.into());
     }
-    let copy = SlotCopy::create(&control, &source_slot, "copy").await?;
+    let copy = SlotCopy::create(&control, &host, &source_slot, "copy").await?;
     if from < copy.confirmed_flush {
         let oldest = copy.confirmed_flush;
         copy.remove(&control).await;
@@ -98,7 +98,7 @@ async fn replay(
         }))
     };
     let range = Range { start: from, last_commit: to, end };
-    let mut reader = HistoryReader::open(settings, &copy.name, range, assembler).await?;
+    let mut reader = HistoryReader::open(settings, copy, range, assembler).await?;
     let progress = progress_bar(end.0.saturating_sub(from.0));
     let mut count = 0u64;
     let result = async {

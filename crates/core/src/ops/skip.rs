@@ -30,7 +30,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Publishes a dead-letter record for the pending event at `through`.
 pub async fn run(settings: &Settings, through: Position) -> Result<(), RelayError> {
     let refused = |reason: String| SourceError::Refused { action: format!("skip --through {through}"), reason };
-    let control = source::connect(&settings.pg_url).await?;
+    let (control, host) = source::connect_host(&settings.pg_url).await?;
     let info = slot::info(&control, &settings.slot)
         .await?
         .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: String::new() })?;
@@ -38,7 +38,7 @@ pub async fn run(settings: &Settings, through: Position) -> Result<(), RelayErro
     if let (true, Some(pid)) = (info.active, info.active_pid) {
         return Err(refused(format!("slot {} is active for pid {pid}: stop the relay first", settings.slot)).into());
     }
-    let copy = SlotCopy::create(&control, &settings.slot, "skip").await?;
+    let copy = SlotCopy::create(&control, &host, &settings.slot, "skip").await?;
     let mut first = None;
     let found = super::peek::pending(settings, &control, &copy, |item| {
         first = Some(item);

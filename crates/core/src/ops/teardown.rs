@@ -17,7 +17,7 @@ use crate::{
     sink::stream,
     source::publication,
     source::slot,
-    source::{self, SourceError},
+    source::{self, PgHost, SourceError},
 };
 
 /// Which objects to drop besides the slot.
@@ -40,7 +40,7 @@ const FORCE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Drops what the options say.
 pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), RelayError> {
-    let control = source::connect(&settings.pg_url).await?;
+    let (control, host) = source::connect_host(&settings.pg_url).await?;
     let mut slots = Vec::new();
     if opts.slot {
         slots.push(settings.slot.clone());
@@ -50,7 +50,7 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
     }
     // Refuse before dropping anything.
     if !opts.force && opts.slot {
-        refuse_pending(settings, &control).await?;
+        refuse_pending(settings, &control, &host).await?;
         for name in &slots {
             if let Some(info) = slot::info(&control, name).await? {
                 if info.active {
@@ -101,7 +101,7 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
 
 /// Refuses (without `--force`) to drop the main slot while it holds events that were never relayed: they would be
 /// lost, since nothing else can read them. A lost slot holds nothing that can still be read.
-async fn refuse_pending(settings: &Settings, control: &Client) -> Result<(), RelayError> {
+async fn refuse_pending(settings: &Settings, control: &Client, host: &PgHost) -> Result<(), RelayError> {
     let Some(info) = slot::info(control, &settings.slot).await? else {
         return Ok(());
     };
@@ -112,7 +112,7 @@ async fn refuse_pending(settings: &Settings, control: &Client) -> Result<(), Rel
     if lag == 0 {
         return Ok(());
     }
-    let copy = SlotCopy::create(control, &settings.slot, "teardown").await?;
+    let copy = SlotCopy::create(control, host, &settings.slot, "teardown").await?;
     let mut events = 0u64;
     let counted = super::peek::pending(settings, control, &copy, |_| {
         events += 1;

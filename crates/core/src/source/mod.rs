@@ -5,16 +5,19 @@
 //! The replication stream itself is opened in [`replication`]; [`slot`] and [`publication`] check and create the
 //! server-side objects; [`transaction`] assembles decoded messages into outbox transactions.
 
+mod connect;
+pub mod conninfo;
 pub mod publication;
 pub mod replication;
 pub mod slot;
+pub(crate) mod sqlstate;
+pub mod tls;
 pub mod transaction;
-
-use std::time::Duration;
 
 use pgoutput::Lsn;
 
-use crate::config::PgUrl;
+pub use connect::{connect, connect_host};
+pub use conninfo::{PgHost, PgUrl, SessionAttrs};
 
 /// A failure on the Postgres side.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +31,49 @@ pub enum SourceError {
         /// The driver's message.
         reason: String,
     },
-    /// The server refused our credentials.
-    #[error("postgres authentication failed for user {user}: {reason}; check the user and password in --pg-url / WALRELAY_PG_URL")]
+    /// The server refused our credentials (SQLSTATE 28P01 or 28000: wrong password, unknown role, no pg_hba.conf
+    /// line), or the client could not authenticate as the server asked.
+    #[error("postgres authentication failed for user {user}: {reason}; remedy: {remedy}")]
     Auth {
         /// The role.
         user: String,
         /// The server's message.
+        reason: String,
+        /// What to check.
+        remedy: String,
+    },
+    /// The database in `--pg-url` does not exist (3D000).
+    #[error("postgres database {database} does not exist: {reason}; remedy: create it (CREATE DATABASE ...) or fix the database name in --pg-url")]
+    UnknownDatabase {
+        /// The database.
+        database: String,
+        /// The server's message.
+        reason: String,
+    },
+    /// The role lacks a privilege (42501).
+    #[error("postgres: {context}: insufficient privilege for user {user}: {reason}; remedy: {remedy}")]
+    Privilege {
+        /// The role.
+        user: String,
+        /// What we were doing.
+        context: String,
+        /// The server's message.
+        reason: String,
+        /// The GRANT or ALTER ROLE that fixes it.
+        remedy: String,
+    },
+    /// Logical decoding is not available (0A000): the server is in recovery and older than PostgreSQL 16.
+    #[error("logical decoding is not available on this server: {reason}; remedy: a standby can decode only from PostgreSQL 16 on: point --pg-url at the primary, or upgrade the standby to PostgreSQL 16 or later")]
+    DecodingUnavailable {
+        /// The server's message.
+        reason: String,
+    },
+    /// The TLS handshake failed or the server has no TLS while the sslmode demands it.
+    #[error("postgres TLS connection to {host} failed: {reason}; remedy: check sslmode and sslrootcert (the CA that signed the server certificate, which must name the host for verify-full) in --pg-url, and that the server has ssl = on")]
+    Tls {
+        /// The host.
+        host: String,
+        /// The TLS library's message.
         reason: String,
     },
     /// A statement failed.
@@ -151,54 +191,35 @@ pub enum SourceError {
 
 impl SourceError {
     /// Whether retrying (after a backoff) may help.
+    /// Authentication, unknown database, missing privileges, TLS failures and unavailable decoding are permanent.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Connect { .. } | Self::SlotActive { .. } => true,
             Self::Replication { transient, .. } => *transient,
-            Self::Query { code, .. } => {
-                // Connection and operator-intervention classes (08, 57) and "cannot connect now".
-                code.as_deref().is_none_or(|c| c.starts_with("08") || c.starts_with("57") || c == "53300")
-            }
+            // A statement error without a SQLSTATE is a broken connection; with one, see sqlstate.
+            Self::Query { code, .. } => code.as_deref().is_none_or(sqlstate::is_transient_code),
             _ => false,
         }
     }
 
-    /// Wraps a driver error from a statement.
+    /// Wraps a driver error from a statement (classified by SQLSTATE in [`sqlstate`]).
     pub fn query(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
-        let code = err.code().map(|c| c.code().to_owned());
-        let reason = match err.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => err.to_string(),
-        };
-        Self::Query { context: context.into(), reason, code }
+        let context = context.into();
+        match err.as_db_error() {
+            Some(db) => sqlstate::classify(db.code().code(), db.message(), sqlstate::Doing::Statement(&context), None),
+            None => Self::Query { context, reason: error_chain(&err), code: None },
+        }
     }
-}
 
-/// Opens an ordinary SQL connection; the connection task is spawned and named.
-pub async fn connect(url: &PgUrl) -> Result<tokio_postgres::Client, SourceError> {
-    let mut config = url.config().clone();
-    config.application_name("walrelay");
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
+    /// Wraps a driver error from a statement of logical decoding (creating or copying a slot), where 0A000 means
+    /// the server cannot decode (in recovery, below PostgreSQL 16).
+    pub fn decoding(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
+        let context = context.into();
+        match err.as_db_error() {
+            Some(db) => sqlstate::classify(db.code().code(), db.message(), sqlstate::Doing::Decoding(&context), None),
+            None => Self::Query { context, reason: error_chain(&err), code: None },
+        }
     }
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|err| {
-        let reason = match err.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => error_chain(&err),
-        };
-        let auth = err.code().is_some_and(|c| c.code() == "28P01" || c.code() == "28000");
-        if auth {
-            SourceError::Auth { user: url.user(), reason }
-        } else {
-            SourceError::Connect { url: url.to_string(), reason }
-        }
-    })?;
-    crate::spawn_named("postgres-connection", async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(error = %err, "postgres connection closed");
-        }
-    });
-    Ok(client)
 }
 
 /// Formats an error with its causes, `a: b: c`.

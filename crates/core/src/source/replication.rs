@@ -8,10 +8,12 @@
 use std::time::Duration;
 
 use pgoutput::Lsn;
-use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
-use tokio_postgres::config::{Host, SslMode};
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig};
 
-use crate::{config::PgUrl, source::SourceError};
+use crate::source::{
+    sqlstate::{self, Doing},
+    PgHost, PgUrl, SourceError,
+};
 
 /// Where and how a session starts.
 #[derive(Debug, Clone, Copy)]
@@ -27,22 +29,21 @@ pub struct StartAt {
     pub stop: Option<Lsn>,
 }
 
-/// Opens a replication session on `slot` and waits until the server accepted `START_REPLICATION`.
-pub async fn open(url: &PgUrl, slot: &str, publication: &str, at: StartAt) -> Result<ReplicationClient, SourceError> {
+/// Opens a replication session on `slot` at `host` (the server the session's SQL connection chose, see
+/// [`crate::source::connect_host`]) and waits until the server accepted `START_REPLICATION`. Same user, password,
+/// database and TLS settings as the SQL connections.
+pub async fn open(
+    url: &PgUrl,
+    host: &PgHost,
+    slot: &str,
+    publication: &str,
+    at: StartAt,
+) -> Result<ReplicationClient, SourceError> {
     let cfg = url.config();
-    let (host, port) = match (cfg.get_hosts().first(), cfg.get_ports().first()) {
-        (Some(Host::Tcp(h)), port) => (h.clone(), port.copied().unwrap_or(5432)),
-        (Some(Host::Unix(p)), port) => (p.display().to_string(), port.copied().unwrap_or(5432)),
-        (None, _) => ("localhost".to_owned(), 5432),
-    };
     let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-    let tls = match cfg.get_ssl_mode() {
-        SslMode::Require => TlsConfig::require(),
-        _ => TlsConfig::disabled(),
-    };
-    let mut rc = ReplicationConfig::new(host, url.user(), password, url.dbname(), slot, publication)
-        .with_port(port)
-        .with_tls(tls)
+    let mut rc = ReplicationConfig::new(host.name.clone(), url.user(), password, url.dbname(), slot, publication)
+        .with_port(host.port)
+        .with_tls(url.tls().replication(&host.name))
         .with_start_lsn(pgwire_replication::Lsn(at.start.0))
         .with_ack_lsn(pgwire_replication::Lsn(at.ack.0))
         .with_status_interval(at.status_interval)
@@ -52,48 +53,41 @@ pub async fn open(url: &PgUrl, slot: &str, publication: &str, at: StartAt) -> Re
     if let Some(stop) = at.stop {
         rc = rc.with_stop_lsn(pgwire_replication::Lsn(stop.0));
     }
-    let mut client = ReplicationClient::connect(rc).await.map_err(|e| classify(e, slot, publication, url))?;
-    client.wait_started().await.map_err(|e| classify(e, slot, publication, url))?;
+    let on_host = |e: PgWireError| match classify(e, slot, publication, url) {
+        SourceError::Tls { reason, .. } => SourceError::Tls { host: host.to_string(), reason },
+        other => other,
+    };
+    let mut client = ReplicationClient::connect(rc).await.map_err(on_host)?;
+    client.wait_started().await.map_err(on_host)?;
     Ok(client)
 }
 
-/// Turns a transport error into a [`SourceError`] that says what it means for the relay.
+/// Turns a transport error into a [`SourceError`] that says what it means for the relay: server errors by their
+/// SQLSTATE (in [`sqlstate`]), the rest by the transport's error kind.
 pub fn classify(err: PgWireError, slot: &str, publication: &str, url: &PgUrl) -> SourceError {
-    let text = err.to_string();
-    let lower = text.to_ascii_lowercase();
-    if err.is_auth() || lower.contains("password authentication failed") || lower.contains("28p01") {
-        return SourceError::Auth { user: url.user(), reason: text };
+    let reason = err.to_string();
+    match &err {
+        PgWireError::Server(text) => match sqlstate::pgwire_code(text) {
+            Some((code, message)) => {
+                sqlstate::classify(code, message, Doing::Replicating { slot, publication }, Some(url))
+            }
+            // An ErrorResponse without a code: treat like a broken session.
+            None => SourceError::Replication { reason, transient: true },
+        },
+        // The client could not authenticate the way the server asked (e.g. SCRAM verification failed).
+        PgWireError::Auth(text) => SourceError::Auth {
+            user: url.user(),
+            reason: text.clone(),
+            remedy: "check the user and password in --pg-url / WALRELAY_PG_URL or --pg-password-file, and the \
+                     pg_hba.conf method (scram-sha-256, md5, password or cert)"
+                .into(),
+        },
+        PgWireError::Tls(text) => SourceError::Tls {
+            host: url.hosts().first().map(ToString::to_string).unwrap_or_default(),
+            reason: text.clone(),
+        },
+        PgWireError::MessageTooLarge { .. } => SourceError::Replication { reason, transient: false },
+        // I/O, a protocol hiccup (a cut connection), the worker task: a new session may succeed.
+        _ => SourceError::Replication { reason, transient: true },
     }
-    if lower.contains("replication slot") && lower.contains("does not exist") {
-        return SourceError::MissingSlot { slot: slot.to_owned(), detail: String::new() };
-    }
-    if lower.contains("is active for pid") {
-        let pid = lower
-            .split("is active for pid")
-            .nth(1)
-            .and_then(|s| s.trim().split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        return SourceError::SlotActive { slot: slot.to_owned(), pid };
-    }
-    if lower.contains("can no longer get changes") || lower.contains("has been invalidated") {
-        return SourceError::SlotLost { slot: slot.to_owned(), wal_status: "lost".into() };
-    }
-    if lower.contains("publication") && lower.contains("does not exist") {
-        return SourceError::MissingPublication { publication: publication.to_owned(), table: "<outbox table>".into() };
-    }
-    if lower.contains("must be superuser or replication role") || lower.contains("permission denied to start") {
-        return SourceError::Query {
-            context: "starting replication".into(),
-            reason: format!("{text}; grant it with: ALTER ROLE {} WITH REPLICATION", url.user()),
-            code: Some("42501".into()),
-        };
-    }
-    let transient = err.is_transient()
-        || err.is_server()
-        || lower.contains("connection")
-        || lower.contains("eof")
-        || lower.contains("shutting down")
-        || lower.contains("starting up");
-    SourceError::Replication { reason: text, transient }
 }

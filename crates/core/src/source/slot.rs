@@ -93,7 +93,7 @@ pub async fn create(client: &Client, slot: &str) -> Result<Lsn, SourceError> {
     let row = client
         .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
         .await
-        .map_err(|e| SourceError::query(format!("creating slot {slot}"), e))?;
+        .map_err(|e| SourceError::decoding(format!("creating slot {slot}"), e))?;
     Ok(lsn_col(&row, "lsn").unwrap_or(Lsn::ZERO))
 }
 
@@ -102,7 +102,7 @@ pub async fn copy(client: &Client, source: &str, target: &str, temporary: bool) 
     client
         .execute("SELECT pg_copy_logical_replication_slot($1, $2, $3)", &[&source, &target, &temporary])
         .await
-        .map_err(|e| SourceError::query(format!("copying slot {source} to {target}"), e))?;
+        .map_err(|e| SourceError::decoding(format!("copying slot {source} to {target}"), e))?;
     Ok(())
 }
 
