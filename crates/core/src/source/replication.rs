@@ -39,17 +39,12 @@ pub async fn open(
     publication: &str,
     at: StartAt,
 ) -> Result<ReplicationClient, SourceError> {
-    let cfg = url.config();
-    let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-    let mut rc = ReplicationConfig::new(host.name.clone(), url.user(), password, url.dbname(), slot, publication)
-        .with_port(host.port)
-        .with_tls(url.tls().replication(&host.name))
+    let mut rc = replication_config(url, host, slot, publication)
         .with_start_lsn(pgwire_replication::Lsn(at.start.0))
         .with_ack_lsn(pgwire_replication::Lsn(at.ack.0))
         .with_status_interval(at.status_interval)
         .with_wakeup_interval(at.status_interval)
-        .with_buffer_size(4096)
-        .with_application_name(format!("walrelay:{slot}"));
+        .with_buffer_size(4096);
     if let Some(stop) = at.stop {
         rc = rc.with_stop_lsn(pgwire_replication::Lsn(stop.0));
     }
@@ -60,6 +55,16 @@ pub async fn open(
     let mut client = ReplicationClient::connect(rc).await.map_err(on_host)?;
     client.wait_started().await.map_err(on_host)?;
     Ok(client)
+}
+
+/// The replication connection's settings for `host`: the user, password, database and TLS of `url` (the same as
+/// the SQL connections'), for `slot` and `publication`. Every replication connection is built from this.
+pub fn replication_config(url: &PgUrl, host: &PgHost, slot: &str, publication: &str) -> ReplicationConfig {
+    let password = url.config().get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    ReplicationConfig::new(host.name.clone(), url.user(), password, url.dbname(), slot, publication)
+        .with_port(host.port)
+        .with_tls(url.tls().replication(&host.name))
+        .with_application_name(format!("walrelay:{slot}"))
 }
 
 /// Turns a transport error into a [`SourceError`] that says what it means for the relay: server errors by their

@@ -153,11 +153,7 @@ pub(crate) fn pgwire_code(text: &str) -> Option<(&str, &str)> {
 
 /// The last decimal number in a message (a pid), 0 when there is none.
 fn last_number(message: &str) -> i32 {
-    message
-        .split(|c: char| !c.is_ascii_digit())
-        .rfind(|s| !s.is_empty())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    message.split(|c: char| !c.is_ascii_digit()).rfind(|s| !s.is_empty()).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 #[cfg(test)]
