@@ -32,8 +32,8 @@ use tokio::sync::watch;
 
 use crate::{
     checkpoint::{Checkpoint, TxnTag},
-    config::{OnInvalid, Settings},
-    mapping::event::Position,
+    config::Settings,
+    mapping::event::{header, Position},
     mapping::outbox::InvalidEvent,
     sink::publisher::{PublishError, Publisher},
     sink::stream::{self, HighWater},
@@ -383,18 +383,12 @@ impl Session<'_, '_> {
                     self.relay.stats.skipped();
                     return Ok(());
                 }
-                let event = match event {
-                    Ok(event) => event,
-                    Err(invalid) => match self.relay.settings.on_invalid {
-                        OnInvalid::Stop => return Err(RelayError::Invalid(invalid)),
-                        OnInvalid::DeadLetter => {
-                            tracing::warn!(id = %invalid.id, commit_lsn = %position.commit_lsn, index = position.index, reason = %invalid.reason, "invalid event, publishing a dead-letter record");
-                            self.relay.stats.dead_lettered();
-                            invalid.dead_letter(&self.relay.settings.dead_letter_subject)
-                        }
-                    },
-                };
-                self.publisher.send(&event, tag).await?;
+                let event = event.map_err(RelayError::Invalid)?;
+                if event.dead_letter {
+                    tracing::warn!(id = %event.id, commit_lsn = %position.commit_lsn, index = position.index, reason = %event.header(header::ERROR).unwrap_or_default(), "invalid event, publishing a dead-letter record");
+                    self.relay.stats.dead_lettered();
+                }
+                self.publisher.send(event, tag).await?;
                 self.checkpoint.published(tag);
                 self.relay.stats.published();
             }

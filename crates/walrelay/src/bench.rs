@@ -214,29 +214,28 @@ async fn raw_ceiling(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()
     let t0 = Instant::now();
     let mut acked = 0u64;
     for i in 0..args.events {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("raw-{i}"));
+        headers.insert("Outbox-Aggregate-Type", "order");
+        headers.insert("Outbox-Aggregate-Id", i.to_string());
+        headers.insert("Outbox-Event-Type", "created");
+        headers.insert("Outbox-Commit-Lsn", "0/1A2B3C4");
+        headers.insert("Outbox-Commit-Time", "2026-01-01T00:00:00.000000Z");
+        headers.insert("Outbox-Index", (i % 100).to_string());
         let event = walrelay_core::mapping::event::Event {
             id: format!("raw-{i}"),
             subject: "raw.x".into(),
-            headers: vec![
-                ("Nats-Msg-Id".into(), format!("raw-{i}")),
-                ("Outbox-Aggregate-Type".into(), "order".into()),
-                ("Outbox-Aggregate-Id".into(), i.to_string()),
-                ("Outbox-Event-Type".into(), "created".into()),
-                ("Outbox-Commit-Lsn".into(), "0/1A2B3C4".into()),
-                ("Outbox-Commit-Time".into(), "2026-01-01T00:00:00.000000Z".into()),
-                ("Outbox-Index".into(), (i % 100).to_string()),
-            ],
+            headers,
             payload: payload.clone(),
             position: walrelay_core::mapping::event::Position { commit_lsn: pgoutput::Lsn(0), index: 0 },
-            commit_time: String::new(),
-            table: String::new(),
+            table: "".into(),
             dead_letter: false,
         };
         while publisher.in_flight() >= raw.max_in_flight {
             publisher.next_ack().await?;
             acked += 1;
         }
-        publisher.send(&event, ()).await?;
+        publisher.send(event, ()).await?;
     }
     while acked < args.events {
         publisher.next_ack().await?;

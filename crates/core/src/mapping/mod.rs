@@ -7,3 +7,6 @@
 pub mod event;
 pub mod outbox;
 pub mod subject;
+
+#[cfg(test)]
+mod proptests;

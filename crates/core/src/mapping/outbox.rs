@@ -2,22 +2,30 @@
 //!
 //! In: the table's Relation message (once per relation id, to resolve column positions) and each inserted tuple with
 //! its transaction's commit LSN, commit time and index. Out: an [`Event`] following design.md §4, or an
-//! [`InvalidEvent`] that `--on-invalid` turns into a stop or a dead-letter record.
+//! [`InvalidEvent`] that `--on-invalid` ([`OutboxMapper::on_invalid`], the one place deciding it) turns into a stop
+//! or a dead-letter record. The event is the message exactly as it goes on the wire: every header name and value is
+//! checked against what NATS (and async-nats, which panics on anything else) accepts, and the `max_payload` check
+//! is made on its measured wire size plus the most the publisher adds (the fence header or the replay marker), so a
+//! message the mapper accepts is never refused for its size.
 //! Text values arrive in Postgres text output format:
 //! <https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html#PROTOCOL-LOGICALREP-MESSAGE-FORMATS-TUPLEDATA>.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use async_nats::{header::HeaderName, HeaderMap, HeaderValue, Subject};
 use bytes::Bytes;
 use pgoutput::{Lsn, Relation, Tuple, TupleValue};
 
 use crate::{
-    config::{Columns, Settings, TableName},
-    mapping::event::{header, Event, Position},
+    config::{Columns, OnInvalid, Settings, TableName},
+    mapping::event::{header, header_name, header_value, wire_size, Event, Position},
     mapping::subject::SubjectTemplate,
+    sink::publisher::ADDED_HEADERS_MAX,
     source::SourceError,
 };
 
@@ -35,6 +43,9 @@ pub const DEFAULT_TABLE_DDL: &str = "CREATE TABLE public.outbox (
 /// Seconds from the Unix epoch to the Postgres epoch (2000-01-01).
 const PG_EPOCH_OFFSET_SECS: u64 = 946_684_800;
 
+/// 9999-12-31T23:59:59.999999Z in µs since the Unix epoch.
+const RFC3339_MAX_MICROS: u64 = 253_402_300_799_999_999;
+
 /// Formats a Postgres timestamp (µs since 2000-01-01) as RFC 3339 UTC.
 pub fn commit_time_rfc3339(pg_micros: i64) -> String {
     let base = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_OFFSET_SECS);
@@ -43,6 +54,9 @@ pub fn commit_time_rfc3339(pg_micros: i64) -> String {
     } else {
         base.checked_sub(Duration::from_micros(pg_micros.unsigned_abs())).unwrap_or(UNIX_EPOCH)
     };
+    // RFC 3339 ends at year 9999 (humantime's Display fails beyond it); Postgres' timestamps reach 294276.
+    // humantime also panics before 1970; commit times are never that old.
+    let t = t.clamp(UNIX_EPOCH, UNIX_EPOCH + Duration::from_micros(RFC3339_MAX_MICROS));
     humantime::format_rfc3339_micros(t).to_string()
 }
 
@@ -70,15 +84,22 @@ pub struct TxnStamp {
     pub commit_lsn_text: String,
     /// Commit time, RFC 3339 UTC.
     pub commit_time: String,
+    commit_lsn_value: HeaderValue,
+    commit_time_value: HeaderValue,
 }
 
 impl TxnStamp {
     /// Stamps a transaction from its Begin message.
     pub fn new(commit_lsn: Lsn, commit_time_micros: i64) -> Self {
+        let commit_lsn_text = commit_lsn.to_string();
+        let commit_time = commit_time_rfc3339(commit_time_micros);
+        // `X/Y` and RFC 3339 text never hold CR or LF.
         Self {
+            commit_lsn_value: header_value(&commit_lsn_text).unwrap_or_default(),
+            commit_time_value: header_value(&commit_time).unwrap_or_default(),
             commit_lsn,
-            commit_lsn_text: commit_lsn.to_string(),
-            commit_time: commit_time_rfc3339(commit_time_micros),
+            commit_lsn_text,
+            commit_time,
         }
     }
 }
@@ -92,7 +113,8 @@ pub struct InvalidEvent {
     pub table: String,
     /// Where it is.
     pub position: Position,
-    /// The `Outbox-*` headers it would have had.
+    /// The `Outbox-*` headers it would have had, then the row's own headers that NATS can carry (values as the row
+    /// has them: they may hold CR/LF).
     pub headers: Vec<(String, String)>,
     /// Commit time, RFC 3339.
     pub commit_time: String,
@@ -102,31 +124,82 @@ pub struct InvalidEvent {
     pub size: usize,
 }
 
+/// Longest id and reason a minimal dead-letter record carries.
+const MINIMAL_RECORD_TEXT: usize = 128;
+
 impl InvalidEvent {
-    /// The dead-letter record standing in for this event (design.md §4).
-    pub fn dead_letter(&self, subject: &str) -> Event {
-        let mut headers = vec![(header::MSG_ID.to_owned(), format!("dead-letter:{}", self.id))];
-        headers.extend(self.headers.iter().cloned());
-        headers.push((header::ERROR.to_owned(), sanitize_header_value(&self.reason)));
+    /// The dead-letter record standing in for this event (design.md §4), at most `limit` bytes on the wire when
+    /// that is possible: a record too large with the row's headers drops them, then shrinks to the position headers
+    /// and a shortened id and reason.
+    pub fn dead_letter(&self, subject: &Subject, limit: Option<usize>) -> Event {
+        let full = self.record(subject, true, usize::MAX);
+        match limit {
+            Some(limit) if full.wire_size() > limit => {
+                let bare = self.record(subject, false, usize::MAX);
+                if bare.wire_size() <= limit {
+                    bare
+                } else {
+                    self.record(subject, false, MINIMAL_RECORD_TEXT)
+                }
+            }
+            _ => full,
+        }
+    }
+
+    fn record(&self, subject: &Subject, row_headers: bool, text_max: usize) -> Event {
+        let minimal = text_max != usize::MAX;
+        let id = if minimal {
+            format!("dead-letter:{}:{}", self.position.commit_lsn, self.position.index)
+        } else {
+            format!("dead-letter:{}", sanitize_header_value(&self.id))
+        };
+        let reason = shorten(&self.reason, text_max);
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static(header::MSG_ID), header_value(&id).unwrap_or_default());
+        for (k, v) in &self.headers {
+            let ours = k.starts_with("Outbox-");
+            let position = [header::COMMIT_LSN, header::COMMIT_TIME, header::INDEX].contains(&k.as_str());
+            if !(position || (ours && !minimal) || row_headers) {
+                continue;
+            }
+            if let Some(name) = header_name(k) {
+                headers.insert(name, header_value(&sanitize_header_value(v)).unwrap_or_default());
+            }
+        }
+        headers.insert(
+            HeaderName::from_static(header::ERROR),
+            header_value(&sanitize_header_value(reason)).unwrap_or_default(),
+        );
         let body = serde_json::json!({
-            "id": self.id,
+            "id": shorten(&self.id, text_max),
             "table": self.table,
             "commit_lsn": self.position.commit_lsn.to_string(),
             "index": self.position.index,
-            "reason": self.reason,
+            "reason": reason,
             "size": self.size,
         });
         Event {
-            id: format!("dead-letter:{}", self.id),
-            subject: subject.to_owned(),
+            id,
+            subject: subject.clone(),
             headers,
             payload: Bytes::from(body.to_string()),
             position: self.position,
-            commit_time: self.commit_time.clone(),
-            table: self.table.clone(),
+            table: Arc::from(self.table.as_str()),
             dead_letter: true,
         }
     }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn shorten(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn sanitize_header_value(s: &str) -> String {
@@ -160,16 +233,26 @@ struct Layout {
 #[derive(Debug)]
 pub struct OutboxMapper {
     table: TableName,
-    table_label: String,
+    table_label: Arc<str>,
     columns: Columns,
     template: SubjectTemplate,
     layouts: HashMap<u32, Layout>,
     max_payload: Option<usize>,
     warned_keys: HashSet<String>,
+    on_invalid: OnInvalid,
+    dead_letter_subject: Subject,
+}
+
+/// A column's text (`None` for NULL, unchanged TOAST or a missing column); borrowed when it is valid UTF-8.
+fn text(tuple: &Tuple, idx: Option<usize>) -> Option<Cow<'_, str>> {
+    match tuple.0.get(idx?)? {
+        TupleValue::Text(b) | TupleValue::Binary(b) => Some(String::from_utf8_lossy(b)),
+        _ => None,
+    }
 }
 
 impl OutboxMapper {
-    /// A mapper for the configured table, columns and subject template.
+    /// A mapper for the configured table, columns, subject template and `--on-invalid`.
     pub fn new(settings: &Settings) -> Result<Self, SourceError> {
         let template = SubjectTemplate::parse(&settings.subject).map_err(|reason| SourceError::Query {
             context: "subject template".into(),
@@ -178,18 +261,50 @@ impl OutboxMapper {
         })?;
         Ok(Self {
             table: settings.table.clone(),
-            table_label: settings.table.to_string(),
+            table_label: Arc::from(settings.table.to_string()),
             columns: settings.columns.clone(),
             template,
             layouts: HashMap::new(),
             max_payload: None,
             warned_keys: HashSet::new(),
+            on_invalid: settings.on_invalid,
+            dead_letter_subject: Subject::from(settings.dead_letter_subject.as_str()),
         })
     }
 
-    /// Sets the server's `max_payload`; larger events are invalid.
+    /// Sets the server's `max_payload`: an event whose wire size plus [`ADDED_HEADERS_MAX`] exceeds it is invalid.
     pub fn set_max_payload(&mut self, max: usize) {
         self.max_payload = Some(max);
+    }
+
+    /// The largest wire size an event may have (before the headers a publisher adds), if a server is known.
+    pub fn size_limit(&self) -> Option<usize> {
+        self.max_payload.map(|max| max.saturating_sub(ADDED_HEADERS_MAX))
+    }
+
+    /// What `--on-invalid` makes of an event that cannot be published: the one place that decides it, for `run`,
+    /// `peek` and `replay`. `Ok` is the dead-letter record to publish in its place (`dead-letter`); `Err` gives the
+    /// event back to stop on (`stop`, or a record that cannot fit a tiny `max_payload`).
+    pub fn on_invalid(&self, invalid: Box<InvalidEvent>) -> Result<Event, Box<InvalidEvent>> {
+        match self.on_invalid {
+            OnInvalid::Stop => Err(invalid),
+            OnInvalid::DeadLetter => {
+                let limit = self.size_limit();
+                let record = invalid.dead_letter(&self.dead_letter_subject, limit);
+                match limit {
+                    Some(limit) if record.wire_size() > limit => {
+                        let mut invalid = invalid;
+                        invalid.reason = format!(
+                            "{}; its dead-letter record of {} bytes does not fit max_payload either",
+                            invalid.reason,
+                            record.wire_size()
+                        );
+                        Err(invalid)
+                    }
+                    _ => Ok(record),
+                }
+            }
+        }
     }
 
     /// Whether a relation is the outbox table.
@@ -203,7 +318,7 @@ impl OutboxMapper {
     pub fn relation(&mut self, relation: &Relation) -> Result<(), SourceError> {
         let find = |name: &str| relation.columns.iter().position(|c| c.name == name);
         let missing = |column: &str, purpose: &str, option: &str| SourceError::MissingColumn {
-            table: self.table_label.clone(),
+            table: self.table_label.to_string(),
             column: column.to_owned(),
             purpose: purpose.to_owned(),
             option: option.to_owned(),
@@ -239,9 +354,10 @@ impl OutboxMapper {
         self.layouts.contains_key(&relation_id)
     }
 
-    /// Maps one inserted row.
+    /// Maps one inserted row into the message as it goes on the wire.
     ///
-    /// Errors: [`MapError::Invalid`] for a row that cannot be published (handled by `--on-invalid`),
+    /// Errors: [`MapError::Invalid`] for a row that cannot be published (handled by `--on-invalid`): an id, header
+    /// name or value NATS cannot carry, a subject it cannot have, or a size over the server's `max_payload`;
     /// [`MapError::Source`] for a stream that makes no sense (unknown relation, wrong column count).
     pub fn map(&mut self, relation_id: u32, tuple: &Tuple, txn: &TxnStamp, index: u32) -> Result<Event, MapError> {
         let commit_lsn = txn.commit_lsn;
@@ -253,36 +369,13 @@ impl OutboxMapper {
             return Err(MapError::Source(SourceError::Decode {
                 lsn: commit_lsn,
                 source: pgoutput::DecodeError::ColumnCountMismatch {
-                    relation: self.table_label.clone(),
+                    relation: self.table_label.to_string(),
                     expected: layout.columns,
                     actual: tuple.0.len(),
                 },
             }));
         }
-        let text = |idx: Option<usize>| -> Option<String> {
-            match tuple.0.get(idx?)? {
-                TupleValue::Text(b) | TupleValue::Binary(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                _ => None,
-            }
-        };
         let position = Position { commit_lsn, index };
-        let commit_time = &txn.commit_time;
-        let fallback_id = format!("{}:{index}", txn.commit_lsn_text);
-        let row_id = text(layout.id);
-        let mut headers: Vec<(String, String)> = Vec::with_capacity(8);
-        let mut base = Vec::with_capacity(7);
-        if let Some(v) = text(layout.aggregate_type) {
-            base.push((header::AGGREGATE_TYPE.to_owned(), v));
-        }
-        if let Some(v) = text(layout.aggregate_id) {
-            base.push((header::AGGREGATE_ID.to_owned(), v));
-        }
-        if let Some(v) = text(layout.event_type) {
-            base.push((header::EVENT_TYPE.to_owned(), v));
-        }
-        base.push((header::COMMIT_LSN.to_owned(), txn.commit_lsn_text.clone()));
-        base.push((header::COMMIT_TIME.to_owned(), commit_time.clone()));
-        base.push((header::INDEX.to_owned(), index.to_string()));
         let payload: Bytes = match tuple.0.get(layout.payload) {
             Some(TupleValue::Text(b)) if layout.payload_kind == PayloadKind::Text => b.clone(),
             Some(v @ TupleValue::Text(_)) => match pgoutput::convert(pgoutput::oid::BYTEA, v) {
@@ -292,86 +385,128 @@ impl OutboxMapper {
             Some(TupleValue::Binary(b)) => b.clone(),
             _ => Bytes::new(),
         };
-        let table = self.table_label.clone();
-        let invalid = |reason: String, base: &Vec<(String, String)>, size: usize| InvalidEvent {
-            id: row_id.clone().unwrap_or_else(|| fallback_id.clone()),
-            table: table.clone(),
-            position,
-            headers: base.clone(),
-            commit_time: commit_time.clone(),
-            reason,
-            size,
+        let table = &self.table_label;
+        let invalid = |reason: String, built: &HeaderMap, size: usize| {
+            MapError::Invalid(Box::new(invalid_event(layout, table, tuple, txn, index, reason, built, size)))
         };
-        // Fix the header values that must not carry CR/LF (they come from the row).
-        for (k, v) in &base {
-            if v.contains(['\r', '\n']) {
-                return Err(MapError::Invalid(Box::new(invalid(
-                    format!("header {k} value contains CR or LF"),
-                    &base,
-                    payload.len(),
-                ))));
+        let no_headers = HeaderMap::new();
+        let id = match layout.id {
+            None => format!("{}:{index}", txn.commit_lsn_text),
+            Some(_) => match text(tuple, layout.id) {
+                Some(id) if !id.is_empty() && !id.contains(['\r', '\n']) => id.into_owned(),
+                Some(_) => return Err(invalid("id is empty or contains CR/LF".into(), &no_headers, payload.len())),
+                None => {
+                    return Err(invalid(format!("id column {} is NULL", self.columns.id), &no_headers, payload.len()))
+                }
+            },
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static(header::MSG_ID), header_value(&id).unwrap_or_default());
+        for (name, idx) in [
+            (header::AGGREGATE_TYPE, layout.aggregate_type),
+            (header::AGGREGATE_ID, layout.aggregate_id),
+            (header::EVENT_TYPE, layout.event_type),
+        ] {
+            if let Some(v) = text(tuple, idx) {
+                let Some(value) = header_value(&v) else {
+                    return Err(invalid(format!("header {name} value contains CR or LF"), &no_headers, payload.len()));
+                };
+                headers.insert(HeaderName::from_static(name), value);
             }
         }
-        let id = match (layout.id, row_id.clone()) {
-            (None, _) => fallback_id.clone(),
-            (Some(_), Some(id)) if !id.is_empty() && !id.contains(['\r', '\n']) => id,
-            (Some(_), Some(_)) => {
-                return Err(MapError::Invalid(Box::new(invalid(
-                    "id is empty or contains CR/LF".into(),
-                    &base,
-                    payload.len(),
-                ))))
-            }
-            (Some(_), None) => {
-                return Err(MapError::Invalid(Box::new(invalid(
-                    format!("id column {} is NULL", self.columns.id),
-                    &base,
-                    payload.len(),
-                ))))
-            }
-        };
-        // The row's own headers first, so a record standing in for an invalid event can carry them.
-        let mut user = Vec::new();
-        if let Some(json) = text(layout.headers) {
-            if let Err(reason) = user_headers(&mut self.warned_keys, &json, &mut user) {
-                return Err(MapError::Invalid(Box::new(invalid(reason, &base, payload.len()))));
+        headers.insert(HeaderName::from_static(header::COMMIT_LSN), txn.commit_lsn_value.clone());
+        headers.insert(HeaderName::from_static(header::COMMIT_TIME), txn.commit_time_value.clone());
+        headers.insert(HeaderName::from_static(header::INDEX), HeaderValue::from(index));
+        // The row's own headers, so a record standing in for an invalid event can carry them.
+        if let Some(json) = text(tuple, layout.headers) {
+            if let Err(reason) = user_headers(&mut self.warned_keys, &json, &mut headers) {
+                return Err(invalid(reason, &headers, payload.len()));
             }
         }
-        let mut with_user = base.clone();
-        with_user.extend(user.iter().cloned());
-        let subject = match self.template.render(|c| text(layout.template.get(c).copied())) {
+        let subject = match self.template.render(|c| text(tuple, layout.template.get(c).copied())) {
             Ok(s) => s,
-            Err(reason) => return Err(MapError::Invalid(Box::new(invalid(reason, &with_user, payload.len())))),
+            Err(reason) => return Err(invalid(reason, &headers, payload.len())),
         };
-        headers.push((header::MSG_ID.to_owned(), id.clone()));
-        headers.extend(base.iter().cloned());
-        headers.extend(user);
-        let event = Event {
+        // Measured on the message itself: what async-nats and the server will count, less what the publisher adds.
+        let size = wire_size(&headers, payload.len());
+        if let (Some(max), Some(limit)) = (self.max_payload, self.size_limit()) {
+            if size > limit {
+                let reason = format!(
+                    "message of {size} bytes exceeds the {limit} bytes available under the NATS server's \
+                     max_payload of {max} bytes ({ADDED_HEADERS_MAX} are kept for the headers the publisher adds)"
+                );
+                return Err(invalid(reason, &headers, size));
+            }
+        }
+        Ok(Event {
             id,
-            subject,
+            subject: Subject::from(subject),
             headers,
             payload,
             position,
-            commit_time: commit_time.clone(),
-            table: table.clone(),
+            table: self.table_label.clone(),
             dead_letter: false,
-        };
-        if let Some(max) = self.max_payload {
-            let size = event.wire_size();
-            if size > max {
-                return Err(MapError::Invalid(Box::new(invalid(
-                    format!("message of {size} bytes exceeds the NATS server's max_payload of {max} bytes"),
-                    &with_user,
-                    size,
-                ))));
-            }
-        }
-        Ok(event)
+        })
     }
 }
 
-/// Appends the keys of the `headers` JSON object.
-fn user_headers(warned_keys: &mut HashSet<String>, json: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
+/// The invalid event for a row: its id (or position), the `Outbox-*` headers it would have had and the row's own
+/// headers among those `built` so far.
+#[allow(clippy::too_many_arguments)]
+fn invalid_event(
+    layout: &Layout,
+    table: &str,
+    tuple: &Tuple,
+    txn: &TxnStamp,
+    index: u32,
+    reason: String,
+    built: &HeaderMap,
+    size: usize,
+) -> InvalidEvent {
+    let mut headers = Vec::with_capacity(8);
+    for (name, idx) in [
+        (header::AGGREGATE_TYPE, layout.aggregate_type),
+        (header::AGGREGATE_ID, layout.aggregate_id),
+        (header::EVENT_TYPE, layout.event_type),
+    ] {
+        if let Some(v) = text(tuple, idx) {
+            headers.push((name.to_owned(), v.into_owned()));
+        }
+    }
+    headers.push((header::COMMIT_LSN.to_owned(), txn.commit_lsn_text.clone()));
+    headers.push((header::COMMIT_TIME.to_owned(), txn.commit_time.clone()));
+    headers.push((header::INDEX.to_owned(), index.to_string()));
+    // The row's own headers: every name but ours.
+    let mut row: Vec<(String, String)> = built
+        .iter()
+        .filter(|(k, _)| {
+            let k = <HeaderName as AsRef<str>>::as_ref(k);
+            !(k.starts_with("Nats-") || k.starts_with("Outbox-"))
+        })
+        .flat_map(|(k, vs)| {
+            let k = <HeaderName as AsRef<str>>::as_ref(k).to_owned();
+            vs.iter().map(move |v| (k.clone(), v.as_str().to_owned()))
+        })
+        .collect();
+    row.sort();
+    headers.extend(row);
+    let id = match text(tuple, layout.id) {
+        Some(id) if layout.id.is_some() && !id.is_empty() => id.into_owned(),
+        _ => format!("{}:{index}", txn.commit_lsn_text),
+    };
+    InvalidEvent {
+        id,
+        table: table.to_owned(),
+        position: Position { commit_lsn: txn.commit_lsn, index },
+        headers,
+        commit_time: txn.commit_time.clone(),
+        reason,
+        size,
+    }
+}
+
+/// Adds the keys of the `headers` JSON object, each checked against what NATS can carry.
+fn user_headers(warned_keys: &mut HashSet<String>, json: &str, out: &mut HeaderMap) -> Result<(), String> {
     use serde_json::value::RawValue;
     // Raw values keep Postgres' JSON text exactly (numbers keep their precision and spelling).
     let map: Option<std::collections::BTreeMap<String, &RawValue>> = match serde_json::from_str(json) {
@@ -385,21 +520,25 @@ fn user_headers(warned_keys: &mut HashSet<String>, json: &str, out: &mut Vec<(St
         let lower = key.to_ascii_lowercase();
         if lower.starts_with("nats-") || lower.starts_with("outbox-") {
             if warned_keys.insert(key.clone()) {
-                tracing::warn!(key = %key, "user header cannot override Nats-*/Outbox-* headers, dropped");
+                tracing::warn!(key = %key.escape_debug(), "user header cannot override Nats-*/Outbox-* headers, dropped");
             }
             continue;
         }
-        if key.is_empty() || key.chars().any(|c| c == ':' || c.is_whitespace() || c.is_control()) {
-            return Err(format!("header key {key:?} cannot be carried by NATS (empty, or has `:` or whitespace)"));
-        }
-        let value = match serde_json::from_str::<String>(value.get()) {
-            Ok(s) => s,
-            Err(_) => value.get().to_owned(),
+        let Some(name) = header_name(&key) else {
+            return Err(format!(
+                "header key `{}` cannot be carried by NATS (a key must be non-empty printable ASCII without `:` or \
+                 whitespace)",
+                key.escape_debug()
+            ));
         };
-        if value.contains(['\r', '\n']) {
-            return Err(format!("header {key} value contains CR or LF"));
-        }
-        out.push((key, value));
+        let text = match serde_json::from_str::<String>(value.get()) {
+            Ok(s) => Cow::Owned(s),
+            Err(_) => Cow::Borrowed(value.get()),
+        };
+        let Some(value) = header_value(&text) else {
+            return Err(format!("header `{}` value contains CR or LF", key.escape_debug()));
+        };
+        out.insert(name, value);
     }
     Ok(())
 }
@@ -485,18 +624,18 @@ mod tests {
         ]);
         let e = m.map(42, &t, &TxnStamp::new(Lsn(0x1_0000_00AB), 0), 3).expect("event");
         assert_eq!(e.id, ID);
-        assert_eq!(e.subject, "outbox.order.created");
+        assert_eq!(e.subject.as_str(), "outbox.order.created");
         assert_eq!(&e.payload[..], br#"{"a": 1}"#);
-        let h: Vec<(&str, &str)> = e.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let h: Vec<(&str, &str)> = e.sorted_headers().into_iter().collect();
         assert_eq!(
             h,
             [
                 ("Nats-Msg-Id", ID),
-                ("Outbox-Aggregate-Type", "order"),
                 ("Outbox-Aggregate-Id", "1001"),
-                ("Outbox-Event-Type", "created"),
+                ("Outbox-Aggregate-Type", "order"),
                 ("Outbox-Commit-Lsn", "1/AB"),
                 ("Outbox-Commit-Time", "2000-01-01T00:00:00.000000Z"),
+                ("Outbox-Event-Type", "created"),
                 ("Outbox-Index", "3"),
                 ("big", "123456789012345678901234567890"),
                 ("d", "1.50"),
@@ -513,7 +652,7 @@ mod tests {
         let mut m = mapper(&s, &[("kind", oid::TEXT), ("payload", oid::BYTEA)]);
         let e = m.map(42, &row(&[Some("ping"), Some("\\x00ff10")]), &TxnStamp::new(Lsn(0x20), 0), 7).expect("event");
         assert_eq!(e.id, "0/20:7");
-        assert_eq!(e.subject, "events.ping");
+        assert_eq!(e.subject.as_str(), "events.ping");
         assert_eq!(&e.payload[..], &[0x00, 0xff, 0x10]);
         assert!(e.header("Outbox-Aggregate-Type").is_none());
     }
@@ -528,12 +667,16 @@ mod tests {
         let cases: Vec<(Tuple, &str)> = vec![
             (base(None, "order", None), "NULL"),
             (base(Some(ID), "", None), "empty"),
-            (base(Some(ID), "or.der", None), "'.'"),
-            (base(Some(ID), "or der", None), "' '"),
-            (base(Some(ID), "*", None), "'*'"),
-            (base(Some(ID), ">", None), "'>'"),
-            (base(Some(ID), "order", Some(r#"{"bad key": "v"}"#)), "cannot be carried"),
-            (base(Some(ID), "order", Some(r#"{"k:v": "v"}"#)), "cannot be carried"),
+            (base(Some(ID), "or.der", None), "`.`"),
+            (base(Some(ID), "or der", None), "` `"),
+            (base(Some(ID), "*", None), "`*`"),
+            (base(Some(ID), ">", None), "`>`"),
+            (base(Some(ID), "order", Some(r#"{"bad key": "v"}"#)), "header key `bad key` cannot be carried"),
+            (base(Some(ID), "order", Some(r#"{"k:v": "v"}"#)), "header key `k:v` cannot be carried"),
+            (base(Some(ID), "order", Some(r#"{"café": "x"}"#)), "header key `café` cannot be carried"),
+            (base(Some(ID), "order", Some(r#"{"": "x"}"#)), "header key `` cannot be carried"),
+            (base(Some(ID), "order", Some(r#"{"k": "cr\rhere"}"#)), "header `k` value contains CR or LF"),
+            (base(Some(ID), "or\rder", None), "Outbox-Aggregate-Type value contains CR or LF"),
             (base(Some(ID), "order", Some(r#"{"k": "line\r\nbreak"}"#)), "CR or LF"),
             (base(Some(ID), "order", Some("[1, 2]")), "not a JSON object"),
         ];
@@ -547,7 +690,7 @@ mod tests {
         // A NULL id falls back to the position for the dead-letter record.
         let i = invalid(m.map(42, &base(None, "order", None), &TxnStamp::new(Lsn(0x30), 0), 4));
         assert_eq!(i.id, "0/30:4");
-        let dl = i.dead_letter("outbox.dead-letter");
+        let dl = i.dead_letter(&Subject::from("outbox.dead-letter"), None);
         assert_eq!(dl.id, "dead-letter:0/30:4");
         assert_eq!(dl.header(header::MSG_ID), Some("dead-letter:0/30:4"));
         assert!(dl.header(header::ERROR).is_some_and(|e| e.contains("NULL")));
@@ -566,7 +709,7 @@ mod tests {
         let i = invalid(m.map(42, &t, &TxnStamp::new(Lsn(1), 0), 0));
         assert!(i.reason.contains("max_payload of 100"), "{}", i.reason);
         assert!(i.headers.contains(&("u".to_owned(), "1".to_owned())), "the record keeps the row's headers");
-        assert!(i.dead_letter("dl").header("u") == Some("1"));
+        assert!(i.dead_letter(&Subject::from("dl"), None).header("u") == Some("1"));
         assert!(i.size > 200);
         let mut m = mapper(&s, DEFAULT);
         let t = row(&[
@@ -581,7 +724,58 @@ mod tests {
         assert_eq!(e.header("Nats-Msg-Id"), Some(ID));
         assert_eq!(e.header("Outbox-Index"), Some("0"));
         assert_eq!(e.header("ok"), Some("y"));
-        assert_eq!(e.headers.len(), 8);
+        assert_eq!(e.sorted_headers().len(), 8);
+    }
+
+    #[test]
+    fn max_payload_counts_every_header_and_keeps_room_for_the_publishers() {
+        let s = settings(|_| {});
+        let row_with = |n: usize| {
+            let payload = format!(r#"{{"p": "{}"}}"#, "x".repeat(n));
+            row(&[Some(ID), Some("order"), Some("1"), Some("created"), Some(&payload), Some(r#"{"k": "v"}"#)])
+        };
+        let mut m = mapper(&s, DEFAULT);
+        let size = m.map(42, &row_with(0), &TxnStamp::new(Lsn(1), 0), 0).expect("event").wire_size();
+        // A server whose max_payload this event hits exactly with the publisher's headers: it is published.
+        let max = size + ADDED_HEADERS_MAX;
+        m.set_max_payload(max);
+        let e = m.map(42, &row_with(0), &TxnStamp::new(Lsn(1), 0), 0).expect("fits exactly");
+        assert_eq!(e.wire_size() + ADDED_HEADERS_MAX, max);
+        // One byte more is invalid, naming the sizes.
+        let i = invalid(m.map(42, &row_with(1), &TxnStamp::new(Lsn(1), 0), 0));
+        assert_eq!(i.size, size + 1);
+        assert!(i.reason.contains(&format!("max_payload of {max} bytes")), "{}", i.reason);
+        // An event that hits max_payload exactly without the publisher's headers is invalid too.
+        let i = invalid(m.map(42, &row_with(ADDED_HEADERS_MAX), &TxnStamp::new(Lsn(1), 0), 0));
+        assert_eq!(i.size, max);
+    }
+
+    #[test]
+    fn dead_letter_records_are_wire_ready_whatever_the_row_holds() {
+        let s = settings(|r| r.on_invalid = "dead-letter".into());
+        let mut m = mapper(&s, DEFAULT);
+        m.set_max_payload(1024);
+        let long_id = "i".repeat(2000);
+        let rows = [
+            row(&[Some("a\r\nb"), Some("or\rder"), Some("1"), Some("created"), Some("{}"), None]),
+            row(&[Some(ID), Some("or\nder"), Some("1\r"), Some("created"), Some("{}"), Some(r#"{"café": "x"}"#)]),
+            row(&[Some(&long_id), Some("order"), Some("1"), Some("created"), Some(&"x".repeat(5000)), None]),
+        ];
+        for (n, t) in rows.iter().enumerate() {
+            let i = invalid(m.map(42, t, &TxnStamp::new(Lsn(0x40), 0), n as u32));
+            let record = m.on_invalid(Box::new(i.clone())).expect("a record");
+            assert!(record.dead_letter);
+            assert_eq!(record.subject.as_str(), "outbox.dead-letter");
+            assert!(record.wire_size() + ADDED_HEADERS_MAX <= 1024, "{}", record.wire_size());
+            assert_eq!(record.header(header::COMMIT_LSN), Some("0/40"));
+            assert_eq!(record.header(header::INDEX), Some(n.to_string().as_str()));
+            for (_, values) in record.headers.iter() {
+                assert!(values.iter().all(|v| !v.as_str().contains(['\r', '\n'])));
+            }
+        }
+        let stop = mapper(&settings(|_| {}), DEFAULT);
+        let i = invalid(m.map(42, &rows[0], &TxnStamp::new(Lsn(0x40), 0), 0));
+        assert!(stop.on_invalid(Box::new(i)).is_err(), "--on-invalid stop gives the event back");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! the stream's subject filter, each placeholder token becoming `*`.
 //! See <https://docs.nats.io/nats-concepts/subjects>.
 
-use std::collections::BTreeSet;
+use std::{borrow::Cow, collections::BTreeSet};
 
 /// One piece of a subject template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl SubjectTemplate {
         }
         let t = Self { source: template.to_owned(), pieces };
         // Check the shape with a harmless value in every placeholder.
-        let sample = t.render(|_| Some("x".to_owned())).map_err(|e| format!("template: {e}"))?;
+        let sample = t.render(|_| Some(Cow::Borrowed("x"))).map_err(|e| format!("template: {e}"))?;
         validate_literal_subject(&sample)?;
         Ok(t)
     }
@@ -70,7 +70,7 @@ impl SubjectTemplate {
     }
 
     /// Renders the subject; `value(column)` returns the column's text, `None` for NULL.
-    pub fn render(&self, mut value: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
+    pub fn render<'v>(&self, mut value: impl FnMut(&str) -> Option<Cow<'v, str>>) -> Result<String, String> {
         let mut out = String::with_capacity(self.source.len() + 16);
         for piece in &self.pieces {
             match piece {
@@ -84,7 +84,8 @@ impl SubjectTemplate {
                         v.chars().find(|ch| ch.is_whitespace() || ch.is_control() || matches!(ch, '.' | '*' | '>'))
                     {
                         return Err(format!(
-                            "subject column `{c}` value contains {bad:?}, which cannot appear in a subject token"
+                            "subject column `{c}` value contains `{}`, which cannot appear in a subject token",
+                            bad.escape_debug()
                         ));
                     }
                     out.push_str(&v);
@@ -172,7 +173,7 @@ mod tests {
         let t = SubjectTemplate::parse("outbox.{aggregate_type}.{event_type}").expect("parse");
         assert_eq!(t.columns(), vec!["aggregate_type", "event_type"]);
         assert_eq!(t.filter(), "outbox.*.*");
-        let s = t.render(|c| Some(if c == "aggregate_type" { "order".into() } else { "created".into() }));
+        let s = t.render(|c| Some(Cow::Borrowed(if c == "aggregate_type" { "order" } else { "created" })));
         assert_eq!(s.as_deref(), Ok("outbox.order.created"));
         let t = SubjectTemplate::parse("events.v1-{event_type}").expect("parse");
         assert_eq!(t.filter(), "events.*");
@@ -182,7 +183,7 @@ mod tests {
     fn rejects_bad_tokens() {
         let t = SubjectTemplate::parse("outbox.{a}").expect("parse");
         for bad in ["", "a.b", "a b", "*", ">", "x\ny"] {
-            assert!(t.render(|_| Some(bad.to_owned())).is_err(), "{bad:?}");
+            assert!(t.render(|_| Some(Cow::Borrowed(bad))).is_err(), "{bad:?}");
         }
         assert!(t.render(|_| None).is_err());
         assert!(SubjectTemplate::parse("outbox.{a").is_err());

@@ -99,7 +99,7 @@ pub(crate) async fn end_marker(control: &Client) -> Result<Lsn, SourceError> {
 pub(crate) enum Item {
     /// Ready to publish.
     Event(Box<Event>),
-    /// Cannot be published as is (`--on-invalid` decides).
+    /// Cannot be published as is, and `--on-invalid stop` is set.
     Invalid(Box<InvalidEvent>),
 }
 
@@ -214,17 +214,15 @@ impl HistoryReader {
 /// An event as one NDJSON object (design.md §4): `{"id", "table", "subject", "headers", "payload", "commit_lsn",
 /// "index", "commit_time"}`; the payload as a JSON value, or a string when it is not JSON.
 pub(crate) fn event_json(event: &Event) -> String {
-    let headers: std::collections::BTreeMap<&str, &str> =
-        event.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let line = EventLine {
         id: &event.id,
         table: &event.table,
         subject: Some(&event.subject),
-        headers,
+        headers: event.sorted_headers(),
         payload: payload_json(&event.payload),
         commit_lsn: event.position.commit_lsn.to_string(),
         index: event.position.index,
-        commit_time: &event.commit_time,
+        commit_time: event.commit_time(),
         invalid: None,
     };
     serde_json::to_string(&line).unwrap_or_default()
@@ -314,13 +312,15 @@ mod tests {
 
     #[test]
     fn event_json_has_the_contract_fields() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "a");
+        headers.insert("Outbox-Commit-Time", "2024-01-01T00:00:00.000000Z");
         let event = Event {
             id: "a".into(),
             subject: "outbox.order.created".into(),
-            headers: vec![("Nats-Msg-Id".into(), "a".into())],
+            headers,
             payload: bytes::Bytes::from_static(b"{\"n\":1}"),
             position: crate::mapping::event::Position { commit_lsn: Lsn(0x1_0000_00FF), index: 2 },
-            commit_time: "2024-01-01T00:00:00.000000Z".into(),
             table: "public.outbox".into(),
             dead_letter: false,
         };
@@ -329,6 +329,7 @@ mod tests {
         assert_eq!(v["commit_lsn"], "1/FF");
         assert_eq!(v["index"], 2);
         assert_eq!(v["headers"]["Nats-Msg-Id"], "a");
+        assert_eq!(v["commit_time"], "2024-01-01T00:00:00.000000Z");
         let text = Event { payload: bytes::Bytes::from_static(b"not json"), ..event };
         let t: serde_json::Value = serde_json::from_str(&event_json(&text)).expect("json line");
         assert_eq!(t["payload"], "not json");

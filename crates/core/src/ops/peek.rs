@@ -7,7 +7,7 @@
 //! `confirmed_flush_lsn` is unchanged, also while `run` holds it.
 
 use crate::{
-    config::{OnInvalid, Settings},
+    config::Settings,
     mapping::event::Position,
     relay::RelayError,
     sink::stream,
@@ -44,7 +44,7 @@ async fn show(
     let mut shown = 0usize;
     if limit > 0 {
         pending(settings, control, copy, |item| {
-            print_item(settings, item, json);
+            print_item(item, json);
             shown += 1;
             shown < limit
         })
@@ -106,12 +106,9 @@ pub(super) async fn pending(
     result
 }
 
-fn print_item(settings: &Settings, item: Item, json: bool) {
+fn print_item(item: Item, json: bool) {
     let event = match item {
         Item::Event(event) => *event,
-        Item::Invalid(invalid) if settings.on_invalid == OnInvalid::DeadLetter => {
-            invalid.dead_letter(&settings.dead_letter_subject)
-        }
         Item::Invalid(invalid) => {
             if json {
                 println!("{}", history::invalid_json(&invalid));
@@ -141,7 +138,12 @@ fn print_item(settings: &Settings, item: Item, json: bool) {
         };
         println!(
             "{} #{} {} {} id={} {}",
-            event.position.commit_lsn, event.position.index, event.commit_time, event.subject, event.id, payload
+            event.position.commit_lsn,
+            event.position.index,
+            event.commit_time(),
+            event.subject,
+            event.id,
+            payload
         );
     }
 }

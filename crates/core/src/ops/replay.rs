@@ -11,17 +11,22 @@
 //! stream, or after the window has passed. See
 //! <https://docs.nats.io/using-nats/developer/develop_jetstream/model_deep_dive#message-deduplication>.
 
-use std::{io::IsTerminal, pin::Pin, time::Duration};
+use std::{io::IsTerminal, pin::Pin, time::Duration, time::SystemTime};
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::{
+    header::HeaderName,
+    jetstream::{self, message::PublishMessage},
+    HeaderValue,
+};
 use futures::{stream::FuturesOrdered, Future, StreamExt};
 use pgoutput::Lsn;
 
 use crate::{
-    config::{OnInvalid, Settings},
-    mapping::event::Event,
+    config::Settings,
+    mapping::event::{header, header_value, Event},
+    mapping::outbox::{commit_time_rfc3339, pg_micros},
     relay::RelayError,
-    sink::publisher::{self, PublishError},
+    sink::publisher::PublishError,
     sink::stream,
     source::slot,
     source::transaction::Assembler,
@@ -91,6 +96,7 @@ async fn replay(
         assembler.set_max_payload(client.server_info().max_payload);
         Sink::Stream(Box::new(StreamSink {
             js,
+            replayed_at: header_value(&commit_time_rfc3339(pg_micros(SystemTime::now()))).unwrap_or_default(),
             in_flight: FuturesOrdered::new(),
             stored: 0,
             duplicates: 0,
@@ -105,16 +111,14 @@ async fn replay(
         while let Some(item) = reader.next(settings).await? {
             let event = match item {
                 Item::Event(event) => *event,
-                Item::Invalid(invalid) => match settings.on_invalid {
-                    OnInvalid::Stop => return Err(RelayError::Invalid(invalid)),
-                    OnInvalid::DeadLetter => invalid.dead_letter(&settings.dead_letter_subject),
-                },
+                Item::Invalid(invalid) => return Err(RelayError::Invalid(invalid)),
             };
-            sink.send(&event).await?;
+            let at = event.position.commit_lsn;
+            sink.send(event).await?;
             count += 1;
             if let Some(bar) = &progress {
                 bar.set_position(reader.position.0.saturating_sub(from.0));
-                bar.set_message(format!("{count} events, at {}", event.position.commit_lsn));
+                bar.set_message(format!("{count} events, at {at}"));
             }
         }
         sink.finish().await
@@ -161,6 +165,8 @@ enum Sink {
 /// Pipelined publishes without the ordering fence (the stream may hold other messages), acks awaited in order.
 struct StreamSink {
     js: jetstream::Context,
+    /// The `Outbox-Replayed-At` marker every replayed message carries.
+    replayed_at: HeaderValue,
     in_flight: FuturesOrdered<AckFuture>,
     stored: u64,
     duplicates: u64,
@@ -168,10 +174,10 @@ struct StreamSink {
 }
 
 impl Sink {
-    async fn send(&mut self, event: &Event) -> Result<(), RelayError> {
+    async fn send(&mut self, event: Event) -> Result<(), RelayError> {
         match self {
             Self::Stdout => {
-                println!("{}", history::event_json(event));
+                println!("{}", history::event_json(&event));
                 Ok(())
             }
             Self::Stream(s) => {
@@ -194,11 +200,15 @@ impl Sink {
 }
 
 impl StreamSink {
-    async fn publish(&mut self, event: &Event) -> Result<(), RelayError> {
-        let message = PublishMessage::build().payload(event.payload.clone()).headers(publisher::header_map(event));
-        let fail = |reason: String| PublishError::publish(event, reason);
-        let ack = self.js.send_publish(event.subject.clone(), message).await.map_err(|e| fail(e.to_string()))?;
-        let failed = fail(String::new());
+    async fn publish(&mut self, event: Event) -> Result<(), RelayError> {
+        let failed = PublishError::publish(&event, String::new());
+        let Event { subject, mut headers, payload, .. } = event;
+        headers.insert(HeaderName::from_static(header::REPLAYED_AT), self.replayed_at.clone());
+        let message = PublishMessage::build().payload(payload).headers(headers);
+        let ack = match self.js.send_publish(subject, message).await {
+            Ok(ack) => ack,
+            Err(e) => return Err(with_reason(failed, e.to_string()).into()),
+        };
         self.in_flight.push_back(Box::pin(async move {
             match tokio::time::timeout(Duration::from_secs(30), ack).await {
                 Ok(Ok(ack)) => Ok(ack.duplicate),

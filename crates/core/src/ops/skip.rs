@@ -12,11 +12,13 @@
 
 use std::time::Duration;
 
+use async_nats::Subject;
+
 use crate::{
-    config::Settings,
+    config::{OnInvalid, Settings},
     mapping::event::Position,
     relay::RelayError,
-    sink::publisher::Publisher,
+    sink::publisher::{Publisher, ADDED_HEADERS_MAX},
     sink::stream,
     source::slot,
     source::{self, SourceError},
@@ -40,7 +42,9 @@ pub async fn run(settings: &Settings, through: Position) -> Result<(), RelayErro
     }
     let copy = SlotCopy::create(&control, &host, &settings.slot, "skip").await?;
     let mut first = None;
-    let found = super::peek::pending(settings, &control, &copy, |item| {
+    // The event run stops on is the one `--on-invalid stop` stops on, whatever this command's setting.
+    let stop = Settings { on_invalid: OnInvalid::Stop, ..settings.clone() };
+    let found = super::peek::pending(&stop, &control, &copy, |item| {
         first = Some(item);
         false
     })
@@ -73,19 +77,21 @@ pub async fn run(settings: &Settings, through: Position) -> Result<(), RelayErro
             .into())
         }
     };
-    let record = invalid.dead_letter(&settings.dead_letter_subject);
-    let (_client, js) = stream::connect(settings).await?;
+    let (client, js) = stream::connect(settings).await?;
+    let limit = client.server_info().max_payload.saturating_sub(ADDED_HEADERS_MAX);
+    let record = invalid.dead_letter(&Subject::from(settings.dead_letter_subject.as_str()), Some(limit));
+    let subject = record.subject.clone();
     let hw = stream::high_water(&js, &settings.stream).await?;
     let mut publisher = Publisher::new(js, hw.last_sequence);
-    publisher.send(&record, ()).await?;
+    publisher.send(record, ()).await?;
     let (_, err) = publisher.drain(ACK_TIMEOUT).await;
     if let Some(err) = err {
         return Err(err.into());
     }
-    tracing::info!(id = %invalid.id, position = %through, subject = %record.subject, "event skipped");
+    tracing::info!(id = %invalid.id, position = %through, subject = %subject, "event skipped");
     println!(
         "skipped event {} at {through} ({}): dead-letter record published to {}; start `walrelay run` to go on",
-        invalid.id, invalid.reason, record.subject
+        invalid.id, invalid.reason, subject
     );
     Ok(())
 }

@@ -6,13 +6,10 @@
 
 use std::{collections::VecDeque, pin::Pin, time::Duration};
 
-use async_nats::{
-    jetstream::{self, context::PublishErrorKind, message::PublishMessage},
-    HeaderMap,
-};
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use futures::{stream::FuturesOrdered, Future, StreamExt};
 
-use crate::mapping::event::{Event, Position};
+use crate::mapping::event::{header, header_wire_len, Event, Position};
 
 /// A failure on the NATS side.
 #[derive(Debug, thiserror::Error)]
@@ -81,17 +78,27 @@ impl PublishError {
 
     /// A failed publish of `event`.
     pub fn publish(event: &Event, reason: String) -> Self {
-        Self::Publish { id: event.id.clone(), subject: event.subject.clone(), position: event.position, reason }
+        Self::Publish { id: event.id.clone(), subject: event.subject.to_string(), position: event.position, reason }
     }
 }
 
-/// The event's headers as NATS carries them.
-pub fn header_map(event: &Event) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (k, v) in &event.headers {
-        headers.insert(k.as_str(), v.as_str());
+/// The most bytes a publisher adds to an event's wire size: the ordering fence `Nats-Expected-Last-Sequence: <u64>`
+/// (20 digits at most) for `run`, or the `Outbox-Replayed-At: <RFC 3339 time>` marker for `replay`. The mapper keeps
+/// this much room under `max_payload`, so the size it checks can never disagree with the size that is published.
+pub const ADDED_HEADERS_MAX: usize = max(
+    header_wire_len(header::EXPECTED_LAST_SEQUENCE.len(), 20),
+    header_wire_len(header::REPLAYED_AT.len(), REPLAYED_AT_LEN),
+);
+
+/// Length of a replay marker's value, `2026-01-01T00:00:00.000000Z`.
+pub const REPLAYED_AT_LEN: usize = 27;
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
     }
-    headers
 }
 
 /// An ack credited to the tag the caller gave.
@@ -142,20 +149,19 @@ impl<T: Send + 'static> Publisher<T> {
     }
 
     /// Sends one event; its ack arrives later through [`next_ack`](Self::next_ack).
-    pub async fn send(&mut self, event: &Event, tag: T) -> Result<(), PublishError> {
-        let headers = header_map(event);
+    pub async fn send(&mut self, event: Event, tag: T) -> Result<(), PublishError> {
         let expected_last = self.last_sequence;
-        let message = PublishMessage::build()
-            .payload(event.payload.clone())
-            .headers(headers)
-            .expected_last_sequence(expected_last);
-        let fail = |reason: String| PublishError::publish(event, reason);
-        let ack = self.js.send_publish(event.subject.clone(), message).await.map_err(|e| fail(e.to_string()))?;
+        let size = event.payload.len();
+        let Event { id, subject, headers, payload, position, .. } = event;
+        let message = PublishMessage::build().payload(payload).headers(headers).expected_last_sequence(expected_last);
+        let ack = match self.js.send_publish(subject.clone(), message).await {
+            Ok(ack) => ack,
+            Err(e) => {
+                return Err(PublishError::Publish { id, subject: subject.to_string(), position, reason: e.to_string() })
+            }
+        };
         self.last_sequence += 1;
         let expected = self.last_sequence;
-        let id = event.id.clone();
-        let subject = event.subject.clone();
-        let position = event.position;
         self.in_flight.push_back(Box::pin(async move {
             match ack.await {
                 Ok(ack) if ack.duplicate => {
@@ -168,11 +174,13 @@ impl<T: Send + 'static> Publisher<T> {
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     Err(PublishError::Fence { id, expected, actual: e.to_string() })
                 }
-                Err(e) => Err(PublishError::Publish { id, subject, position, reason: e.to_string() }),
+                Err(e) => {
+                    Err(PublishError::Publish { id, subject: subject.to_string(), position, reason: e.to_string() })
+                }
             }
         }));
-        self.sizes.push_back(event.payload.len());
-        self.in_flight_bytes += event.payload.len();
+        self.sizes.push_back(size);
+        self.in_flight_bytes += size;
         Ok(())
     }
 

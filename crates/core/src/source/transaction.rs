@@ -29,11 +29,12 @@ pub enum Assembled {
         /// Begin's final LSN.
         commit_lsn: Lsn,
     },
-    /// An outbox insert, mapped (or the reason it cannot be published).
+    /// An outbox insert, mapped, with `--on-invalid` applied ([`OutboxMapper::on_invalid`]).
     Row {
         /// Its position.
         position: Position,
-        /// The event, or why it is invalid.
+        /// The message to publish (a dead-letter record when the row was invalid and `--on-invalid dead-letter` is
+        /// set), or the invalid event to stop on (`--on-invalid stop`).
         event: Result<Event, Box<InvalidEvent>>,
     },
     /// The open transaction committed.
@@ -150,7 +151,7 @@ impl Assembler {
                 let commit_lsn = open.stamp.commit_lsn;
                 let event = match self.mapper.map(insert.relation_id, &insert.new, &open.stamp, index) {
                     Ok(event) => Ok(event),
-                    Err(MapError::Invalid(invalid)) => Err(invalid),
+                    Err(MapError::Invalid(invalid)) => self.mapper.on_invalid(invalid),
                     Err(MapError::Source(source)) => return Err(source),
                 };
                 Ok(Assembled::Row { position: Position { commit_lsn, index }, event })
