@@ -89,6 +89,14 @@ pub struct RawSettings {
     pub log_format: String,
     // Postgres credentials and connections (design.md §4a).
     pub pg_password_file: Option<PathBuf>,
+    // NATS authentication and TLS (design.md §4a); the files are read and checked by sink::connect.
+    pub nats_creds: Option<String>,
+    pub nats_nkey: Option<String>,
+    pub nats_token_file: Option<String>,
+    pub nats_tls_ca: Option<String>,
+    pub nats_tls_cert: Option<String>,
+    pub nats_tls_key: Option<String>,
+    pub nats_tls_first: bool,
 }
 
 impl Default for RawSettings {
@@ -121,6 +129,13 @@ impl Default for RawSettings {
             log: "info,async_nats=warn,tokio_postgres=warn".into(),
             log_format: "text".into(),
             pg_password_file: None,
+            nats_creds: None,
+            nats_nkey: None,
+            nats_token_file: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
+            nats_tls_first: false,
         }
     }
 }
@@ -239,7 +254,8 @@ pub struct Settings {
     pub slot: String,
     pub publication: String,
     pub table: TableName,
-    pub nats_url: String,
+    /// `--nats-url` and the NATS authentication and TLS options, validated (credentials are secret).
+    pub nats: crate::sink::connect::NatsOptions,
     pub stream: String,
     pub subject: String,
     pub columns: Columns,
@@ -323,7 +339,16 @@ impl Settings {
         crate::mapping::subject::validate_literal_subject(&dead_letter_subject).map_err(|reason| {
             ConfigError::Invalid { option: "--dead-letter-subject", value: dead_letter_subject.clone(), reason }
         })?;
-        validate_nats_url(&raw.nats_url)?;
+        let nats = crate::sink::connect::NatsOptions::parse(&crate::sink::connect::RawNats {
+            url: &raw.nats_url,
+            creds: raw.nats_creds.as_deref(),
+            nkey: raw.nats_nkey.as_deref(),
+            token_file: raw.nats_token_file.as_deref(),
+            tls_ca: raw.nats_tls_ca.as_deref(),
+            tls_cert: raw.nats_tls_cert.as_deref(),
+            tls_key: raw.nats_tls_key.as_deref(),
+            tls_first: raw.nats_tls_first,
+        })?;
         let on_invalid = raw.on_invalid.parse().map_err(|reason| ConfigError::Invalid {
             option: "--on-invalid",
             value: raw.on_invalid.clone(),
@@ -343,7 +368,7 @@ impl Settings {
             slot,
             publication: name("--publication", &raw.publication)?,
             table: TableName::parse(&raw.table)?,
-            nats_url: raw.nats_url,
+            nats,
             stream,
             subject: subject.source().to_owned(),
             columns: Columns {
@@ -414,17 +439,6 @@ fn read_password_file(path: &std::path::Path) -> Result<SecretString, ConfigErro
     })?;
     let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
     Ok(SecretString::from(password.to_owned()))
-}
-
-fn validate_nats_url(urls: &str) -> Result<(), ConfigError> {
-    for url in urls.split(',') {
-        async_nats::ServerAddr::from_str(url.trim()).map_err(|err| ConfigError::Invalid {
-            option: "--nats-url",
-            value: redact_url(url),
-            reason: format!("{err}; expected e.g. nats://localhost:4222 (comma-separated for a cluster)"),
-        })?;
-    }
-    Ok(())
 }
 
 /// Parses a duration like `90s`, `10m`, `1h`, `500ms`.

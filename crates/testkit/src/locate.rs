@@ -139,3 +139,23 @@ pub fn nats_server(explicit: Option<&Path>) -> Result<PathBuf, KitError> {
             install: NATS_INSTALL.into(),
         })
 }
+
+/// Environment variable naming a current nats-server (2.10.4+: TLS `handshake_first`), see `scripts/install-servers`.
+pub const NATS_SERVER_NEW_ENV: &str = "WALRELAY_NATS_SERVER_NEW";
+
+/// A current nats-server: `WALRELAY_NATS_SERVER_NEW`, else `target/servers/bin/nats-server` in this workspace (put
+/// there by `scripts/install-servers`). Start it with [`crate::Nats::builder`]`().bin(path)`.
+pub fn nats_server_new() -> Result<PathBuf, KitError> {
+    let path = std::env::var_os(NATS_SERVER_NEW_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/servers/bin/nats-server"));
+    if is_executable(&path) {
+        Ok(path)
+    } else {
+        Err(KitError::BinaryNotFound {
+            what: "a current nats-server (2.10.4+)".into(),
+            searched: format!("at {} ({NATS_SERVER_NEW_ENV} or target/servers/bin)", path.display()),
+            install: "run `bash scripts/install-servers`".into(),
+        })
+    }
+}

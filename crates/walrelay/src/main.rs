@@ -146,6 +146,35 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_PG_PASSWORD_FILE", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pg_password_file: Option<PathBuf>,
+    // NATS authentication and TLS (design.md §4a).
+    /// NATS JWT credentials file (.creds: user JWT and nkey seed)
+    #[arg(long, env = "WALRELAY_NATS_CREDS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_creds: Option<String>,
+    /// NATS nkey seed file
+    #[arg(long, env = "WALRELAY_NATS_NKEY", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_nkey: Option<String>,
+    /// File holding the NATS token (one trailing newline dropped)
+    #[arg(long, env = "WALRELAY_NATS_TOKEN_FILE", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_token_file: Option<String>,
+    /// PEM CA file to verify the NATS server's certificate (TLS then required)
+    #[arg(long, env = "WALRELAY_NATS_TLS_CA", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_tls_ca: Option<String>,
+    /// PEM client certificate for NATS (with --nats-tls-key)
+    #[arg(long, env = "WALRELAY_NATS_TLS_CERT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_tls_cert: Option<String>,
+    /// PEM private key of the NATS client certificate
+    #[arg(long, env = "WALRELAY_NATS_TLS_KEY", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_tls_key: Option<String>,
+    /// TLS handshake before the server's INFO line (server `handshake_first`)
+    #[arg(long, env = "WALRELAY_NATS_TLS_FIRST", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    nats_tls_first: bool,
 }
 
 #[derive(Debug, Subcommand)]

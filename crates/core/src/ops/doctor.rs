@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use crate::{
     config::{quote_ident, quote_literal, Settings},
     mapping::subject::{filter_matches, SubjectTemplate},
-    sink::stream,
+    sink::{publisher::PublishError, stream},
     source::publication,
     source::slot,
     source::{self, SourceError},
@@ -358,29 +358,25 @@ async fn publication_checks(control: &Client, settings: &Settings, checks: &mut 
 }
 
 async fn nats_checks(settings: &Settings, checks: &mut Checks) {
-    let url = crate::config::redact_url(&settings.nats_url);
+    let url = settings.nats.url();
     let connected = tokio::time::timeout(Duration::from_secs(8), stream::connect(settings)).await;
+    let unreachable_remedy = format!(
+        "start nats-server with JetStream (nats-server -js), or set --nats-url / WALRELAY_NATS_URL (now {url})"
+    );
     let (client, js) = match connected {
         Ok(Ok(pair)) => pair,
         Ok(Err(err)) => {
-            checks.fail(
-                "nats",
-                err.to_string(),
-                format!("start nats-server with JetStream (nats-server -js), or set --nats-url / WALRELAY_NATS_URL (now {url})"),
-            );
+            nats_connect_failed(&err, &unreachable_remedy, checks);
             return;
         }
         Err(_) => {
-            checks.fail(
-                "nats",
-                format!("nats at {url} did not answer within 8s"),
-                format!("start nats-server with JetStream (nats-server -js), or set --nats-url / WALRELAY_NATS_URL (now {url})"),
-            );
+            checks.fail("nats", format!("nats at {url} did not answer within 8s"), unreachable_remedy);
             return;
         }
     };
     let info = client.server_info();
     checks.ok("nats", format!("connected to {url} (server {})", info.version));
+    nats_security_checks(settings, &info, checks);
     let enable_js = "add `jetstream { store_dir: /var/lib/nats }` to nats-server.conf (or run nats-server -js) and restart nats-server";
     if !info.jetstream {
         checks.fail("jetstream", "JetStream is not enabled on the server", enable_js);
@@ -398,6 +394,49 @@ async fn nats_checks(settings: &Settings, checks: &mut Checks) {
         );
     } else {
         checks.ok("max_payload", detail);
+    }
+}
+
+/// A failed NATS connection: the check says what failed, the remedy fits the cause.
+fn nats_connect_failed(err: &PublishError, unreachable_remedy: &str, checks: &mut Checks) {
+    match err {
+        PublishError::Authentication { remedy, .. } => checks.fail("nats_auth", err.to_string(), *remedy),
+        PublishError::Tls { remedy, .. } => checks.fail("nats_tls", err.to_string(), remedy),
+        PublishError::Unreachable { .. } => checks.fail("nats", err.to_string(), unreachable_remedy),
+        _ => checks.fail("nats", err.to_string(), "check --nats-url and the server's log"),
+    }
+}
+
+/// TLS on or off and what the server certificate was verified against, and the auth method; a warning when a
+/// connection beyond this machine is not TLS-verified.
+fn nats_security_checks(settings: &Settings, info: &async_nats::ServerInfo, checks: &mut Checks) {
+    let nats = &settings.nats;
+    // walrelay never turns verification off: when TLS is on, the certificate was verified.
+    let tls_on = nats.tls.required || info.tls_required;
+    if tls_on {
+        let first = if nats.tls.first { ", handshake first" } else { "" };
+        let client = match &nats.tls.client_cert {
+            Some(path) => format!(", client certificate {}", path.display()),
+            None => String::new(),
+        };
+        checks.ok("nats_tls", format!("on, verified against {}{first}{client}", nats.tls.roots));
+    } else if nats.is_loopback() {
+        checks.ok("nats_tls", "off (loopback connection)");
+    } else {
+        checks.warn(
+            "nats_tls",
+            format!("off: the connection to {} is neither encrypted nor verified", nats.url()),
+            "enable TLS on the server (tls { cert_file, key_file }) and use a tls:// URL or --nats-tls-ca",
+        );
+    }
+    let method = nats.auth.method();
+    match &nats.auth {
+        crate::sink::connect::NatsAuth::None => checks.ok("nats_auth", "none"),
+        crate::sink::connect::NatsAuth::UserPassword { user, .. } => {
+            checks.ok("nats_auth", format!("{method} (user {user})"))
+        }
+        crate::sink::connect::NatsAuth::Nkey { public, .. } => checks.ok("nats_auth", format!("{method} ({public})")),
+        _ => checks.ok("nats_auth", method),
     }
 }
 

@@ -83,7 +83,9 @@ pub(super) async fn pending(
             assembler.set_max_payload(client.server_info().max_payload);
             stored = stream::high_water(&js, &settings.stream).await.ok().and_then(|hw| hw.position);
         }
-        Err(err) => tracing::warn!(error = %err, "nats unreachable: not checking what the stream already holds"),
+        // Rejected credentials or a failed TLS handshake end the command; an unreachable server only this check.
+        Err(err) if !err.is_transient() => return Err(err.into()),
+        Err(err) => tracing::warn!(error = %err, "nats not connected: not checking what the stream already holds"),
     }
     let mut reader = HistoryReader::open(settings, copy, range, assembler).await?;
     let result = async {

@@ -136,7 +136,7 @@ pub async fn run(
         // A permanent failure (e.g. authentication) is an error of the command, not a health finding.
         Ok(Err(err)) if !err.is_transient() => return Err(err.into()),
         Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("nats at {} did not answer within 3s", crate::config::redact_url(&settings.nats_url))),
+        Err(_) => Err(format!("nats at {} did not answer within 3s", settings.nats.url())),
     };
     let check = opts.check || opts.max_lag.is_some();
     let tty = std::io::stdout().is_terminal();

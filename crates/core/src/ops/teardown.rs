@@ -48,6 +48,8 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
     if opts.replay_slot {
         slots.push(settings.replay_slot());
     }
+    // Connect to NATS before dropping anything, so a rejected credential leaves everything in place.
+    let nats = if opts.stream { Some(stream::connect(settings).await?) } else { None };
     // Refuse before dropping anything.
     if !opts.force && opts.slot {
         refuse_pending(settings, &control, &host).await?;
@@ -80,8 +82,7 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
         publication::drop(&control, &settings.publication).await?;
         println!("publication {}: {}", settings.publication, if existed { "dropped" } else { "not found" });
     }
-    if opts.stream {
-        let (_client, js) = stream::connect(settings).await?;
+    if let Some((_client, js)) = nats {
         let result = match js.delete_stream(&settings.stream).await {
             Ok(_) => "deleted",
             Err(err)

@@ -1,8 +1,10 @@
 //! The sink: JetStream.
 //!
-//! In: mapped events, in commit order. Out: acks, in the same order. [`stream`] connects, makes sure the stream exists
-//! and reads its tail (the high-water mark); [`publisher`] pipelines publishes behind the ordering fence.
+//! In: mapped events, in commit order. Out: acks, in the same order. [`connect`] reaches the server (authentication,
+//! TLS), [`stream`] makes sure the stream exists and reads its tail (the high-water mark); [`publisher`] pipelines
+//! publishes behind the ordering fence.
 //! See <https://docs.nats.io/nats-concepts/jetstream/streams>.
 
+pub mod connect;
 pub mod publisher;
 pub mod stream;

@@ -15,13 +15,43 @@ use crate::mapping::event::{header, header_wire_len, Event, Position};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishError {
-    /// Could not connect to NATS.
-    #[error("nats at {url} unreachable: {reason}")]
+    /// No NATS server answered (connection refused, timed out, unknown host): worth retrying.
+    #[error("nats at {url} unreachable: {reason}; start nats-server with JetStream (nats-server -js), or set --nats-url / WALRELAY_NATS_URL")]
+    Unreachable {
+        /// Redacted URL.
+        url: String,
+        /// The client's message.
+        reason: String,
+    },
+    /// The connection failed for another reason (e.g. closed during the handshake).
+    #[error("nats at {url}: cannot connect: {reason}")]
     Connect {
         /// Redacted URL.
         url: String,
         /// The client's message.
         reason: String,
+    },
+    /// The server rejected the credentials (authorization violation, expired or revoked): permanent.
+    #[error("nats at {url}: authentication failed (auth method: {method}): {reason}; {remedy}")]
+    Authentication {
+        /// Redacted URL.
+        url: String,
+        /// The auth method in use (user/password, token, nkey, creds, none).
+        method: &'static str,
+        /// The server's or client's message.
+        reason: String,
+        /// What to check.
+        remedy: &'static str,
+    },
+    /// The TLS handshake failed (untrusted certificate, TLS against a plaintext server, ...): permanent.
+    #[error("nats at {url}: TLS handshake failed: {reason}; {remedy}")]
+    Tls {
+        /// Redacted URL.
+        url: String,
+        /// The TLS library's message (names the certificate problem).
+        reason: String,
+        /// What to check.
+        remedy: String,
     },
     /// The stream is missing and `--no-create` is set.
     #[error("stream {stream} does not exist and --no-create is set; run `walrelay setup` or drop --no-create")]
@@ -73,7 +103,7 @@ pub enum PublishError {
 impl PublishError {
     /// The one place that decides, for the NATS side, whether retrying (after a backoff) may help.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::MissingStream { .. })
+        !matches!(self, Self::MissingStream { .. } | Self::Authentication { .. } | Self::Tls { .. })
     }
 
     /// A failed publish of `event`.

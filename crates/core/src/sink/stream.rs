@@ -6,8 +6,6 @@
 //! See <https://docs.nats.io/nats-concepts/jetstream/streams> and
 //! <https://docs.nats.io/using-nats/developer/develop_jetstream/model_deep_dive#message-deduplication>.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, stream};
 use pgoutput::Lsn;
 
@@ -15,33 +13,11 @@ use crate::{
     config::Settings, mapping::event::header, mapping::subject::SubjectTemplate, sink::publisher::PublishError,
 };
 
-/// Connects to NATS (comma-separated URLs for a cluster) and returns a JetStream context.
+/// Connects to NATS (comma-separated URLs for a cluster) with the configured authentication and TLS, and returns a
+/// JetStream context. Every command connects through here; a failure is classified by
+/// [`NatsOptions::connect`](crate::sink::connect::NatsOptions::connect).
 pub async fn connect(settings: &Settings) -> Result<(async_nats::Client, jetstream::Context), PublishError> {
-    let urls: Vec<async_nats::ServerAddr> =
-        settings.nats_url.split(',').filter_map(|u| u.trim().parse().ok()).collect();
-    let client = async_nats::ConnectOptions::new()
-        .name("walrelay")
-        .connection_timeout(Duration::from_secs(5))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .ignore_discovered_servers()
-        .connect(urls)
-        .await
-        .map_err(|e| PublishError::Connect {
-            url: crate::config::redact_url(&settings.nats_url),
-            reason: e.to_string(),
-        })?;
-    // With retry_on_initial_connect the call returns at once; wait (bounded) for the first connection.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while client.connection_state() != async_nats::connection::State::Connected {
-        if tokio::time::Instant::now() > deadline {
-            return Err(PublishError::Connect {
-                url: crate::config::redact_url(&settings.nats_url),
-                reason: "no connection within 5s".into(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let client = settings.nats.connect().await?;
     let js = jetstream::ContextBuilder::new()
         .timeout(settings.publish_timeout)
         .max_ack_inflight(settings.max_in_flight.saturating_mul(2).max(64))
