@@ -318,14 +318,21 @@ fn scenario(
 // ---------------------------------------------------------------------------------------------------------------
 // Scenarios.
 
-/// User and password in a `tls://` URL, with a client certificate (the server verifies it): `run` relays exactly;
+/// User and password in a `tls://` URL, with a client certificate (the server verifies it) and only the permissions
+/// docs/security.md lists: `run` relays exactly;
 /// a wrong password ends setup, run, status, doctor, peek, replay and teardown with exit 1 and the remedy.
 #[test]
 fn user_password_in_url_with_client_certificate() -> TestResult {
     let pki = Pki::generate()?;
     let password = secret("pw");
-    let nats =
-        tls_nats(&pki, true, &format!("authorization {{ users = [ {{ user: relay, password: \"{password}\" }} ] }}"))?;
+    // Exactly the permissions docs/security.md lists for the relay (no `teardown --drop-stream` here).
+    let permissions = r#"permissions: {
+        publish: { allow: ["outbox.>", "$JS.API.STREAM.INFO.OUTBOX", "$JS.API.STREAM.CREATE.OUTBOX",
+                           "$JS.API.STREAM.MSG.GET.OUTBOX"] }
+        subscribe: { allow: ["_INBOX.>"] }
+    }"#;
+    let users = format!("authorization {{ users = [ {{ user: relay, password: \"{password}\", {permissions} }} ] }}");
+    let nats = tls_nats(&pki, true, &users)?;
     let port = nats.port();
     let args = vec![
         format!("--nats-tls-ca={}", pki.path("ca.pem")),
