@@ -70,6 +70,13 @@ fn help_documents_every_option_with_its_environment_variable() {
         ("--max-in-flight", "WALRELAY_MAX_IN_FLIGHT"),
         ("--replay-retention", "WALRELAY_REPLAY_RETENTION"),
         ("--no-create", "WALRELAY_NO_CREATE"),
+        ("--nats-creds", "WALRELAY_NATS_CREDS"),
+        ("--nats-nkey", "WALRELAY_NATS_NKEY"),
+        ("--nats-token-file", "WALRELAY_NATS_TOKEN_FILE"),
+        ("--nats-tls-ca", "WALRELAY_NATS_TLS_CA"),
+        ("--nats-tls-cert", "WALRELAY_NATS_TLS_CERT"),
+        ("--nats-tls-key", "WALRELAY_NATS_TLS_KEY"),
+        ("--nats-tls-first", "WALRELAY_NATS_TLS_FIRST"),
     ] {
         assert!(help.contains(flag) && help.contains(env), "{flag} / {env} missing from --help:\n{help}");
     }
@@ -86,6 +93,12 @@ fn passwords_never_appear_in_errors() {
     let out = walrelay(&["status", "--pg-url", &url.replace(":s3cret-pw@", ":s3cret-pw@:x")], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(!stderr(&out).contains("s3cret-pw"), "password leaked: {}", stderr(&out));
+    // NATS userinfo (a token, a password) is masked in usage errors too.
+    for url in ["nats://t0ken-s3cret@127.0.0.1:99999999", "nats://relay:s3cret-pw@127.0.0.1:99999999"] {
+        let out = walrelay(&["status", "--nats-url", url], &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("s3cret"), "secret leaked: {}", stderr(&out));
+    }
 }
 
 #[test]

@@ -400,9 +400,17 @@ async fn nats_checks(settings: &Settings, checks: &mut Checks) {
 /// A failed NATS connection: the check says what failed, the remedy fits the cause.
 fn nats_connect_failed(err: &PublishError, unreachable_remedy: &str, checks: &mut Checks) {
     match err {
-        PublishError::Authentication { remedy, .. } => checks.fail("nats_auth", err.to_string(), *remedy),
-        PublishError::Tls { remedy, .. } => checks.fail("nats_tls", err.to_string(), remedy),
-        PublishError::Unreachable { .. } => checks.fail("nats", err.to_string(), unreachable_remedy),
+        PublishError::Authentication { url, method, reason, remedy } => checks.fail(
+            "nats_auth",
+            format!("nats at {url}: authentication failed (auth method: {method}): {reason}"),
+            *remedy,
+        ),
+        PublishError::Tls { url, reason, remedy } => {
+            checks.fail("nats_tls", format!("nats at {url}: TLS handshake failed: {reason}"), remedy)
+        }
+        PublishError::Unreachable { url, reason } => {
+            checks.fail("nats", format!("nats at {url} unreachable: {reason}"), unreachable_remedy)
+        }
         _ => checks.fail("nats", err.to_string(), "check --nats-url and the server's log"),
     }
 }

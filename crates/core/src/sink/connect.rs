@@ -299,7 +299,7 @@ impl NatsOptions {
         let tls_config = self.tls.client_config().map_err(|reason| PublishError::Tls {
             url: self.url.clone(),
             reason,
-            remedy: tls_remedy(&self.tls),
+            remedy: tls_remedy(&self.tls, None),
         })?;
         let url = self.url.clone();
         let method = self.auth.method();
@@ -352,9 +352,13 @@ impl NatsOptions {
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
                 PublishError::Authentication { url, method: self.auth.method(), reason, remedy: self.auth.remedy() }
             }
-            ConnectErrorKind::Tls => PublishError::Tls { url, reason, remedy: tls_remedy(&self.tls) },
+            ConnectErrorKind::Tls => {
+                PublishError::Tls { url, reason, remedy: tls_remedy(&self.tls, rustls_error(err)) }
+            }
             ConnectErrorKind::TimedOut | ConnectErrorKind::Dns => PublishError::Unreachable { url, reason },
-            _ if rustls_error(err).is_some() => PublishError::Tls { url, reason, remedy: tls_remedy(&self.tls) },
+            _ if rustls_error(err).is_some() => {
+                PublishError::Tls { url, reason, remedy: tls_remedy(&self.tls, rustls_error(err)) }
+            }
             _ if io_kind(err).is_some_and(|kind| {
                 use std::io::ErrorKind::*;
                 matches!(kind, ConnectionRefused | TimedOut | HostUnreachable | NetworkUnreachable | AddrNotAvailable)
@@ -391,18 +395,26 @@ fn log_event(event: &async_nats::Event, url: &str, method: &str, remedy: &str) {
     }
 }
 
-/// The remedy for a failed TLS handshake with these settings.
-fn tls_remedy(tls: &NatsTls) -> String {
-    let mut remedy = match &tls.roots {
+/// The remedy for a failed TLS handshake with these settings (and the TLS library's error, when there is one).
+fn tls_remedy(tls: &NatsTls, error: Option<&rustls::Error>) -> String {
+    let certificate = match &tls.roots {
         TrustRoots::System => "the server's certificate must be trusted: pass its CA with --nats-tls-ca".to_owned(),
-        TrustRoots::CaFile(path) => {
-            format!(
-                "check that {} signed the server's certificate and that it names the host in --nats-url",
-                path.display()
-            )
-        }
+        TrustRoots::CaFile(path) => format!(
+            "check that {} signed the server's certificate and that it names the host in --nats-url",
+            path.display()
+        ),
     };
-    remedy.push_str("; a tls:// URL or --nats-tls-ca needs a server with TLS enabled (tls { cert_file, key_file })");
+    let plaintext = "the server does not speak TLS on this port: enable tls { cert_file, key_file } on the server, or \
+                     connect without TLS (nats:// and no --nats-tls-* options)";
+    let mut remedy = match error {
+        Some(rustls::Error::InvalidCertificate(_)) => certificate,
+        Some(rustls::Error::InvalidMessage(_)) => plaintext.to_owned(),
+        Some(rustls::Error::AlertReceived(_)) => "the server refused the handshake: if it verifies clients \
+                                                   (tls { verify: true }), pass --nats-tls-cert and --nats-tls-key \
+                                                   with a certificate its CA signed"
+            .to_owned(),
+        _ => format!("{certificate}; or {plaintext}"),
+    };
     if tls.first {
         remedy.push_str("; --nats-tls-first needs the server's tls { handshake_first: true } (nats-server 2.10.4+)");
     }
