@@ -97,6 +97,9 @@ pub struct RawSettings {
     pub nats_tls_cert: Option<String>,
     pub nats_tls_key: Option<String>,
     pub nats_tls_first: bool,
+    // Replicas and failover (design.md §4b).
+    pub primary_url: Option<String>,
+    pub failover: bool,
 }
 
 impl Default for RawSettings {
@@ -136,6 +139,8 @@ impl Default for RawSettings {
             nats_tls_cert: None,
             nats_tls_key: None,
             nats_tls_first: false,
+            primary_url: None,
+            failover: false,
         }
     }
 }
@@ -275,6 +280,11 @@ pub struct Settings {
     // Postgres credentials (design.md §4a): the `--pg-password-file` password, already applied to `pg_url`; apply it
     // to any other Postgres URL with [`Settings::with_pg_password`].
     pub pg_password: Option<SecretString>,
+    // Replicas and failover (design.md §4b).
+    /// The primary, used when `pg_url` is a standby (publication, `pg_log_standby_snapshot()`).
+    pub primary_url: Option<PgUrl>,
+    /// Create (or alter) the slot with `failover = true`.
+    pub failover: bool,
 }
 
 impl Settings {
@@ -405,6 +415,19 @@ impl Settings {
                 })
                 .transpose()?,
             log: raw.log,
+            primary_url: raw
+                .primary_url
+                .as_deref()
+                .map(|url| {
+                    PgUrl::parse(url).map(|u| u.with_password(pg_password.as_ref())).map_err(|err| match err {
+                        ConfigError::Invalid { value, reason, .. } => {
+                            ConfigError::Invalid { option: "--primary-url", value, reason }
+                        }
+                        other => other,
+                    })
+                })
+                .transpose()?,
+            failover: raw.failover,
             log_format: match raw.log_format.as_str() {
                 "text" | "json" => raw.log_format,
                 other => {

@@ -40,6 +40,7 @@ use crate::{
     source::publication,
     source::replication::{self, StartAt},
     source::slot,
+    source::standby,
     source::transaction::{Assembled, Assembler},
     source::{self, SourceError},
     stats::Stats,
@@ -84,6 +85,8 @@ struct Relay<'a> {
     stats: Arc<Stats>,
     status_interval: Duration,
     standing_by: bool,
+    /// The server the last session streamed from, to notice a promotion or failover on reconnect.
+    server: Option<slot::Server>,
 }
 
 /// Runs the relay until shutdown (Ok) or a permanent error.
@@ -105,7 +108,7 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
             Err(err) => return Err(err),
         }
     };
-    let mut relay = Relay { settings, shutdown, stats, status_interval, standing_by: false };
+    let mut relay = Relay { settings, shutdown, stats, status_interval, standing_by: false, server: None };
     attempt = 0;
     loop {
         let started = Instant::now();
@@ -155,25 +158,23 @@ fn backoff(attempt: u32) -> Duration {
 
 /// One-time checks and creation of what is missing (unless `--no-create`). Returns the status-update interval.
 async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
-    let control = source::connect(&settings.pg_url).await?;
+    let (control, host) = source::connect_host(&settings.pg_url).await?;
+    let server = slot::server(&control).await?;
+    slot::check_versions(&server, settings.failover)?;
     slot::check_wal_level(&control).await?;
+    let primary = standby::connect_primary(settings, &server).await?;
     publication::check_table(&control, settings).await?;
-    if settings.no_create {
-        if publication::info(&control, &settings.publication, &settings.table).await?.is_none() {
-            return Err(SourceError::MissingPublication {
-                publication: settings.publication.clone(),
-                table: settings.table.quoted(),
-            }
-            .into());
-        }
-    } else if publication::ensure(&control, &settings.publication, &settings.table).await? {
+    if standby::ensure_publication(settings, &control, &server, primary.as_ref(), !settings.no_create).await? {
         tracing::info!(publication = %settings.publication, table = %settings.table, "publication created");
     }
     let (_client, js) = stream::connect(settings).await?;
     stream::ensure(&js, settings, !settings.no_create).await?;
     let hw = stream::high_water(&js, &settings.stream).await?;
     match slot::info(&control, &settings.slot).await? {
-        Some(info) => info.check()?,
+        Some(info) => {
+            info.check()?;
+            slot::ensure_failover(settings, &host, &server, &info).await?;
+        }
         None if settings.no_create => {
             return Err(SourceError::MissingSlot {
                 slot: settings.slot.clone(),
@@ -182,18 +183,12 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
             .into())
         }
         None => {
-            if let Some((lsn, index)) = hw.position {
-                return Err(SourceError::MissingSlot {
-                    slot: settings.slot.clone(),
-                    detail: format!(
-                        " but stream {} already holds relayed events (up to commit LSN {lsn}, index {index}), so it existed and was dropped",
-                        settings.stream
-                    ),
-                }
-                .into());
+            if hw.position.is_some() {
+                return Err(missing_slot(settings, &server, Some(&hw)).into());
             }
-            let at = slot::create(&control, &settings.slot).await?;
-            tracing::info!(slot = %settings.slot, lsn = %at, "slot created");
+            let opts = slot::CreateOptions { failover: settings.failover, primary: primary.as_ref() };
+            let at = slot::create(&control, &server, &settings.slot, opts).await?;
+            tracing::info!(slot = %settings.slot, lsn = %at, standby = server.in_recovery, failover = settings.failover, "slot created");
         }
     }
     let wst = slot::wal_sender_timeout_ms(&control).await?;
@@ -204,6 +199,29 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
     Ok(interval)
 }
 
+/// The slot is missing although the stream holds relayed events: it existed. Says why that may be, and never
+/// creates a new slot (events committed since it went away would be skipped silently).
+fn missing_slot(settings: &Settings, server: &slot::Server, hw: Option<&HighWater>) -> SourceError {
+    let promoted = match server.timeline {
+        Some(tli) if tli > 1 && !server.in_recovery => format!(
+            "; this server was promoted (timeline {tli}), and the slot was not synchronized to it before the \
+             failover: create it with --failover on the primary, with sync_replication_slots = on on the standby and \
+             the standby's physical slot in the primary's synchronized_standby_slots (docs/replicas.md)"
+        ),
+        _ => String::new(),
+    };
+    let held = match hw.and_then(|hw| hw.position) {
+        Some((lsn, index)) => {
+            format!("stream {} already holds relayed events (up to commit LSN {lsn}, index {index})", settings.stream)
+        }
+        None => "walrelay read from it before".to_owned(),
+    };
+    SourceError::MissingSlot {
+        slot: settings.slot.clone(),
+        detail: format!(" on this server, but {held}, so it existed and was dropped or lost{promoted}"),
+    }
+}
+
 impl Relay<'_> {
     /// One replication session: from the stream's high-water mark until shutdown or an error.
     async fn session(&mut self) -> Result<SessionEnd, RelayError> {
@@ -211,10 +229,19 @@ impl Relay<'_> {
         let (control, host) = source::connect_host(&settings.pg_url).await?;
         // The slot first: when it is gone (e.g. `walrelay teardown` ran), stop before recreating anything that the
         // teardown removed, such as the stream.
-        let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
-            slot: settings.slot.clone(),
-            detail: " (it was dropped while walrelay ran, e.g. by `walrelay teardown`)".into(),
-        })?;
+        let server = slot::server(&control).await?;
+        let Some(info) = slot::info(&control, &settings.slot).await? else {
+            return Err(match &self.server {
+                Some(last) if server_changed(last, &server) || server.timeline > last.timeline => {
+                    missing_slot(settings, &server, None)
+                }
+                _ => SourceError::MissingSlot {
+                    slot: settings.slot.clone(),
+                    detail: " (it was dropped while walrelay ran, e.g. by `walrelay teardown`)".into(),
+                },
+            }
+            .into());
+        };
         info.check()?;
         let (client, js) = stream::connect(settings).await?;
         stream::ensure(&js, settings, !settings.no_create).await?;
@@ -244,8 +271,11 @@ impl Relay<'_> {
             high_water = %hw.position.map(|(l, i)| format!("{l}#{i}")).unwrap_or_else(|| "none".into()),
             postgres_version = %pg_version,
             nats_version = %client.server_info().version,
+            standby = server.in_recovery,
+            timeline = server.timeline.unwrap_or(0),
             "relay started"
         );
+        self.log_resume(&server, confirmed, &hw);
         let mut session = Session {
             relay: self,
             publisher: Publisher::new(js, hw.last_sequence),
@@ -265,6 +295,38 @@ impl Relay<'_> {
         self.stats.confirmed(confirmed);
         result
     }
+}
+
+impl Relay<'_> {
+    /// After a promotion or failover (another server, or a new timeline), says where the relay resumes: the
+    /// slot's position on the new server against the stream's high-water mark. Events up to the mark are skipped
+    /// (they are stored), so a synchronized slot that lags the old primary's causes no duplicates.
+    fn log_resume(&mut self, server: &slot::Server, confirmed: Lsn, hw: &HighWater) {
+        if let Some(last) = self.server.as_ref().filter(|last| server_changed(last, server)) {
+            let high_water = hw.position.map(|(lsn, _)| lsn).unwrap_or(Lsn::ZERO);
+            let relation = if confirmed < high_water {
+                "slot behind the stream: events up to the high-water mark are skipped"
+            } else {
+                "slot at or past the stream's high-water mark"
+            };
+            tracing::warn!(
+                slot = %self.settings.slot,
+                previous_timeline = last.timeline.unwrap_or(0),
+                timeline = server.timeline.unwrap_or(0),
+                previous_standby = last.in_recovery,
+                standby = server.in_recovery,
+                confirmed_flush_lsn = %confirmed,
+                high_water = %hw.position.map(|(l, i)| format!("{l}#{i}")).unwrap_or_else(|| "none".into()),
+                "postgres server changed since the last session (promotion or failover), resuming: {relation}"
+            );
+        }
+        self.server = Some(server.clone());
+    }
+}
+
+/// Whether the relay now talks to another server or timeline than before (a promotion or failover).
+fn server_changed(last: &slot::Server, now: &slot::Server) -> bool {
+    last.timeline != now.timeline || last.system_id != now.system_id || last.in_recovery != now.in_recovery
 }
 
 /// State of one session's main loop.

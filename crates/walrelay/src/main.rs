@@ -175,6 +175,17 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_NATS_TLS_FIRST", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     nats_tls_first: bool,
+    // Replicas and failover (design.md §4b).
+    /// The primary when --pg-url is a standby: the publication is created there, and slot creation on the standby
+    /// asks it for a snapshot (pg_log_standby_snapshot)
+    #[arg(long, env = "WALRELAY_PRIMARY_URL", global = true, hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    primary_url: Option<String>,
+    /// Create the slot as a failover slot (PostgreSQL 17+), or alter an existing one to it, so standbys that
+    /// sync slots can take over
+    #[arg(long, env = "WALRELAY_FAILOVER", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    failover: bool,
 }
 
 #[derive(Debug, Subcommand)]

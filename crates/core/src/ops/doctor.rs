@@ -21,6 +21,8 @@ use crate::{
     source::{self, SourceError},
 };
 
+mod replica;
+
 /// Smallest duplicate window that still covers a relay restart.
 const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -238,6 +240,10 @@ async fn postgres_checks(control: &Client, settings: &Settings, checks: &mut Che
         ),
         (None, None) => {}
     }
+
+    // Standby and failover.
+    let server = slot::server(control).await?;
+    replica::checks(control, &server, settings, slot_info.as_ref(), checks).await?;
 
     // Copies left behind by an interrupted peek or replay.
     let leftovers = super::history::leftover_copies(control, settings).await?;

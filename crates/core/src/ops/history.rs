@@ -8,8 +8,12 @@
 //! `restart_lsn` and `confirmed_flush_lsn`), read over its own replication session and dropped afterwards, so the
 //! original's `confirmed_flush_lsn` does not move, also while `run` holds it. The copy is not temporary: a temporary
 //! slot belongs to the SQL session that created it and a replication session could not acquire it.
-//! The end of the range is marked with a non-transactional logical message (`pg_logical_emit_message`), which the
-//! walsender delivers in WAL order; everything committed before it has been sent when it arrives.
+//! On a primary the end of the range is marked with a non-transactional logical message (`pg_logical_emit_message`),
+//! which the walsender delivers in WAL order; everything committed before it has been sent when it arrives. A
+//! standby cannot write WAL, and peek and replay write nothing on the server they read (design.md §4b): there the
+//! end is the last replayed LSN (`pg_last_wal_replay_lsn()`), everything committed before it has been replayed, and
+//! the read ends at the first transaction committing at or after it, or, on an idle stream, at the first keepalive
+//! whose `wal_end` reaches it (the walsender decodes up to the replay position and pings with it while waiting).
 //! See <https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-REPLICATION>.
 
 use std::time::Duration;
@@ -82,9 +86,12 @@ impl SlotCopy {
     }
 }
 
-/// Writes the end-of-range marker and returns its LSN; falls back to the current WAL position when the marker cannot
-/// be written.
+/// The end of the range: on a standby its last replayed LSN (nothing is written); on a primary an end-of-range marker
+/// is written and its LSN returned, falling back to the current WAL position when the marker cannot be written.
 pub(crate) async fn end_marker(control: &Client) -> Result<Lsn, SourceError> {
+    if slot::server(control).await?.in_recovery {
+        return slot::current_wal_lsn(control).await;
+    }
     match control.query_one("SELECT pg_logical_emit_message(false, $1, '')::text AS lsn", &[&END_MARKER_PREFIX]).await {
         Ok(row) => Ok(crate::source::lsn_col(&row, "lsn").unwrap_or(Lsn::ZERO)),
         Err(err) => {

@@ -2,19 +2,31 @@
 //!
 //! In: the settings. Out: a publication `FOR TABLE <outbox> WITH (publish = 'insert')`, a pgoutput slot and a
 //! JetStream stream covering the subjects; a line per object saying whether it was created or already there.
+//! Against a standby (design.md §4b) the publication is created on the primary (`--primary-url`) and the slot on the
+//! standby; with `--failover` the slot is a failover slot (see [`slot::create`]).
 
-use crate::{config::Settings, relay::RelayError, sink::stream, source, source::publication, source::slot};
+use crate::{
+    config::Settings, relay::RelayError, sink::stream, source, source::publication, source::slot, source::standby,
+};
 
 /// Creates what is missing; running it twice changes nothing.
 pub async fn run(settings: &Settings) -> Result<(), RelayError> {
-    let control = source::connect(&settings.pg_url).await?;
+    let (control, host) = source::connect_host(&settings.pg_url).await?;
+    let server = slot::server(&control).await?;
+    slot::check_versions(&server, settings.failover)?;
     slot::check_wal_level(&control).await?;
+    let primary = standby::connect_primary(settings, &server).await?;
     publication::check_table(&control, settings).await?;
-    let created = publication::ensure(&control, &settings.publication, &settings.table).await?;
+    let created = standby::ensure_publication(settings, &control, &server, primary.as_ref(), true).await?;
+    let place = if server.in_recovery { " (on the primary)" } else { "" };
     println!("publication {}: {}", settings.publication, if created { "created" } else { "exists" });
+    if created {
+        tracing::debug!(publication = %settings.publication, place, "publication created");
+    }
     match slot::info(&control, &settings.slot).await? {
         Some(info) => {
             info.check()?;
+            slot::ensure_failover(settings, &host, &server, &info).await?;
             println!(
                 "slot {}: exists (confirmed_flush_lsn {})",
                 settings.slot,
@@ -22,7 +34,8 @@ pub async fn run(settings: &Settings) -> Result<(), RelayError> {
             )
         }
         None => {
-            let lsn = slot::create(&control, &settings.slot).await?;
+            let opts = slot::CreateOptions { failover: settings.failover, primary: primary.as_ref() };
+            let lsn = slot::create(&control, &server, &settings.slot, opts).await?;
             println!("slot {}: created at {lsn}", settings.slot);
         }
     }

@@ -3,7 +3,10 @@
 //! In: the settings and the output options. Out: the slot's row of `pg_replication_slots`, the server's WAL position,
 //! lag (current − confirmed_flush) and retained WAL (current − restart) in bytes and human units, and, when NATS
 //! answers, the stream's message count and the commit LSN of its last message. `--json` prints one object
-//! (design.md §4), `--watch` refreshes until stopped.
+//! (design.md §4), `--watch` refreshes until stopped. Against a standby (design.md §4b) `current_wal_lsn` is the last
+//! replayed LSN, so lag is what the standby's slot has left to decode; `in_recovery`, `conflicting`,
+//! `invalidation_reason`, `failover` and `synced` say where the slot lives and whether it survives a failover
+//! (null where the server's version lacks the column: `conflicting` below 16, the others below 17).
 //!
 //! `--check` and `--max-lag` make it a monitoring check: exit code 3 whenever anything a relay needs is not healthy
 //! (the slot lost or invalidated, the stream missing, NATS unreachable, and with `--max-lag` the lag above the
@@ -95,6 +98,17 @@ pub struct Status {
     pub nats_error: Option<String>,
     /// Everything that keeps a relay from delivering, one sentence each with its remedy; empty when healthy.
     pub problems: Vec<String>,
+    // Replicas and failover (design.md §4b).
+    /// Whether the server is a standby (`pg_is_in_recovery()`).
+    pub in_recovery: bool,
+    /// Whether the slot was invalidated by a recovery conflict (null below PostgreSQL 16).
+    pub conflicting: Option<bool>,
+    /// Why the slot was invalidated (null when it was not, and below PostgreSQL 17).
+    pub invalidation_reason: Option<String>,
+    /// Whether the slot is a failover slot (null below PostgreSQL 17).
+    pub failover: Option<bool>,
+    /// Whether the slot is a standby's synchronized copy (null below PostgreSQL 17).
+    pub synced: Option<bool>,
 }
 
 impl Status {
@@ -106,6 +120,17 @@ impl Status {
                 "slot {} is lost (wal_status = lost): the WAL it needed was removed; see docs/operations.md \"a lost slot\"",
                 self.slot
             ));
+        }
+        match (&self.invalidation_reason, self.conflicting) {
+            (Some(reason), _) if reason != "wal_removed" => problems.push(format!(
+                "slot {} was invalidated ({reason}): it cannot be read any more; see docs/replicas.md",
+                self.slot
+            )),
+            (None, Some(true)) => problems.push(format!(
+                "slot {} was invalidated by a recovery conflict (conflicting = true); keep hot_standby_feedback = on and a physical slot to the primary, see docs/replicas.md",
+                self.slot
+            )),
+            _ => {}
         }
         if let Some(reason) = &self.nats_error {
             problems.push(reason.clone());
@@ -189,6 +214,7 @@ async fn collect(
         detail: " (create it with `walrelay setup`)".into(),
     })?;
     let current = slot::current_wal_lsn(control).await?;
+    let in_recovery = slot::server(control).await?.in_recovery;
     let confirmed = info.confirmed_flush_lsn.or(info.restart_lsn).unwrap_or(current);
     let restart = info.restart_lsn.unwrap_or(current);
     let replay_slot = match slot::info(control, &settings.replay_slot()).await? {
@@ -218,6 +244,11 @@ async fn collect(
         stream_last_commit_time: None,
         nats_error: None,
         problems: Vec::new(),
+        in_recovery,
+        conflicting: info.conflicting,
+        invalidation_reason: info.invalidation_reason,
+        failover: info.failover,
+        synced: info.synced,
     };
     if let Ok(js) = js {
         if let Err(err) = js.get_stream(&settings.stream).await {
@@ -260,6 +291,22 @@ fn or_dash(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("-")
 }
 
+/// Standby or primary, and the slot's failover state where the server has it.
+fn server_line(s: &Status) -> String {
+    let mut line =
+        if s.in_recovery { "standby (current_wal_lsn is the replay position)" } else { "primary" }.to_owned();
+    if let Some(failover) = s.failover {
+        line.push_str(&format!(", failover slot {}", if failover { "yes" } else { "no" }));
+    }
+    if s.synced == Some(true) {
+        line.push_str(", synchronized from the primary");
+    }
+    if let Some(reason) = &s.invalidation_reason {
+        line.push_str(&format!(", invalidated ({reason})"));
+    }
+    line
+}
+
 /// The multi-line human report.
 fn block(s: &Status) -> String {
     let active = match (s.active, s.active_pid) {
@@ -281,7 +328,8 @@ fn block(s: &Status) -> String {
          lag                  {} bytes ({})\n\
          retained WAL         {} bytes ({})\n\
          wal_status           {}\n\
-         safe_wal_size        {safe}\n",
+         safe_wal_size        {safe}\n\
+         server               {}\n",
         s.slot,
         or_dash(&s.plugin),
         or_dash(&s.confirmed_flush_lsn),
@@ -292,6 +340,7 @@ fn block(s: &Status) -> String {
         s.retained_bytes,
         human(s.retained_bytes),
         or_dash(&s.wal_status),
+        server_line(s),
     );
     if let Some(r) = &s.replay_slot {
         out.push_str(&format!(

@@ -11,6 +11,7 @@ pub mod publication;
 pub mod replication;
 pub mod slot;
 pub(crate) mod sqlstate;
+pub mod standby;
 pub mod tls;
 pub mod transaction;
 
@@ -178,6 +179,38 @@ pub enum SourceError {
         /// Why, and how to go on.
         reason: String,
     },
+    // Replicas and failover (design.md §4b).
+    /// The slot was invalidated for a reason other than removed WAL (a recovery conflict, wal_level, idle timeout).
+    #[error("replication slot {slot} was invalidated ({reason}): {}; drop it (walrelay teardown --force) and run `walrelay setup`; events committed since it stopped advancing must be re-sent from the source", invalidation_cause(.reason))]
+    SlotInvalidated {
+        /// Slot name.
+        slot: String,
+        /// `invalidation_reason` of pg_replication_slots.
+        reason: String,
+    },
+    /// The server is too old for what was asked.
+    #[error("{what} needs PostgreSQL {needed} or later, the server runs PostgreSQL {actual}; {remedy}")]
+    NeedsVersion {
+        /// The feature, e.g. `--failover (failover slots)`.
+        what: String,
+        /// The major version needed.
+        needed: u32,
+        /// The server's major version.
+        actual: u32,
+        /// What to do.
+        remedy: String,
+    },
+    /// `--failover` while `--pg-url` is a standby.
+    #[error("--failover: a failover slot is created on the primary and synchronized to standbys (sync_replication_slots = on), it cannot be created on a standby; point --pg-url at the primary (e.g. postgres://h1,h2/db?target_session_attrs=read-write), or drop --failover to use a standby slot")]
+    FailoverOnStandby,
+    /// The publication is missing on a standby, which cannot create it.
+    #[error("publication {publication} does not exist, and --pg-url is a standby, where it cannot be created; run on the primary: {sql}; or pass --primary-url so walrelay creates it there")]
+    StandbyPublication {
+        /// Publication name.
+        publication: String,
+        /// The statement to run on the primary.
+        sql: String,
+    },
     /// The pgoutput stream made no sense.
     #[error("pgoutput decode at {lsn}: {source}")]
     Decode {
@@ -219,6 +252,17 @@ impl SourceError {
             Some(db) => sqlstate::classify(db.code().code(), db.message(), sqlstate::Doing::Decoding(&context), None),
             None => Self::Query { context, reason: error_chain(&err), code: None },
         }
+    }
+}
+
+/// What an `invalidation_reason` of `pg_replication_slots` means (PostgreSQL 17+ names).
+fn invalidation_cause(reason: &str) -> &'static str {
+    match reason {
+        "rows_removed" => "the primary removed catalog rows it still needed; on a standby keep hot_standby_feedback = on and a physical slot (primary_slot_name) to the primary",
+        "wal_level_insufficient" => "the primary's wal_level is no longer logical; set wal_level = logical on the primary",
+        "idle_timeout" => "it stayed inactive longer than idle_replication_slot_timeout",
+        "wal_removed" => "the WAL it needed was removed (max_slot_wal_keep_size)",
+        _ => "see invalidation_reason in pg_replication_slots",
     }
 }
 

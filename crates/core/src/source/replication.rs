@@ -57,6 +57,22 @@ pub async fn open(
     Ok(client)
 }
 
+/// Marks `slot` as a failover slot (PostgreSQL 17+) with `ALTER_REPLICATION_SLOT slot (FAILOVER true)`, a
+/// replication command that has no SQL function, on a replication session to `host` that never starts streaming.
+/// See <https://www.postgresql.org/docs/current/protocol-replication.html#PROTOCOL-REPLICATION-ALTER-REPLICATION-SLOT>.
+pub async fn alter_failover(url: &PgUrl, host: &PgHost, slot: &str, publication: &str) -> Result<(), SourceError> {
+    let config = replication_config(url, host, slot, publication);
+    let mut client = ReplicationClient::connect_gated(config).await.map_err(|e| classify(e, slot, publication, url))?;
+    let sql = format!("ALTER_REPLICATION_SLOT {} ( FAILOVER true )", crate::config::quote_ident(slot));
+    let result = client.simple_query(&sql).await.map(|_| ()).map_err(|e| SourceError::Query {
+        context: format!("altering slot {slot} to failover = true"),
+        reason: e.to_string(),
+        code: None,
+    });
+    client.abort();
+    result
+}
+
 /// The replication connection's settings for `host`: the user, password, database and TLS of `url` (the same as
 /// the SQL connections'), for `slot` and `publication`. Every replication connection is built from this.
 pub fn replication_config(url: &PgUrl, host: &PgHost, slot: &str, publication: &str) -> ReplicationConfig {

@@ -1,0 +1,173 @@
+//! `doctor` checks for replicas and failover (design.md §4b): what PostgreSQL documents for logical decoding on a
+//! standby (16+: `hot_standby_feedback`, a physical slot to the primary via `primary_slot_name`, `wal_level =
+//! logical` on the primary) and for failover slots (17+: the slot's `failover`, the primary's
+//! `synchronized_standby_slots`, the standby's `sync_replication_slots`), each with its remedy. See
+//! <https://www.postgresql.org/docs/current/logicaldecoding-explanation.html#LOGICALDECODING-REPLICATION-SLOTS> and
+//! <https://www.postgresql.org/docs/current/logical-replication-failover.html>.
+
+use tokio_postgres::Client;
+
+use super::Checks;
+use crate::{
+    config::{quote_literal, Settings},
+    source::{self, slot, slot::Server, SourceError},
+};
+
+const RELOAD: &str = "SELECT pg_reload_conf();";
+
+/// The standby and failover checks for the server `control` reached.
+pub(super) async fn checks(
+    control: &Client,
+    server: &Server,
+    settings: &Settings,
+    slot_info: Option<&slot::SlotInfo>,
+    checks: &mut Checks,
+) -> Result<(), SourceError> {
+    if server.in_recovery {
+        standby_checks(control, server, settings, slot_info, checks).await?;
+    } else if settings.primary_url.is_some() {
+        checks.ok("primary_url", "--pg-url is a primary, --primary-url is not needed");
+    }
+    let failover_wanted = settings.failover || slot_info.is_some_and(|s| s.failover == Some(true));
+    if failover_wanted && !server.in_recovery {
+        failover_checks(control, server, settings, slot_info, checks).await?;
+    }
+    Ok(())
+}
+
+async fn standby_checks(
+    control: &Client,
+    server: &Server,
+    settings: &Settings,
+    slot_info: Option<&slot::SlotInfo>,
+    checks: &mut Checks,
+) -> Result<(), SourceError> {
+    if server.major() < 16 {
+        checks.fail(
+            "standby",
+            format!(
+                "--pg-url is a standby running PostgreSQL {}; logical decoding on a standby needs PostgreSQL 16 or later",
+                server.major()
+            ),
+            "point --pg-url at the primary, or upgrade primary and standby to PostgreSQL 16 or later",
+        );
+        return Ok(());
+    }
+    checks.ok(
+        "standby",
+        format!("--pg-url is a standby (PostgreSQL {}), current_wal_lsn is its replay position", server.major()),
+    );
+    if slot::setting(control, "hot_standby_feedback").await? == "on" {
+        checks.ok("hot_standby_feedback", "on");
+    } else {
+        checks.fail(
+            "hot_standby_feedback",
+            "off: the primary may remove catalog rows the standby's logical slot needs, which invalidates it (rows_removed)",
+            format!("on the standby: ALTER SYSTEM SET hot_standby_feedback = on; {RELOAD}"),
+        );
+    }
+    let primary_slot = slot::setting(control, "primary_slot_name").await?;
+    if primary_slot.is_empty() {
+        checks.fail(
+            "primary_slot_name",
+            "not set: without a physical slot on the primary, hot_standby_feedback is lost whenever the standby disconnects and the primary may remove what the logical slot needs",
+            format!(
+                "on the primary: SELECT pg_create_physical_replication_slot('standby1'); on the standby: ALTER SYSTEM SET primary_slot_name = 'standby1'; {RELOAD}"
+            ),
+        );
+    } else {
+        checks.ok("primary_slot_name", primary_slot);
+    }
+    match settings.primary_url.as_ref() {
+        Some(url) => match source::connect(url).await {
+            Ok(primary) => {
+                let level = slot::setting(&primary, "wal_level").await?;
+                if level == "logical" {
+                    checks.ok("primary_wal_level", "logical on the primary (--primary-url)");
+                } else {
+                    checks.fail(
+                        "primary_wal_level",
+                        format!("{level} on the primary; decoding on a standby reads the primary's WAL, which must be logical"),
+                        "on the primary: ALTER SYSTEM SET wal_level = logical; then restart the primary",
+                    );
+                }
+            }
+            Err(err) => checks.fail("primary_url", err.to_string(), "check --primary-url / WALRELAY_PRIMARY_URL"),
+        },
+        None => checks.warn(
+            "primary_wal_level",
+            "not checked: --primary-url is not set; the primary's wal_level must be logical, and without --primary-url \
+             a missing publication must be created on the primary by hand and slot creation waits for the primary's \
+             next running-xacts record",
+            "pass --primary-url (or WALRELAY_PRIMARY_URL), or check `SHOW wal_level;` on the primary",
+        ),
+    }
+    if settings.failover {
+        checks.fail(
+            "failover",
+            "--failover with --pg-url a standby: failover slots are created on the primary",
+            "point --pg-url at the primary (multi-host: postgres://h1,h2/db?target_session_attrs=read-write)",
+        );
+    }
+    if slot_info.is_some_and(|s| s.synced == Some(true)) {
+        checks.warn(
+            "slot_synced",
+            format!(
+                "{} is synchronized from the primary: it cannot be read on the standby until it is promoted",
+                settings.slot
+            ),
+            "read the primary (the slot's origin), or promote this standby",
+        );
+    }
+    if server.major() >= 17 {
+        let sync = slot::setting(control, "sync_replication_slots").await?;
+        if sync == "on" {
+            checks.ok("sync_replication_slots", "on: the primary's failover slots are synchronized here");
+        }
+    }
+    Ok(())
+}
+
+async fn failover_checks(
+    control: &Client,
+    server: &Server,
+    settings: &Settings,
+    slot_info: Option<&slot::SlotInfo>,
+    checks: &mut Checks,
+) -> Result<(), SourceError> {
+    if server.major() < 17 {
+        checks.fail(
+            "failover",
+            format!("--failover needs PostgreSQL 17 or later (failover slots), the server runs {}", server.major()),
+            "upgrade to PostgreSQL 17 or later, or run without --failover",
+        );
+        return Ok(());
+    }
+    match slot_info.map(|s| s.failover) {
+        Some(Some(true)) => checks.ok("slot_failover", format!("{} is a failover slot", settings.slot)),
+        Some(_) => checks.fail(
+            "slot_failover",
+            format!("{} is not a failover slot; standbys do not synchronize it", settings.slot),
+            "walrelay setup --failover (alters it with ALTER_REPLICATION_SLOT ... (FAILOVER true))",
+        ),
+        None => {}
+    }
+    let gate = slot::setting(control, "synchronized_standby_slots").await?;
+    if gate.is_empty() {
+        checks.warn(
+            "synchronized_standby_slots",
+            "empty: the relay may receive (and publish) commits a standby has not yet received, which a failover to it loses",
+            format!(
+                "on the primary: ALTER SYSTEM SET synchronized_standby_slots = {}; {RELOAD} (the standbys' physical slots)",
+                quote_literal("standby1")
+            ),
+        );
+    } else {
+        checks.ok("synchronized_standby_slots", gate);
+    }
+    checks.ok(
+        "sync_replication_slots",
+        "set sync_replication_slots = on (and hot_standby_feedback = on, primary_slot_name, a dbname in primary_conninfo) on each standby that may take over; `walrelay doctor --pg-url <standby>` checks it there",
+    );
+    Ok(())
+}

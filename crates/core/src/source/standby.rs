@@ -1,0 +1,92 @@
+//! Running against a hot standby (PostgreSQL 16+): what differs from a primary before streaming starts.
+//!
+//! In: the settings and the [`Server`] that `--pg-url` reached. Out: a connection to the primary when `--pg-url`
+//! is a standby and `--primary-url` is set, and the publication made sure of where it can be written. A standby is
+//! read-only: the publication (a catalog object) must be created on the primary and reaches the standby through
+//! WAL; the slot itself is created on the standby ([`super::slot::create`]). See
+//! <https://www.postgresql.org/docs/current/logicaldecoding-explanation.html#LOGICALDECODING-REPLICATION-SLOTS>.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::{
+    config::{quote_ident, Settings},
+    source::{self, publication, slot, slot::Server, SourceError},
+};
+
+/// How long a publication created on the primary may take to be replayed on the standby.
+const PUBLICATION_REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection to the primary (`--primary-url`), when `server` is a standby; `None` on a primary or without
+/// `--primary-url`. The primary's `wal_level` must be logical too (standby decoding reads the primary's WAL).
+pub async fn connect_primary(settings: &Settings, server: &Server) -> Result<Option<Client>, SourceError> {
+    let Some(url) = settings.primary_url.as_ref() else {
+        return Ok(None);
+    };
+    if !server.in_recovery {
+        tracing::debug!("--pg-url is a primary; --primary-url is not used");
+        return Ok(None);
+    }
+    let primary = source::connect(url).await?;
+    let level = slot::setting(&primary, "wal_level").await?;
+    if level != "logical" {
+        return Err(SourceError::WalLevel { actual: format!("{level} on the primary (--primary-url)") });
+    }
+    Ok(Some(primary))
+}
+
+/// Makes sure the publication exists where `--pg-url` reads: created on the primary when `control` is a standby
+/// (through `primary`), on `control` itself otherwise; `create = false` (`--no-create`) only checks. Returns whether
+/// it was created.
+pub async fn ensure_publication(
+    settings: &Settings,
+    control: &Client,
+    server: &Server,
+    primary: Option<&Client>,
+    create: bool,
+) -> Result<bool, SourceError> {
+    let missing = || SourceError::MissingPublication {
+        publication: settings.publication.clone(),
+        table: settings.table.quoted(),
+    };
+    if !server.in_recovery {
+        if !create {
+            return publication::info(control, &settings.publication, &settings.table)
+                .await?
+                .map(|_| false)
+                .ok_or_else(missing);
+        }
+        return publication::ensure(control, &settings.publication, &settings.table).await;
+    }
+    if publication::info(control, &settings.publication, &settings.table).await?.is_some() {
+        return Ok(false);
+    }
+    let (Some(primary), true) = (primary, create) else {
+        if !create {
+            return Err(missing());
+        }
+        return Err(SourceError::StandbyPublication {
+            publication: settings.publication.clone(),
+            sql: format!(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert');",
+                quote_ident(&settings.publication),
+                settings.table.quoted()
+            ),
+        });
+    };
+    let created = publication::ensure(primary, &settings.publication, &settings.table).await?;
+    // The standby sees the publication once it replayed the primary's commit of it.
+    let deadline = tokio::time::Instant::now() + PUBLICATION_REPLAY_TIMEOUT;
+    while publication::info(control, &settings.publication, &settings.table).await?.is_none() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(SourceError::Query {
+                context: format!("waiting for the standby to replay publication {}", settings.publication),
+                reason: format!("it did not appear on the standby within {PUBLICATION_REPLAY_TIMEOUT:?}; is the standby streaming from the primary?"),
+                code: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(created)
+}
