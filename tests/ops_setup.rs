@@ -218,3 +218,45 @@ fn stream_names(env: &Env) -> Result<Vec<String>, support::Error> {
         Ok(names)
     })
 }
+
+#[test]
+fn a_least_privilege_role_runs_setup_and_run() -> TestResult {
+    let env = Env::start()?;
+    // LOGIN and REPLICATION only: doctor names what is missing for setup, with the statements that fix it.
+    env.sql("CREATE ROLE relay LOGIN REPLICATION")?;
+    let relay_url = env.pg_url.replacen("postgres@", "relay@", 1);
+    assert_ne!(relay_url, env.pg_url, "{}", env.pg_url);
+    let as_relay = |args: &[&str]| -> Result<support::Output, support::Error> {
+        let mut cmd = env.command(args)?;
+        cmd.env("WALRELAY_PG_URL", &relay_url);
+        support::run(cmd)
+    };
+    let out = as_relay(&["doctor"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("fail publication_privilege"), "{}", out.stdout);
+    assert!(out.stdout.contains("CREATE PUBLICATION \"walrelay\" FOR TABLE \"public\".\"outbox\""), "{}", out.stdout);
+    let out = as_relay(&["setup"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("CREATE PUBLICATION"), "the error gives the statement for the owner: {}", out.stderr);
+
+    // The documented least-privilege setup: the table's owner creates the publication. Relaying needs no SELECT
+    // on the table (pgoutput sends the rows); doctor warns about it with the GRANT.
+    env.sql("CREATE PUBLICATION walrelay FOR TABLE public.outbox WITH (publish = 'insert')")?;
+    let out = as_relay(&["doctor"])?;
+    assert!(out.stdout.contains("warn table_privilege: relay has no SELECT on public.outbox"), "{}", out.stdout);
+    assert!(out.stdout.contains("GRANT SELECT ON \"public\".\"outbox\" TO \"relay\";"), "{}", out.stdout);
+    let failing: Vec<&str> = out.stdout.lines().filter_map(|l| l.strip_prefix("fail ")?.split(':').next()).collect();
+    assert_eq!(failing, ["slot", "stream"], "only what setup creates is missing: {}", out.stdout);
+    let out = as_relay(&["setup"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut cmd = env.command(&["run"])?;
+    cmd.env("WALRELAY_PG_URL", &relay_url).env("WALRELAY_LOG", "info");
+    let relay = walrelay_testkit::Process::spawn(cmd)?;
+    let ids = env.insert_txn(&[("created", r#"{"n": 0}"#), ("paid", r#"{"n": 1}"#)])?;
+    let messages = env.wait_for_messages("OUTBOX", 2)?;
+    assert_eq!(messages.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), ids);
+    stop_relay(relay)?;
+    let out = as_relay(&["status", "--check"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    Ok(())
+}

@@ -328,7 +328,29 @@ async fn table_checks(control: &Client, settings: &Settings, checks: &mut Checks
 
 async fn publication_checks(control: &Client, settings: &Settings, checks: &mut Checks) -> Result<(), SourceError> {
     let (name, table) = (&settings.publication, &settings.table);
+    let rights = publication::rights(control, table).await?;
+    if rights.select {
+        checks.ok("table_privilege", format!("{} may read {table}", rights.role));
+    } else {
+        checks.warn(
+            "table_privilege",
+            format!(
+                "{} has no SELECT on {table} (relaying does not need it; reading or pruning rows does)",
+                rights.role
+            ),
+            format!("GRANT SELECT ON {} TO {};", table.quoted(), quote_ident(&rights.role)),
+        );
+    }
     match publication::info(control, name, table).await? {
+        None if !rights.can_create_publication() => checks.fail(
+            "publication_privilege",
+            format!(
+                "{name} does not exist and {} cannot create it ({})",
+                rights.role,
+                rights.missing_for_publication().join(", ")
+            ),
+            publication::create_remedy(name, table, &rights),
+        ),
         None => checks.fail(
             "publication",
             format!("{name} does not exist"),

@@ -85,6 +85,19 @@ pub async fn ensure(client: &Client, publication: &str, table: &TableName) -> Re
             Ok(false)
         }
         None => {
+            let rights = rights(client, table).await?;
+            if !rights.can_create_publication() {
+                return Err(SourceError::Query {
+                    context: format!("creating publication {publication}"),
+                    reason: format!(
+                        "{} cannot create it ({}); {}",
+                        rights.role,
+                        rights.missing_for_publication().join(", "),
+                        create_remedy(publication, table, &rights)
+                    ),
+                    code: Some("42501".into()),
+                });
+            }
             let sql = format!(
                 "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
                 quote_ident(publication),
@@ -97,6 +110,79 @@ pub async fn ensure(client: &Client, publication: &str, table: &TableName) -> Re
             Ok(true)
         }
     }
+}
+
+/// What the connected role may do with the outbox table (design: `docs/security.md`, least-privilege role).
+#[derive(Debug, Clone)]
+pub struct Rights {
+    /// The role (`current_user`).
+    pub role: String,
+    /// The database.
+    pub database: String,
+    /// The table's owner, when the table exists.
+    pub owner: Option<String>,
+    /// Superuser.
+    pub superuser: bool,
+    /// CREATE on the database (needed to create a publication).
+    pub create_on_database: bool,
+    /// Owns the table, directly or through a role it is a member of (needed to add it to a publication).
+    pub owns_table: bool,
+    /// SELECT on the table.
+    pub select: bool,
+}
+
+impl Rights {
+    /// Whether `CREATE PUBLICATION ... FOR TABLE` would be allowed.
+    pub fn can_create_publication(&self) -> bool {
+        self.superuser || (self.create_on_database && self.owns_table)
+    }
+
+    /// The rights `CREATE PUBLICATION` lacks, in words.
+    pub fn missing_for_publication(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        if !self.superuser && !self.create_on_database {
+            missing.push(format!("no CREATE on database {}", self.database));
+        }
+        if !self.superuser && !self.owns_table {
+            missing.push(format!("not the owner of the table (owned by {})", self.owner.as_deref().unwrap_or("?")));
+        }
+        missing
+    }
+}
+
+/// Reads what the connected role may do with `table`.
+pub async fn rights(client: &Client, table: &TableName) -> Result<Rights, SourceError> {
+    let qualified = table.quoted();
+    let row = client
+        .query_one(
+            "SELECT current_user::text, current_database()::text,                     (SELECT tableowner::text FROM pg_tables WHERE schemaname = $1 AND tablename = $2),                     (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),                     has_database_privilege(current_database(), 'CREATE'),                     COALESCE((SELECT pg_has_role(tableowner, 'USAGE') FROM pg_tables                               WHERE schemaname = $1 AND tablename = $2), false),                     COALESCE((SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c                               WHERE c.oid = to_regclass($3)), false)",
+            &[&table.schema, &table.name, &qualified],
+        )
+        .await
+        .map_err(|e| SourceError::query("reading the role's privileges", e))?;
+    Ok(Rights {
+        role: row.get(0),
+        database: row.get(1),
+        owner: row.get(2),
+        superuser: row.get::<_, Option<bool>>(3).unwrap_or(false),
+        create_on_database: row.get(4),
+        owns_table: row.get(5),
+        select: row.get(6),
+    })
+}
+
+/// How to get the publication created without giving the relay's role more rights: the table's owner creates it.
+pub fn create_remedy(publication: &str, table: &TableName, rights: &Rights) -> String {
+    format!(
+        "have the table's owner ({}) or a superuser run: CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert'); \
+         (or GRANT CREATE ON DATABASE {} TO {} and make {} the table's owner), then run walrelay setup again",
+        rights.owner.as_deref().unwrap_or("?"),
+        quote_ident(publication),
+        table.quoted(),
+        quote_ident(&rights.database),
+        quote_ident(&rights.role),
+        quote_ident(&rights.role),
+    )
 }
 
 /// Drops the publication if it exists.
