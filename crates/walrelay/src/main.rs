@@ -33,157 +33,157 @@ struct Cli {
 /// Options every command accepts (each also an environment variable and a config-file key).
 #[derive(Debug, Args, Serialize)]
 struct GlobalArgs {
-    /// TOML config file; its keys are the long option names with `_` (e.g. `pg_url = "..."`).
-    #[arg(long, env = "WALRELAY_CONFIG", global = true)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
     /// PostgreSQL connection URL [default: postgres://postgres@localhost:5432/postgres]
-    #[arg(long, env = "WALRELAY_PG_URL", global = true, hide_env_values = true)]
+    #[arg(long, env = "WALRELAY_PG_URL", global = true, help_heading = "Postgres", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pg_url: Option<String>,
     /// Logical replication slot [default: walrelay]
-    #[arg(long, env = "WALRELAY_SLOT", global = true)]
+    #[arg(long, env = "WALRELAY_SLOT", global = true, help_heading = "Postgres")]
     #[serde(skip_serializing_if = "Option::is_none")]
     slot: Option<String>,
     /// Publication holding the outbox table [default: walrelay]
-    #[arg(long, env = "WALRELAY_PUBLICATION", global = true)]
+    #[arg(long, env = "WALRELAY_PUBLICATION", global = true, help_heading = "Postgres")]
     #[serde(skip_serializing_if = "Option::is_none")]
     publication: Option<String>,
     /// Outbox table, schema-qualified [default: public.outbox]
-    #[arg(long, env = "WALRELAY_TABLE", global = true)]
+    #[arg(long, env = "WALRELAY_TABLE", global = true, help_heading = "Postgres")]
     #[serde(skip_serializing_if = "Option::is_none")]
     table: Option<String>,
     /// NATS server URL(s), comma-separated [default: nats://localhost:4222]
-    #[arg(long, env = "WALRELAY_NATS_URL", global = true, hide_env_values = true)]
+    #[arg(long, env = "WALRELAY_NATS_URL", global = true, help_heading = "NATS", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_url: Option<String>,
     /// JetStream stream [default: OUTBOX]
-    #[arg(long, env = "WALRELAY_STREAM", global = true)]
+    #[arg(long, env = "WALRELAY_STREAM", global = true, help_heading = "NATS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     stream: Option<String>,
     /// Subject template with {column} placeholders [default: outbox.{aggregate_type}.{event_type}]
-    #[arg(long, env = "WALRELAY_SUBJECT", global = true)]
+    #[arg(long, env = "WALRELAY_SUBJECT", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
     /// Column holding the event id (Nats-Msg-Id) [default: id]
-    #[arg(long, env = "WALRELAY_ID_COLUMN", global = true)]
+    #[arg(long, env = "WALRELAY_ID_COLUMN", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     id_column: Option<String>,
     /// Column holding the message data [default: payload]
-    #[arg(long, env = "WALRELAY_PAYLOAD_COLUMN", global = true)]
+    #[arg(long, env = "WALRELAY_PAYLOAD_COLUMN", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_column: Option<String>,
     /// Column holding extra headers as a JSON object [default: headers]
-    #[arg(long, env = "WALRELAY_HEADERS_COLUMN", global = true)]
+    #[arg(long, env = "WALRELAY_HEADERS_COLUMN", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     headers_column: Option<String>,
     /// Column for Outbox-Aggregate-Type [default: aggregate_type]
-    #[arg(long, env = "WALRELAY_AGGREGATE_TYPE_COLUMN", global = true)]
+    #[arg(long, env = "WALRELAY_AGGREGATE_TYPE_COLUMN", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     aggregate_type_column: Option<String>,
     /// Column for Outbox-Aggregate-Id [default: aggregate_id]
-    #[arg(long, env = "WALRELAY_AGGREGATE_ID_COLUMN", global = true)]
+    #[arg(long, env = "WALRELAY_AGGREGATE_ID_COLUMN", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     aggregate_id_column: Option<String>,
     /// Column for Outbox-Event-Type [default: event_type]
-    #[arg(long, env = "WALRELAY_EVENT_TYPE_COLUMN", global = true)]
+    #[arg(long, env = "WALRELAY_EVENT_TYPE_COLUMN", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     event_type_column: Option<String>,
     /// What to do with an event that cannot be published: stop | dead-letter [default: stop]
-    #[arg(long, env = "WALRELAY_ON_INVALID", global = true)]
+    #[arg(long, env = "WALRELAY_ON_INVALID", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     on_invalid: Option<String>,
     /// Subject of dead-letter records [default: <first token of --subject>.dead-letter, e.g. outbox.dead-letter]
-    #[arg(long, env = "WALRELAY_DEAD_LETTER_SUBJECT", global = true)]
+    #[arg(long, env = "WALRELAY_DEAD_LETTER_SUBJECT", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     dead_letter_subject: Option<String>,
     /// Most events published and not yet acked [default: 1024]
-    #[arg(long, env = "WALRELAY_MAX_IN_FLIGHT", global = true)]
+    #[arg(long, env = "WALRELAY_MAX_IN_FLIGHT", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_in_flight: Option<usize>,
     /// How long to wait for a JetStream ack [default: 10s]
-    #[arg(long, env = "WALRELAY_PUBLISH_TIMEOUT", global = true)]
+    #[arg(long, env = "WALRELAY_PUBLISH_TIMEOUT", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     publish_timeout: Option<String>,
     /// How long a stop waits for in-flight acks [default: 10s]
-    #[arg(long, env = "WALRELAY_SHUTDOWN_TIMEOUT", global = true)]
+    #[arg(long, env = "WALRELAY_SHUTDOWN_TIMEOUT", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     shutdown_timeout: Option<String>,
     /// Duplicate window of a stream walrelay creates [default: 20m]
-    #[arg(long, env = "WALRELAY_DUPLICATE_WINDOW", global = true)]
+    #[arg(long, env = "WALRELAY_DUPLICATE_WINDOW", global = true, help_heading = "NATS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate_window: Option<String>,
     /// Replicas of a stream walrelay creates [default: 1]
-    #[arg(long, env = "WALRELAY_STREAM_REPLICAS", global = true)]
+    #[arg(long, env = "WALRELAY_STREAM_REPLICAS", global = true, help_heading = "NATS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_replicas: Option<usize>,
     /// Never create the publication, slot or stream; fail instead
-    #[arg(long, env = "WALRELAY_NO_CREATE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "WALRELAY_NO_CREATE", global = true, help_heading = "Run", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     no_create: bool,
     /// Keep a trailing slot `<slot>_replay` about this far behind, so `replay` can re-send that much history
-    #[arg(long, env = "WALRELAY_REPLAY_RETENTION", global = true)]
+    #[arg(long, env = "WALRELAY_REPLAY_RETENTION", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     replay_retention: Option<String>,
     /// How often `run` logs progress [default: 10s]
-    #[arg(long, env = "WALRELAY_PROGRESS_INTERVAL", global = true)]
+    #[arg(long, env = "WALRELAY_PROGRESS_INTERVAL", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     progress_interval: Option<String>,
     /// Serve Prometheus metrics of `run` on this address (e.g. 127.0.0.1:9187) at /metrics
-    #[arg(long, env = "WALRELAY_METRICS_ADDR", global = true)]
+    #[arg(long, env = "WALRELAY_METRICS_ADDR", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_addr: Option<String>,
+    /// TOML config file; its keys are the long option names with `_` (e.g. `pg_url = "..."`).
+    #[arg(long, env = "WALRELAY_CONFIG", global = true, help_heading = "Logging and config")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// Log filter, e.g. debug or info,walrelay_core=debug [default: info,async_nats=warn,tokio_postgres=warn]
-    #[arg(long, env = "WALRELAY_LOG", global = true)]
+    #[arg(long, env = "WALRELAY_LOG", global = true, help_heading = "Logging and config")]
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<String>,
     /// Log format: text | json [default: text]
-    #[arg(long, env = "WALRELAY_LOG_FORMAT", global = true)]
+    #[arg(long, env = "WALRELAY_LOG_FORMAT", global = true, help_heading = "Logging and config")]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<String>,
     // Postgres credentials (design.md §4a).
     /// File holding the Postgres password (one trailing newline dropped); wins over a password in --pg-url
-    #[arg(long, env = "WALRELAY_PG_PASSWORD_FILE", global = true)]
+    #[arg(long, env = "WALRELAY_PG_PASSWORD_FILE", global = true, help_heading = "Postgres")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pg_password_file: Option<PathBuf>,
     // NATS authentication and TLS (design.md §4a).
     /// NATS JWT credentials file (.creds: user JWT and nkey seed)
-    #[arg(long, env = "WALRELAY_NATS_CREDS", global = true)]
+    #[arg(long, env = "WALRELAY_NATS_CREDS", global = true, help_heading = "NATS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_creds: Option<String>,
     /// NATS nkey seed file
-    #[arg(long, env = "WALRELAY_NATS_NKEY", global = true)]
+    #[arg(long, env = "WALRELAY_NATS_NKEY", global = true, help_heading = "NATS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_nkey: Option<String>,
     /// File holding the NATS token (one trailing newline dropped)
-    #[arg(long, env = "WALRELAY_NATS_TOKEN_FILE", global = true)]
+    #[arg(long, env = "WALRELAY_NATS_TOKEN_FILE", global = true, help_heading = "NATS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_token_file: Option<String>,
     /// PEM CA file to verify the NATS server's certificate (TLS then required)
-    #[arg(long, env = "WALRELAY_NATS_TLS_CA", global = true)]
+    #[arg(long, env = "WALRELAY_NATS_TLS_CA", global = true, help_heading = "NATS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_tls_ca: Option<String>,
     /// PEM client certificate for NATS (with --nats-tls-key)
-    #[arg(long, env = "WALRELAY_NATS_TLS_CERT", global = true)]
+    #[arg(long, env = "WALRELAY_NATS_TLS_CERT", global = true, help_heading = "NATS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_tls_cert: Option<String>,
     /// PEM private key of the NATS client certificate
-    #[arg(long, env = "WALRELAY_NATS_TLS_KEY", global = true)]
+    #[arg(long, env = "WALRELAY_NATS_TLS_KEY", global = true, help_heading = "NATS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_tls_key: Option<String>,
     /// TLS handshake before the server's INFO line (server `handshake_first`)
-    #[arg(long, env = "WALRELAY_NATS_TLS_FIRST", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "WALRELAY_NATS_TLS_FIRST", global = true, help_heading = "NATS", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     nats_tls_first: bool,
     // Replicas and failover (design.md §4b).
     /// The primary when --pg-url is a standby: the publication is created there, and slot creation on the standby
     /// asks it for a snapshot (pg_log_standby_snapshot)
-    #[arg(long, env = "WALRELAY_PRIMARY_URL", global = true, hide_env_values = true)]
+    #[arg(long, env = "WALRELAY_PRIMARY_URL", global = true, help_heading = "Postgres", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     primary_url: Option<String>,
     /// Create the slot as a failover slot (PostgreSQL 17+), or alter an existing one to it, so standbys that
     /// sync slots can take over
-    #[arg(long, env = "WALRELAY_FAILOVER", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "WALRELAY_FAILOVER", global = true, help_heading = "Postgres", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     failover: bool,
 }
