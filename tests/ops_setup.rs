@@ -207,6 +207,44 @@ fn skip_passes_exactly_the_event_run_stopped_on() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn permanent_postgres_conditions_stop_run_at_once_with_a_remedy() -> TestResult {
+    let env = Env::start()?;
+    let within = Duration::from_secs(30);
+    let run_until_exit = |url: &str| -> Result<(Option<i32>, String, Duration), support::Error> {
+        let mut cmd = env.command(&["run"])?;
+        cmd.env("WALRELAY_PG_URL", url).env("WALRELAY_LOG", "info");
+        let started = std::time::Instant::now();
+        let relay = walrelay_testkit::Process::spawn(cmd)?;
+        let status = relay.wait_timeout(within)?.ok_or("run kept retrying a permanent condition")?;
+        Ok((status.code(), relay.output(), started.elapsed()))
+    };
+
+    // An unknown database (3D000): not "unreachable", no retry loop.
+    let (code, output, took) = run_until_exit(&env.pg_url.replace("/app", "/nodb"))?;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("database nodb does not exist"), "{output}");
+    assert!(output.contains("remedy"), "{output}");
+    assert!(!output.contains("retrying"), "{output}");
+    assert!(took < within, "{took:?}");
+
+    // An unknown role: an authentication failure naming the user.
+    let (code, output, _) = run_until_exit(&env.pg_url.replacen("postgres@", "ghost@", 1))?;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("authentication") && output.contains("ghost"), "{output}");
+    assert!(!output.contains("retrying"), "{output}");
+
+    // Logical decoding on a PostgreSQL 15 standby (0A000): a remedy, and nothing created on NATS first.
+    let standby = env.pg.start_standby("standby15", &[])?;
+    let standby_url = standby.url("app");
+    let (code, output, _) = run_until_exit(&standby_url)?;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("PostgreSQL 16"), "{output}");
+    assert!(!output.contains("retrying"), "{output}");
+    assert!(stream_names(&env)?.is_empty(), "no stream created by a run that cannot decode");
+    Ok(())
+}
+
 /// Names of the streams on the server.
 fn stream_names(env: &Env) -> Result<Vec<String>, support::Error> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
