@@ -95,10 +95,7 @@ fn peek_shows_pending_events_without_consuming_them() -> TestResult {
 fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResult {
     let env = Env::start()?;
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
-    let relay = env.start_relay(&["--replay-retention", "1h"])?;
-    wait_until("replay slot", Duration::from_secs(30), || {
-        env.slots().ok().filter(|s| s.iter().any(|n| n == "walrelay_replay"))
-    })?;
+    let relay = env.start_relay_with_history()?;
     let txns: Vec<Vec<String>> = vec![
         env.insert_txn(&[("created", r#"{"n": 0}"#)])?,
         env.insert_txn(&[("created", r#"{"n": 1}"#), ("paid", r#"{"n": 2}"#)])?,

@@ -120,7 +120,6 @@ fn problems(s: &serde_json::Value) -> Vec<String> {
 fn status_check_fires_on_what_loses_data() -> TestResult {
     let env = Env::start()?;
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
-    env.sql("CREATE TABLE churn (id bigserial PRIMARY KEY, pad text)")?;
 
     // Healthy: --check and a generous --max-lag pass, `problems` is empty.
     let healthy = env.walrelay(&["status", "--check"])?;
@@ -151,15 +150,7 @@ fn status_check_fires_on_what_loses_data() -> TestResult {
     assert_eq!(env.walrelay(&["status", "--check", "--nats-url", &unreachable])?.code, 3);
 
     // The slot is lost: its WAL was removed past max_slot_wal_keep_size.
-    env.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")?;
-    env.sql("SELECT pg_reload_conf()")?;
-    wait_until("slot wal_status = lost", Duration::from_secs(60), || {
-        env.sql("INSERT INTO churn (pad) VALUES ('x')").ok()?;
-        env.sql("SELECT pg_switch_wal()").ok()?;
-        env.sql("CHECKPOINT").ok()?;
-        let s = env.sql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walrelay'").ok()?;
-        (s.trim() == "lost").then_some(())
-    })?;
+    env.lose_slot()?;
     let out = env.walrelay(&["status", "--max-lag", "1GB"])?;
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("slot walrelay is lost"), "{}", out.stderr);

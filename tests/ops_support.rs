@@ -137,6 +137,31 @@ impl Env {
         })?)
     }
 
+    /// Starts `walrelay run --replay-retention 1h` and waits until it made the replay slot.
+    pub fn start_relay_with_history(&self) -> Result<Process, Error> {
+        let relay = self.start_relay(&["--replay-retention", "1h"])?;
+        wait_until("replay slot", Duration::from_secs(30), || {
+            self.slots().ok().filter(|s| s.iter().any(|n| n == "walrelay_replay"))
+        })?;
+        Ok(relay)
+    }
+
+    /// Makes the (inactive) slot `walrelay` lost: `max_slot_wal_keep_size` of 1MB, then WAL switches and
+    /// checkpoints until Postgres removed the WAL it needs.
+    pub fn lose_slot(&self) -> TestResult {
+        self.sql("CREATE TABLE IF NOT EXISTS churn (id bigserial PRIMARY KEY, pad text)")?;
+        self.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")?;
+        self.sql("SELECT pg_reload_conf()")?;
+        wait_until("slot wal_status = lost", Duration::from_secs(60), || {
+            self.sql("INSERT INTO churn (pad) VALUES ('x')").ok()?;
+            self.sql("SELECT pg_switch_wal()").ok()?;
+            self.sql("CHECKPOINT").ok()?;
+            let s = self.sql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walrelay'").ok()?;
+            (s.trim() == "lost").then_some(())
+        })?;
+        Ok(())
+    }
+
     /// Deletes a stream.
     pub fn delete_stream(&self, stream: &str) -> Result<(), Error> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

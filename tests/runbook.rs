@@ -6,10 +6,10 @@
 #[path = "ops_support.rs"]
 mod support;
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, process::Command};
 
 use support::{stop_relay, Env, Output, TestResult};
-use walrelay_testkit::{wait_until, walrelay_bin};
+use walrelay_testkit::walrelay_bin;
 
 /// The runbook's shell blocks by name.
 fn blocks() -> Result<BTreeMap<String, String>, support::Error> {
@@ -63,10 +63,7 @@ fn runbook_blocks_are_all_tested() -> TestResult {
 fn monitor_replay_rebuild_and_move_as_written() -> TestResult {
     let env = Env::start()?;
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
-    let relay = env.start_relay(&["--replay-retention", "1h"])?;
-    wait_until("replay slot", Duration::from_secs(30), || {
-        env.slots().ok().filter(|s| s.iter().any(|n| n == "walrelay_replay"))
-    })?;
+    let relay = env.start_relay_with_history()?;
     let mut events = Vec::new();
     for t in 0..3 {
         events.extend(env.insert_txn(&[("created", &format!("{{\"t\": {t}}}")), ("paid", r#"{"x": 1}"#)])?);
@@ -115,7 +112,6 @@ fn monitor_replay_rebuild_and_move_as_written() -> TestResult {
 #[test]
 fn lost_slot_gap_is_resent_as_written() -> TestResult {
     let env = Env::start()?;
-    env.sql("CREATE TABLE churn (id bigserial PRIMARY KEY, pad text)")?;
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
     let relay = env.start_relay(&[])?;
     let mut relayed = env.insert_txn(&[("created", r#"{"n": 0}"#)])?;
@@ -126,15 +122,7 @@ fn lost_slot_gap_is_resent_as_written() -> TestResult {
     // Events committed while the relay is down, then the slot is lost.
     let mut gap = env.insert_txn(&[("created", r#"{"n": 2}"#), ("paid", r#"{"n": 3}"#)])?;
     gap.extend(env.insert_txn(&[("created", r#"{"n": 4}"#)])?);
-    env.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")?;
-    env.sql("SELECT pg_reload_conf()")?;
-    wait_until("slot wal_status = lost", Duration::from_secs(60), || {
-        env.sql("INSERT INTO churn (pad) VALUES ('x')").ok()?;
-        env.sql("SELECT pg_switch_wal()").ok()?;
-        env.sql("CHECKPOINT").ok()?;
-        let s = env.sql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walrelay'").ok()?;
-        (s.trim() == "lost").then_some(())
-    })?;
+    env.lose_slot()?;
     let out = run_block(&env, "monitor", &[])?;
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("slot walrelay is lost"), "{}", out.stderr);
