@@ -567,3 +567,37 @@ fn missing_files_exit_2_naming_option_and_path() -> TestResult {
     assert!(out.stderr.contains("--nats-tls-key"), "{}", out.stderr);
     Ok(())
 }
+
+/// Credentials the server stops accepting while `run` is connected (changed on the server and reloaded): async-nats
+/// would reconnect and fail forever; the relay exits 1 within 30 s saying authentication, also while idle.
+#[test]
+fn credentials_rejected_while_running_stop_the_relay() -> TestResult {
+    let password = secret("pw");
+    let nats = Nats::builder()
+        .extra_config(format!("authorization {{ users = [ {{ user: relay, password: \"{password}\" }} ] }}"))
+        .start()?;
+    let (port, config_path, pid) = (nats.port(), nats.config_path().to_path_buf(), nats.pid().ok_or("no pid")?);
+    let mut env = Env::with(Postgres::start()?, nats)?;
+    env.nats_url = format!("nats://relay:{password}@127.0.0.1:{port}");
+    let mut captured = Captured::default();
+    let setup = env.walrelay(&["setup"])?;
+    captured.output(&setup);
+    assert_eq!(setup.code, 0, "{}", setup.stderr);
+    let relay = env.start_relay(&[])?;
+    relay.wait_for_output("relay started", support::DELIVERY_TIMEOUT)?;
+    let changed = secret("pw");
+    let text = std::fs::read_to_string(&config_path)?.replace(&password, &changed);
+    std::fs::write(&config_path, text)?;
+    let t0 = Instant::now();
+    let reload = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+    assert!(reload.success(), "cannot signal nats-server");
+    let status = relay.wait_timeout(FAIL_WITHIN)?;
+    let output = relay.output();
+    captured.0.push(output.clone());
+    let status = status.ok_or_else(|| format!("relay still running 30 s after the reload:\n{output}"))?;
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(t0.elapsed() < FAIL_WITHIN);
+    assert!(output.contains("authentication failed (auth method: user/password)"), "{output}");
+    captured.assert_free_of(&[&password, &changed]);
+    Ok(())
+}

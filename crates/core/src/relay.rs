@@ -243,7 +243,7 @@ impl Relay<'_> {
             .into());
         };
         info.check()?;
-        let (client, js) = stream::connect(settings).await?;
+        let (client, js, mut rejection) = stream::connect_watched(settings).await?;
         stream::ensure(&js, settings, !settings.no_create).await?;
         let hw = stream::high_water(&js, &settings.stream).await?;
         if let (true, Some(pid)) = (info.active, info.active_pid) {
@@ -285,7 +285,7 @@ impl Relay<'_> {
             hw,
             wal_end: start,
         };
-        let result = session.main_loop(&mut repl).await;
+        let result = session.main_loop(&mut repl, &mut rejection).await;
         // Whatever happened: collect what is acked, confirm it, and end the replication session.
         let confirmed = session.settle().await;
         repl.update_applied_lsn(pgwire_replication::Lsn(confirmed.0));
@@ -347,7 +347,11 @@ const IDLE_LOG_TICKS: u32 = 30;
 const MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
 
 impl Session<'_, '_> {
-    async fn main_loop(&mut self, repl: &mut ReplicationClient) -> Result<SessionEnd, RelayError> {
+    async fn main_loop(
+        &mut self,
+        repl: &mut ReplicationClient,
+        rejection: &mut crate::sink::connect::Rejection,
+    ) -> Result<SessionEnd, RelayError> {
         let settings = self.relay.settings;
         let mut shutdown = self.relay.shutdown.clone();
         let mut progress = tokio::time::interval(settings.progress_interval);
@@ -365,6 +369,8 @@ impl Session<'_, '_> {
                     tracing::info!(in_flight = self.publisher.in_flight(), "stopping: waiting for in-flight acks");
                     return Ok(SessionEnd::Stopped);
                 }
+                // 1b. NATS rejected the credentials of the open connection (revoked, expired): permanent
+                err = rejection.rejected() => return Err(err.into()),
                 // 2. completed acks
                 ack = self.publisher.next_ack(), if self.publisher.in_flight() > 0 => {
                     let ack = ack?;

@@ -11,7 +11,7 @@
 //! error's kind, so a rejected credential or a failed TLS handshake is reported at once and never retried
 //! ([`PublishError::is_transient`]); an unreachable server is retried by the caller with backoff. After the first
 //! connection async-nats reconnects by itself; if the server then rejects the credentials (revoked, expired), the
-//! event callback logs it, publishes stop being acked, and the next session's connection attempt fails for good.
+//! event callback reports it through [`Rejection`] and `run` stops with the permanent error.
 //! See <https://docs.nats.io/using-nats/developer/connecting/security> and
 //! <https://docs.nats.io/running-a-nats-service/configuration/securing_nats/tls>.
 
@@ -296,6 +296,11 @@ impl NatsOptions {
 
     /// Connects once to the first server that answers (no retry: the caller decides, see [`PublishError`]).
     pub async fn connect(&self) -> Result<async_nats::Client, PublishError> {
+        self.connect_watched().await.map(|(client, _)| client)
+    }
+
+    /// [`connect`](Self::connect), and a [`Rejection`] that resolves if the server later rejects the credentials.
+    pub async fn connect_watched(&self) -> Result<(async_nats::Client, Rejection), PublishError> {
         let tls_config = self.tls.client_config().map_err(|reason| PublishError::Tls {
             url: self.url.clone(),
             reason,
@@ -304,6 +309,8 @@ impl NatsOptions {
         let url = self.url.clone();
         let method = self.auth.method();
         let remedy = self.auth.remedy();
+        let (rejected_tx, rejected_rx) = tokio::sync::watch::channel(None);
+        let rejected_tx = Arc::new(rejected_tx);
         let mut options = async_nats::ConnectOptions::new()
             .name("walrelay")
             .connection_timeout(CONNECT_TIMEOUT)
@@ -312,8 +319,12 @@ impl NatsOptions {
             .require_tls(self.tls.required)
             .tls_client_config(tls_config)
             .event_callback(move |event| {
-                let (url, method, remedy) = (url.clone(), method, remedy);
-                async move { log_event(&event, &url, method, remedy) }
+                let (url, rejected) = (url.clone(), rejected_tx.clone());
+                async move {
+                    if log_event(&event, &url, method, remedy) {
+                        let _ = rejected.send(Some(event.to_string()));
+                    }
+                }
             });
         if self.tls.first {
             options = options.tls_first();
@@ -340,7 +351,9 @@ impl NatsOptions {
                 })
             }
         };
-        options.connect(self.servers.clone()).await.map_err(|err| self.classify(&err))
+        let client = options.connect(self.servers.clone()).await.map_err(|err| self.classify(&err))?;
+        let rejection = Rejection { rx: rejected_rx, url: self.url.clone(), method, remedy };
+        Ok((client, rejection))
     }
 
     /// The one place that decides what a failed connection means: rejected credentials and TLS failures are
@@ -371,8 +384,38 @@ impl NatsOptions {
     }
 }
 
+/// Resolves when the server rejects the credentials of a connection that was accepted before (revoked, expired or
+/// changed credentials): async-nats would go on reconnecting and failing, so the relay stops with the error instead.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    rx: tokio::sync::watch::Receiver<Option<String>>,
+    url: String,
+    method: &'static str,
+    remedy: &'static str,
+}
+
+impl Rejection {
+    /// Waits for the rejection (forever, if it never comes) and returns it as a permanent error.
+    pub async fn rejected(&mut self) -> PublishError {
+        loop {
+            if let Some(reason) = self.rx.borrow_and_update().clone() {
+                return PublishError::Authentication {
+                    url: self.url.clone(),
+                    method: self.method,
+                    reason,
+                    remedy: self.remedy,
+                };
+            }
+            if self.rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
 /// Logs what async-nats reports after the first connection; a rejected credential is an error with its remedy.
-fn log_event(event: &async_nats::Event, url: &str, method: &str, remedy: &str) {
+/// Returns whether the event was a rejected credential.
+fn log_event(event: &async_nats::Event, url: &str, method: &str, remedy: &str) -> bool {
     use async_nats::{ClientError, Event, ServerError};
     let auth_failure = match event {
         Event::ServerError(ServerError::AuthorizationViolation) => true,
@@ -393,6 +436,7 @@ fn log_event(event: &async_nats::Event, url: &str, method: &str, remedy: &str) {
     } else if matches!(event, Event::ServerError(_) | Event::ClientError(_)) {
         tracing::warn!(url, event = %event, "nats connection problem");
     }
+    auth_failure
 }
 
 /// The remedy for a failed TLS handshake with these settings (and the TLS library's error, when there is one).
@@ -677,6 +721,15 @@ mod tests {
                      -----BEGIN USER NKEY SEED-----\nSUXYZ\n------END USER NKEY SEED------\n";
         assert_eq!(parse_creds(creds), Ok(("aaa.bbb.ccc".to_owned(), "SUXYZ".to_owned())));
         assert!(parse_creds("nothing here").is_err());
+    }
+
+    #[test]
+    fn loopback_servers() {
+        let loopback = |url: &str| parse(url).map(|o| o.is_loopback()).ok();
+        assert_eq!(loopback("nats://localhost:4222,nats://127.0.0.2:4222"), Some(true));
+        assert_eq!(loopback("nats://[::1]:4222"), Some(true));
+        assert_eq!(loopback("nats://127.0.0.1:4222,nats://nats.example:4222"), Some(false));
+        assert_eq!(loopback("tls://10.0.0.5:4222"), Some(false));
     }
 
     #[test]

@@ -10,20 +10,31 @@ use async_nats::jetstream::{self, stream};
 use pgoutput::Lsn;
 
 use crate::{
-    config::Settings, mapping::event::header, mapping::subject::SubjectTemplate, sink::publisher::PublishError,
+    config::Settings,
+    mapping::event::header,
+    mapping::subject::SubjectTemplate,
+    sink::{connect::Rejection, publisher::PublishError},
 };
 
 /// Connects to NATS (comma-separated URLs for a cluster) with the configured authentication and TLS, and returns a
 /// JetStream context. Every command connects through here; a failure is classified by
 /// [`NatsOptions::connect`](crate::sink::connect::NatsOptions::connect).
 pub async fn connect(settings: &Settings) -> Result<(async_nats::Client, jetstream::Context), PublishError> {
-    let client = settings.nats.connect().await?;
+    connect_watched(settings).await.map(|(client, js, _)| (client, js))
+}
+
+/// [`connect`], and a [`Rejection`] that resolves if the server later rejects the credentials (for `run`, which stays
+/// connected).
+pub async fn connect_watched(
+    settings: &Settings,
+) -> Result<(async_nats::Client, jetstream::Context, Rejection), PublishError> {
+    let (client, rejection) = settings.nats.connect_watched().await?;
     let js = jetstream::ContextBuilder::new()
         .timeout(settings.publish_timeout)
         .max_ack_inflight(settings.max_in_flight.saturating_mul(2).max(64))
         .backpressure_on_inflight(true)
         .build(client.clone());
-    Ok((client, js))
+    Ok((client, js, rejection))
 }
 
 /// The subjects the stream must cover: the template's filter and the dead-letter subject (unless already covered).
