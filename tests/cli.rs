@@ -40,6 +40,16 @@ fn usage_and_configuration_errors_exit_2_before_connecting() {
         (vec!["run", "--subject", "outbox.{a"], vec![], "--subject"),
         (vec!["run", "--on-invalid", "ignore"], vec![], "--on-invalid"),
         (vec!["run", "--publish-timeout", "soon"], vec![], "--publish-timeout"),
+        // Out of range: refused, never clamped (issue 9).
+        (vec!["run", "--stream-replicas", "9"], vec![], "--stream-replicas"),
+        (vec!["setup", "--stream-replicas", "0"], vec![], "--stream-replicas"),
+        (vec!["run", "--max-in-flight", "0"], vec![], "--max-in-flight"),
+        (vec!["run"], vec![("WALRELAY_MAX_IN_FLIGHT", "18446744073709551615")], "--max-in-flight"),
+        (vec!["run", "--log", "info,walrelay_core=loud"], vec![], "--log"),
+        (vec!["run"], vec![("WALRELAY_LOG", "[")], "--log"),
+        (vec!["run", "--publish-timeout", "0s"], vec![], "--publish-timeout"),
+        (vec!["run", "--progress-interval", "0s"], vec![], "--progress-interval"),
+        (vec!["run", "--replay-retention", "0s"], vec![], "--replay-retention"),
         (vec!["run", "--config", unknown_key.to_str().unwrap()], vec![], "no_such_option"),
         (vec!["run"], vec![("WALRELAY_CONFIG", missing.to_str().unwrap())], "does not exist"),
     ];

@@ -169,6 +169,38 @@ async fn on_invalid_dead_letter_gives_records_and_every_later_event_once_in_orde
     assert_eq!(relay.wait_timeout(LONG).unwrap().and_then(|s| s.code()), Some(0));
 }
 
+/// A refusal that repeats on the same event is permanent: a stream that does not cover an event's subject (no
+/// stream answers its publish) ends the relay with exit 1 naming the event, instead of retrying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_refused_the_same_way_again_and_again_is_permanent() {
+    let env = servers();
+    let js = env.js().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: env.stream.clone(),
+        subjects: vec!["outbox.order.*".into(), "outbox.dead-letter".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    env.setup();
+    let pg = env.client().await;
+    pg.batch_execute(&format!(
+        "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('{}', 'order', 'a',          'created', '{{}}'); INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('{}',          'invoice', 'a', 'created', '{{}}')",
+        uuid(1),
+        uuid(2)
+    ))
+    .await
+    .unwrap();
+    let relay = env.spawn_run(&[]);
+    let status = relay.wait_timeout(LONG).unwrap().expect("the relay gives up on the event");
+    assert_eq!(status.code(), Some(1), "{}", relay.output_tail(30));
+    let out = relay.output();
+    for needle in [uuid(2).as_str(), "outbox.invoice.created", "3 times in a row"] {
+        assert!(out.contains(needle), "output lacks {needle}:\n{}", relay.output_tail(30));
+    }
+    assert_eq!(ids(&stream_messages(&js, &env.stream).await), [uuid(1)]);
+}
+
 /// What the mapper accepts, nats-server stores: hard rows mapped by the mapper, published by the relay's publisher,
 /// read back with the same subject, headers (as a NATS client parses them: values trimmed) and payload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -336,13 +336,23 @@ impl Settings {
                 reason: "a stream name may not contain `.`, `*`, `>`, `/` or `\\`".into(),
             });
         }
-        if raw.max_in_flight == 0 {
+        // Ranges: a value out of range is a usage error, never silently clamped.
+        in_range("--max-in-flight", raw.max_in_flight, 1, MAX_IN_FLIGHT_LIMIT)?;
+        in_range("--stream-replicas", raw.stream_replicas, 1, 5)?;
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&raw.log) {
             return Err(ConfigError::Invalid {
-                option: "--max-in-flight",
-                value: "0".into(),
-                reason: "must be at least 1".into(),
+                option: "--log",
+                value: raw.log.clone(),
+                reason: format!("{err}; expected a filter like info or info,walrelay_core=debug"),
             });
         }
+        let publish_timeout = at_least("--publish-timeout", &raw.publish_timeout, Duration::from_millis(1))?;
+        let progress_interval = at_least("--progress-interval", &raw.progress_interval, Duration::from_millis(1))?;
+        let replay_retention = raw
+            .replay_retention
+            .as_deref()
+            .map(|d| at_least("--replay-retention", d, Duration::from_secs(1)))
+            .transpose()?;
         let subject = crate::mapping::subject::SubjectTemplate::parse(&raw.subject)
             .map_err(|reason| ConfigError::Invalid { option: "--subject", value: raw.subject.clone(), reason })?;
         let dead_letter_subject = raw.dead_letter_subject.unwrap_or_else(|| subject.default_dead_letter_subject());
@@ -392,17 +402,13 @@ impl Settings {
             on_invalid,
             dead_letter_subject,
             max_in_flight: raw.max_in_flight,
-            publish_timeout: parse_duration("--publish-timeout", &raw.publish_timeout)?,
+            publish_timeout,
             shutdown_timeout: parse_duration("--shutdown-timeout", &raw.shutdown_timeout)?,
             duplicate_window,
-            stream_replicas: raw.stream_replicas.clamp(1, 5),
+            stream_replicas: raw.stream_replicas,
             no_create: raw.no_create,
-            replay_retention: raw
-                .replay_retention
-                .as_deref()
-                .map(|d| parse_duration("--replay-retention", d))
-                .transpose()?,
-            progress_interval: parse_duration("--progress-interval", &raw.progress_interval)?,
+            replay_retention,
+            progress_interval,
             metrics_addr: raw
                 .metrics_addr
                 .as_deref()
@@ -462,6 +468,30 @@ fn read_password_file(path: &std::path::Path) -> Result<SecretString, ConfigErro
     })?;
     let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
     Ok(SecretString::from(password.to_owned()))
+}
+
+/// The largest `--max-in-flight` (the client's ack window is twice it).
+const MAX_IN_FLIGHT_LIMIT: usize = 1_000_000;
+
+/// `value` must lie in `min..=max`.
+fn in_range(option: &'static str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid { option, value: value.to_string(), reason: format!("must be from {min} to {max}") })
+}
+
+/// A duration of at least `min`.
+fn at_least(option: &'static str, value: &str, min: Duration) -> Result<Duration, ConfigError> {
+    let d = parse_duration(option, value)?;
+    if d < min {
+        return Err(ConfigError::Invalid {
+            option,
+            value: value.to_owned(),
+            reason: format!("must be at least {}", humantime::format_duration(min)),
+        });
+    }
+    Ok(d)
 }
 
 /// Parses a duration like `90s`, `10m`, `1h`, `500ms`.

@@ -59,7 +59,18 @@ pub enum RelayError {
     /// An event cannot be published and `--on-invalid stop` is set.
     #[error("invalid event {} in table {} at commit LSN {} (index {}): {}; the insert is in the WAL, so changing the row does not help: publish a dead-letter record for just this event with `walrelay skip --through {}` and start run again, or run with --on-invalid dead-letter to do so for every invalid event", .0.id, .0.table, .0.position.commit_lsn, .0.position.index, .0.reason, .0.position)]
     Invalid(Box<InvalidEvent>),
+    /// The publish of one event failed the same way on consecutive attempts: retrying will not help.
+    #[error("{error}; the publish of this event failed the same way {attempts} times in a row, so walrelay stops instead of retrying it for ever: check that the stream covers its subject and accepts its size")]
+    Repeated {
+        /// Consecutive attempts that failed.
+        attempts: u32,
+        /// The failure.
+        error: PublishError,
+    },
 }
+
+/// After this many consecutive publishes of the same event that failed the same way, the failure is permanent.
+pub const REPEATS_PERMANENT: u32 = 3;
 
 impl RelayError {
     /// The one place that decides: retry after a backoff (`true`) or stop with the message (`false`).
@@ -67,7 +78,35 @@ impl RelayError {
         match self {
             Self::Source(e) => e.is_transient(),
             Self::Publish(e) => e.is_transient(),
-            Self::Invalid(_) => false,
+            Self::Invalid(_) | Self::Repeated { .. } => false,
+        }
+    }
+}
+
+/// Counts consecutive failures of the same event that fail the same way (see [`PublishError::refused_event`]).
+#[derive(Debug, Default)]
+struct Repeats {
+    last: Option<(String, String)>,
+    count: u32,
+}
+
+impl Repeats {
+    /// Records a session's error; returns it as [`RelayError::Repeated`] once it is permanent.
+    fn record(&mut self, err: RelayError) -> RelayError {
+        let RelayError::Publish(e) = &err else {
+            return err;
+        };
+        let Some(id) = e.refused_event() else {
+            return err;
+        };
+        let key = (id.to_owned(), e.to_string());
+        self.count = if self.last.as_ref() == Some(&key) { self.count + 1 } else { 1 };
+        self.last = Some(key);
+        match err {
+            RelayError::Publish(error) if self.count >= REPEATS_PERMANENT => {
+                RelayError::Repeated { attempts: self.count, error }
+            }
+            other => other,
         }
     }
 }
@@ -110,12 +149,13 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
     };
     let mut relay = Relay { settings, shutdown, stats, status_interval, standing_by: false, server: None };
     attempt = 0;
+    let mut repeats = Repeats::default();
     loop {
         let started = Instant::now();
         let acked_before = relay.stats.acked.load(Ordering::Relaxed);
         let err = match relay.session().await {
             Ok(SessionEnd::Stopped) => return Ok(()),
-            Err(err) => err,
+            Err(err) => repeats.record(err),
         };
         if !err.is_transient() {
             return Err(err);
@@ -503,6 +543,40 @@ async fn final_confirm(control: &tokio_postgres::Client, slot_name: &str, confir
             }
             Ok(Some(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::event::Position;
+
+    fn refused(id: &str, refused: bool) -> RelayError {
+        RelayError::Publish(PublishError::Publish {
+            id: id.into(),
+            subject: "outbox.a.b".into(),
+            position: Position { commit_lsn: Lsn(1), index: 0 },
+            reason: "no stream found for given subject".into(),
+            refused,
+        })
+    }
+
+    #[test]
+    fn the_same_refusal_of_the_same_event_becomes_permanent() {
+        let mut r = Repeats::default();
+        for _ in 1..REPEATS_PERMANENT {
+            assert!(r.record(refused("a", true)).is_transient());
+        }
+        let err = r.record(refused("a", true));
+        assert!(matches!(err, RelayError::Repeated { attempts: REPEATS_PERMANENT, .. }), "{err}");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("event a"), "{err}");
+        // Another event, or errors that say nothing about the event (timeouts), start over or never count.
+        let mut r = Repeats::default();
+        for n in 0..10 {
+            assert!(r.record(refused("a", false)).is_transient());
+            assert!(r.record(refused(&format!("e{n}"), true)).is_transient());
         }
     }
 }

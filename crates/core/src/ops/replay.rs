@@ -233,7 +233,9 @@ impl StreamSink {
 
 fn with_reason(err: PublishError, reason: String) -> PublishError {
     match err {
-        PublishError::Publish { id, subject, position, .. } => PublishError::Publish { id, subject, position, reason },
+        PublishError::Publish { id, subject, position, refused, .. } => {
+            PublishError::Publish { id, subject, position, reason, refused }
+        }
         other => other,
     }
 }

@@ -86,6 +86,9 @@ pub enum PublishError {
         position: Position,
         /// What happened.
         reason: String,
+        /// Whether the client or the server refused this message (as opposed to a timeout or a lost connection,
+        /// which say nothing about the message): the same publish is likely to be refused again.
+        refused: bool,
     },
     /// The stream's sequence is not what the fence expected: a message was lost, duplicated or written by someone
     /// else. The relay re-reads the tail and resumes after it.
@@ -106,9 +109,21 @@ impl PublishError {
         !matches!(self, Self::MissingStream { .. } | Self::Authentication { .. } | Self::Tls { .. })
     }
 
-    /// A failed publish of `event`.
+    /// A failed publish of `event` (not a refusal of the message itself).
     pub fn publish(event: &Event, reason: String) -> Self {
-        Self::Publish { id: event.id.clone(), subject: event.subject.to_string(), position: event.position, reason }
+        let (id, subject, position) = (event.id.clone(), event.subject.to_string(), event.position);
+        Self::Publish { id, subject, position, reason, refused: false }
+    }
+
+    /// The id of the event this error is about, when the error says something about the event itself: the client
+    /// or the server refused it, or the stream answered its publish with a fence violation. Timeouts and lost
+    /// connections say nothing about the event (`None`). The relay treats such an error that repeats on the same
+    /// event as permanent ([`crate::relay`]).
+    pub fn refused_event(&self) -> Option<&str> {
+        match self {
+            Self::Publish { id, refused: true, .. } | Self::Fence { id, .. } => Some(id),
+            _ => None,
+        }
     }
 }
 
@@ -129,6 +144,13 @@ const fn max(a: usize, b: usize) -> usize {
     } else {
         b
     }
+}
+
+/// Whether an async-nats publish error refuses the message itself: too large, an invalid subject or headers
+/// (`Other`), no stream for its subject, or a JetStream API error. Timeouts, a broken connection and a full ack
+/// window do not.
+fn refuses_the_message(kind: PublishErrorKind) -> bool {
+    !matches!(kind, PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending)
 }
 
 /// An ack credited to the tag the caller gave.
@@ -187,7 +209,9 @@ impl<T: Send + 'static> Publisher<T> {
         let ack = match self.js.send_publish(subject.clone(), message).await {
             Ok(ack) => ack,
             Err(e) => {
-                return Err(PublishError::Publish { id, subject: subject.to_string(), position, reason: e.to_string() })
+                let refused = refuses_the_message(e.kind());
+                let (subject, reason) = (subject.to_string(), e.to_string());
+                return Err(PublishError::Publish { id, subject, position, reason, refused });
             }
         };
         self.last_sequence += 1;
@@ -205,7 +229,9 @@ impl<T: Send + 'static> Publisher<T> {
                     Err(PublishError::Fence { id, expected, actual: e.to_string() })
                 }
                 Err(e) => {
-                    Err(PublishError::Publish { id, subject: subject.to_string(), position, reason: e.to_string() })
+                    let refused = refuses_the_message(e.kind());
+                    let (subject, reason) = (subject.to_string(), e.to_string());
+                    Err(PublishError::Publish { id, subject, position, reason, refused })
                 }
             }
         }));
