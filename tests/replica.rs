@@ -453,15 +453,16 @@ async fn promotion_of_the_standby_the_relay_reads() {
     assert!(relay.wait_timeout(Duration::from_secs(30)).unwrap().is_some_and(|s| s.success()));
 }
 
-/// A promoted standby without a synchronized copy of the slot: the relay exits 1 naming the cause and the remedy,
-/// and creates no slot there (that would skip every event committed since).
+/// A promoted standby without a synchronized copy of the slot: the relay (on a two-host read-write URL, no
+/// --failover) reconnects to it after the primary crashed and exits 1 naming the cause and the remedy; a new `run`
+/// against it does the same; no slot is created there (that would skip every event committed since).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promoted_standby_without_the_slot_exits_1() {
     let mut env = blocking(|| Replicas::start(&[])).await;
-    let primary_url = env.primary.url("postgres");
-    env.run_ok(&primary_url, &["setup"]);
+    let url = env.read_write_url();
+    env.run_ok(&url, &["setup"]);
     let relay = blocking({
-        let cmd = env.walrelay(&primary_url, &["run"]);
+        let cmd = env.walrelay(&url, &["run"]);
         move || {
             let p = Process::spawn(cmd).expect("spawn run");
             p.wait_for_output("relay started", Duration::from_secs(60)).expect("relay started");
@@ -469,22 +470,94 @@ async fn promoted_standby_without_the_slot_exits_1() {
         }
     })
     .await;
-    let client = walrelay_tests::connect(&primary_url).await;
+    let client = walrelay_tests::connect(&env.primary.url("postgres")).await;
     walrelay_tests::insert_events(&client, "p0", 0, 10).await;
     let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     wait_stream_rows(&js, "OUTBOX", 10, Duration::from_secs(60), &relay).await;
-    relay.sigterm().unwrap();
-    assert!(relay.wait_timeout(Duration::from_secs(30)).unwrap().is_some_and(|s| s.success()));
     env.primary.crash_immediate().unwrap();
     env.standby.promote().unwrap();
+    let status = blocking({
+        let relay = relay;
+        move || (relay.wait_timeout(Duration::from_secs(60)).unwrap(), relay.output())
+    })
+    .await;
+    let (status, all) = status;
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "the relay did not exit 1 on the promoted standby: {all}");
+    for needed in [
+        "replication slot walrelay does not exist",
+        "was promoted (timeline 2)",
+        "not synchronized",
+        "--failover",
+        "sync_replication_slots",
+    ] {
+        assert!(all.contains(needed), "{needed:?} missing: {all}");
+    }
     let out = env.walrelay(&env.standby.url("postgres"), &["run"]).output().unwrap();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(all.contains("replication slot walrelay does not exist"), "{all}");
     assert!(all.contains("was promoted (timeline 2)") && all.contains("not synchronized"), "{all}");
-    assert!(all.contains("--failover") && all.contains("sync_replication_slots"), "remedy missing: {all}");
     assert_eq!(env.standby.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'").unwrap(), "0");
     assert_eq!(stream_count(&js, "OUTBOX").await, 10);
+}
+
+/// Failover slot: the relay on the primary with --failover and a two-host read-write URL, a standby syncing slots
+/// (sync_replication_slots = on) and gating the relay (the primary's synchronized_standby_slots names its physical
+/// slot). The primary is crashed mid-stream and the standby promoted: the relay reconnects to it and continues from
+/// the synced slot; the stream holds exactly the rows the new primary holds, once each, in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_slot_survives_a_primary_crash() {
+    let mut env = blocking(|| Replicas::start(&[("sync_replication_slots", "on")])).await;
+    env.primary.psql("ALTER SYSTEM SET synchronized_standby_slots = 'standby1'; SELECT pg_reload_conf();").unwrap();
+    let url = env.read_write_url();
+    let out = env.run_ok(&url, &["setup", "--failover"]);
+    assert!(out.contains("slot walrelay: created"), "{out}");
+    assert_eq!(
+        env.primary.psql("SELECT failover FROM pg_replication_slots WHERE slot_name = 'walrelay'").unwrap(),
+        "t"
+    );
+    let status = status_json(&env, &url);
+    assert_eq!((status["failover"].as_bool(), status["synced"].as_bool()), (Some(true), Some(false)), "{status}");
+    let doctor = text(&env.walrelay(&url, &["doctor", "--failover"]).output().unwrap());
+    assert!(
+        doctor.contains("ok   slot_failover") && doctor.contains("ok   synchronized_standby_slots: standby1"),
+        "{doctor}"
+    );
+
+    let relay = blocking({
+        let cmd = env.walrelay(&url, &["run", "--failover"]);
+        move || {
+            let p = Process::spawn(cmd).expect("spawn run");
+            p.wait_for_output("relay started", Duration::from_secs(60)).expect("relay started");
+            p
+        }
+    })
+    .await;
+    let producers = Producers::start(&url, 4, 1_000_000, 20, Duration::from_millis(20));
+    producers.wait_committed(2_000, Duration::from_secs(60)).await;
+    // The standby's slot sync worker copies the slot; the copy survives a promotion only once it is persisted
+    // (temporary = false), which needs the primary's slot to have moved past the standby's first copy of it.
+    let sql = "SELECT synced AND NOT temporary FROM pg_replication_slots WHERE slot_name = 'walrelay'";
+    walrelay_testkit::wait_until("the slot to be synchronized to the standby", Duration::from_secs(60), || {
+        (env.standby.psql(sql).ok()? == "t").then_some(())
+    })
+    .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let before_crash = stream_count(&js, "OUTBOX").await;
+    assert!(before_crash > 0, "nothing relayed before the crash");
+    env.primary.crash_immediate().unwrap();
+    env.standby.promote().unwrap();
+    let at_promotion = producers.committed();
+    producers.wait_committed(at_promotion + 2_000, Duration::from_secs(90)).await;
+    producers.stop().await;
+    let rows = table_rows(&env.standby);
+    wait_stream_rows(&js, "OUTBOX", rows.len() as u64, Duration::from_secs(120), &relay).await;
+    let messages = stream_messages(&js, "OUTBOX").await;
+    assert_exact("failover", &messages, &rows);
+    relay.wait_for_output("postgres server changed since the last session", Duration::from_secs(5)).unwrap();
+    let output = relay.output();
+    assert!(output.contains("timeline=2"), "{output}");
+    relay.sigterm().unwrap();
+    assert!(relay.wait_timeout(Duration::from_secs(30)).unwrap().is_some_and(|s| s.success()));
 }
 
 /// Against a standby without --primary-url: a missing publication exits 1 with the SQL to run on the primary;
