@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod health;
 pub mod mapping;
 pub mod ops;
 pub mod relay;

@@ -137,14 +137,19 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
             Err(err) if err.is_transient() => {
                 attempt = attempt.saturating_add(1);
                 let delay = backoff(attempt);
-                tracing::warn!(error = %source::error_chain(&err), retry_in = ?delay, attempt, "cannot start yet, retrying");
+                let error = source::error_chain(&err);
+                stats.health.retrying(&error);
+                tracing::warn!(error = %error, retry_in = ?delay, attempt, "cannot start yet, retrying");
                 let mut shutdown = shutdown.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = crate::stopped(&mut shutdown) => return Ok(()),
                 }
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                stats.health.stopping();
+                return Err(err);
+            }
         }
     };
     let mut relay = Relay { settings, shutdown, stats, status_interval, standing_by: false, server: None };
@@ -154,14 +159,15 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
         let started = Instant::now();
         let acked_before = relay.stats.acked.load(Ordering::Relaxed);
         let err = match relay.session().await {
-            Ok(SessionEnd::Stopped) => return Ok(()),
+            Ok(SessionEnd::Stopped) => {
+                relay.stats.health.stopping();
+                return Ok(());
+            }
             Err(err) => repeats.record(err),
         };
-        if !err.is_transient() {
-            return Err(err);
-        }
-        if *relay.shutdown.borrow() {
-            return Ok(());
+        if !err.is_transient() || *relay.shutdown.borrow() {
+            relay.stats.health.stopping();
+            return if err.is_transient() { Ok(()) } else { Err(err) };
         }
         let progressed =
             relay.stats.acked.load(Ordering::Relaxed) > acked_before || started.elapsed() > Duration::from_secs(30);
@@ -172,12 +178,15 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
                     tracing::info!(slot = %slot, pid = *pid, "slot is in use, standing by");
                     relay.standing_by = true;
                 }
+                relay.stats.health.standing_by();
                 attempt = 0;
                 Duration::from_secs(1)
             }
             _ => {
                 let delay = backoff(attempt);
-                tracing::warn!(error = %source::error_chain(&err), retry_in = ?delay, attempt, "relay interrupted, retrying");
+                let error = source::error_chain(&err);
+                relay.stats.health.retrying(&error);
+                tracing::warn!(error = %error, retry_in = ?delay, attempt, "relay interrupted, retrying");
                 delay
             }
         };
@@ -266,6 +275,7 @@ impl Relay<'_> {
     /// One replication session: from the stream's high-water mark until shutdown or an error.
     async fn session(&mut self) -> Result<SessionEnd, RelayError> {
         let settings = self.settings;
+        self.stats.health.connecting();
         let (control, host) = source::connect_host(&settings.pg_url).await?;
         // The slot first: when it is gone (e.g. `walrelay teardown` ran), stop before recreating anything that the
         // teardown removed, such as the stream.
@@ -298,6 +308,7 @@ impl Relay<'_> {
             self.standing_by = false;
         }
         self.stats.session_started();
+        self.stats.health.streaming(&client);
         let pg_version = slot::setting(&control, "server_version").await.unwrap_or_default();
         let mut assembler = Assembler::new(settings)?;
         assembler.set_max_payload(client.server_info().max_payload);
@@ -406,6 +417,7 @@ impl Session<'_, '_> {
                 biased;
                 // 1. shutdown
                 _ = crate::stopped(&mut shutdown) => {
+                    self.relay.stats.health.stopping();
                     tracing::info!(in_flight = self.publisher.in_flight(), "stopping: waiting for in-flight acks");
                     return Ok(SessionEnd::Stopped);
                 }

@@ -26,6 +26,8 @@ pub struct Stats {
     pub confirmed: AtomicU64,
     /// Sessions started.
     pub sessions: AtomicU64,
+    /// Readiness, as `/readyz` reports it.
+    pub health: std::sync::Arc<crate::health::Health>,
     metrics: Handles,
 }
 
@@ -72,6 +74,7 @@ impl Stats {
             dead_lettered: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
+            health: std::sync::Arc::default(),
             metrics,
         }
     }

@@ -125,7 +125,7 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_PROGRESS_INTERVAL", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     progress_interval: Option<String>,
-    /// Serve Prometheus metrics of `run` on this address (e.g. 127.0.0.1:9187) at /metrics
+    /// Serve `run`'s Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9187)
     #[arg(long, env = "WALRELAY_METRICS_ADDR", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_addr: Option<String>,
@@ -357,15 +357,16 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
     let json_logs = settings.log_format == "json";
     let result: Result<u8, RelayError> = match command {
         Command::Run => {
-            if let Some(addr) = settings.metrics_addr {
-                metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .with_http_listener(addr)
-                    .install()
-                    .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
-                tracing::info!(addr = %addr, "serving prometheus metrics at /metrics");
-            }
             let shutdown = shutdown_signal();
+            // The recorder first, so the relay's metric handles register with it.
+            let endpoint = match settings.metrics_addr {
+                Some(addr) => Some(HttpEndpoint::bind(addr).await?),
+                None => None,
+            };
             let stats = Arc::new(walrelay_core::stats::Stats::default());
+            if let Some(endpoint) = endpoint {
+                endpoint.spawn(stats.health.clone(), shutdown.clone());
+            }
             let retention = ops::retention::spawn(&settings, shutdown.clone());
             let result = relay::run(&settings, shutdown, stats).await.map(|()| 0);
             if let Some(task) = retention {
@@ -445,6 +446,41 @@ impl Command {
             Self::Demo => "demo",
             Self::Bench(_) => "bench",
         }
+    }
+}
+
+/// `--metrics-addr`: the bound listener and the installed Prometheus recorder, before the relay starts.
+struct HttpEndpoint {
+    addr: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl HttpEndpoint {
+    async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr} (--metrics-addr): {e}"))?;
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+        Ok(Self { addr, listener, handle })
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` (design.md §4c) until shutdown.
+    fn spawn(self, health: Arc<walrelay_core::health::Health>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let upkeep = self.handle.clone();
+        walrelay_core::spawn_named("metrics-upkeep", async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        let handle = self.handle;
+        let render: walrelay_core::health::RenderMetrics = Arc::new(move || handle.render());
+        walrelay_core::spawn_named("http", walrelay_core::health::serve(self.listener, health, render, shutdown));
+        tracing::info!(addr = %self.addr, "serving /metrics, /healthz and /readyz");
     }
 }
 

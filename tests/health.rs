@@ -1,0 +1,114 @@
+//! `/healthz` and `/readyz` of `walrelay run --metrics-addr` (design.md §4c, issue 12) against real PostgreSQL and
+//! NATS: not ready before a session streams and while standing by, ready while relaying, not ready within 5 s of
+//! nats-server stopping; live throughout.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::{
+    io::{Read, Write},
+    time::{Duration, Instant},
+};
+
+use walrelay_tests::{
+    ids, insert_events, stream_messages, wait_for, wait_stream_count,
+    walrelay_testkit::{free_port, Process},
+    Env,
+};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// `GET path` over HTTP/1.0: (status code, body), or None when nothing answers.
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// Waits until `path` answers with `code`; returns the body.
+async fn wait_code(addr: &str, path: &str, code: u16, timeout: Duration) -> String {
+    let mut body = String::new();
+    wait_for(&format!("{path} on {addr} answers {code}"), timeout, || {
+        let got = get(addr, path);
+        if let Some((c, b)) = &got {
+            body = b.clone();
+            return std::future::ready(*c == code);
+        }
+        std::future::ready(false)
+    })
+    .await;
+    body
+}
+
+fn healthz(addr: &str) {
+    assert_eq!(get(addr, "/healthz"), Some((200, "ok\n".to_owned())), "/healthz on {addr}");
+}
+
+fn stop(relay: &Process) {
+    relay.sigterm().unwrap();
+    let status = relay.wait_timeout(Duration::from_secs(30)).unwrap().expect("relay exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "relay output:\n{}", relay.output_tail(40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_session_nats_and_standing_by() {
+    let mut env = Env::start();
+    env.setup();
+    let a_addr = format!("127.0.0.1:{}", free_port());
+    let b_addr = format!("127.0.0.1:{}", free_port());
+
+    // Before any session streams (NATS down): live, not ready, with a reason.
+    env.nats.stop();
+    let a = Process::spawn(env.walrelay(&["run", "--metrics-addr", &a_addr])).unwrap();
+    let body = wait_code(&a_addr, "/readyz", 503, LONG).await;
+    assert!(body.starts_with("retrying: ") || body == "connecting\n", "{body:?}");
+    assert_eq!(body.lines().count(), 1, "one-line reason: {body:?}");
+    healthz(&a_addr);
+
+    env.nats.start_again().unwrap();
+    a.wait_for_output("relay started", LONG).unwrap();
+    assert_eq!(wait_code(&a_addr, "/readyz", 200, LONG).await, "ready\n");
+    healthz(&a_addr);
+
+    // A second relay on the same slot stands by: live, not ready.
+    let b = Process::spawn(env.walrelay(&["run", "--metrics-addr", &b_addr])).unwrap();
+    b.wait_for_output("standing by", LONG).unwrap();
+    assert_eq!(get(&b_addr, "/readyz"), Some((503, "standing by: slot is in use\n".to_owned())));
+    healthz(&b_addr);
+    assert_eq!(get(&a_addr, "/readyz").map(|r| r.0), Some(200), "the active relay stays ready");
+
+    // Relaying while ready; /metrics is still served next to the probes.
+    let pg = env.client().await;
+    let mut expected = insert_events(&pg, "h", 0, 5).await;
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, 5, LONG).await;
+    assert_eq!(ids(&stream_messages(&js, &env.stream).await), expected);
+    let (code, metrics) = get(&a_addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.lines().any(|l| l == "walrelay_events_published_total 5"), "{metrics}");
+
+    // nats-server stops: not ready within 5 s, still live.
+    env.nats.stop();
+    let stopped = Instant::now();
+    let body = wait_code(&a_addr, "/readyz", 503, Duration::from_secs(5)).await;
+    assert!(stopped.elapsed() < Duration::from_secs(5));
+    assert!(body == "nats disconnected\n" || body.starts_with("retrying: "), "{body:?}");
+    healthz(&a_addr);
+    healthz(&b_addr);
+
+    // NATS back: ready again; the standby takes over when the active relay stops, and is ready then.
+    env.nats.start_again().unwrap();
+    wait_code(&a_addr, "/readyz", 200, LONG).await;
+    stop(&a);
+    b.wait_for_output("slot acquired, taking over", LONG).unwrap();
+    assert_eq!(wait_code(&b_addr, "/readyz", 200, LONG).await, "ready\n");
+    expected.extend(insert_events(&pg, "h", 5, 3).await);
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, 8, LONG).await;
+    assert_eq!(ids(&stream_messages(&js, &env.stream).await), expected, "exactly once, in order");
+    stop(&b);
+    assert!(get(&b_addr, "/healthz").is_none(), "nothing serves once the process ended");
+}
