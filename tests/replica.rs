@@ -647,3 +647,40 @@ fn pg15_standby_needs_16() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("logical decoding on a standby needs PostgreSQL 16 or later"), "{all}");
 }
+
+/// `--failover` on an existing slot alters it (ALTER_REPLICATION_SLOT ... FAILOVER) on PostgreSQL 17+; below 17 it
+/// exits 1 naming the version requirement.
+#[test]
+fn failover_flag_alters_an_existing_slot_and_needs_17() {
+    walrelay_bin().expect("walrelay binary");
+    let nats = Nats::start().unwrap();
+    let walrelay = |pg: &Postgres, args: &[&str]| {
+        Command::new(walrelay_bin().unwrap())
+            .args(args)
+            .env_clear()
+            .env("WALRELAY_PG_URL", pg.url("postgres"))
+            .env("WALRELAY_NATS_URL", nats.url())
+            .output()
+            .unwrap()
+    };
+    let pg18 = Postgres::builder().pg18().unwrap().start().unwrap();
+    pg18.psql(OUTBOX_DDL).unwrap();
+    let out = walrelay(&pg18, &["setup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let failover = "SELECT failover FROM pg_replication_slots WHERE slot_name = 'walrelay'";
+    assert_eq!(pg18.psql(failover).unwrap(), "f");
+    let out = walrelay(&pg18, &["setup", "--failover"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(pg18.psql(failover).unwrap(), "t", "{}", text(&out));
+
+    let pg15 = Postgres::start().unwrap();
+    if pg15.version().unwrap() >= 17 {
+        return;
+    }
+    pg15.psql(OUTBOX_DDL).unwrap();
+    let out = walrelay(&pg15, &["setup", "--failover"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("--failover (failover slots) needs PostgreSQL 17 or later"), "{all}");
+    assert_eq!(pg15.psql("SELECT count(*) FROM pg_replication_slots").unwrap(), "0", "{all}");
+}

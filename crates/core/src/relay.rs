@@ -591,4 +591,16 @@ mod tests {
             assert!(r.record(refused(&format!("e{n}"), true)).is_transient());
         }
     }
+
+    fn server(timeline: u32, in_recovery: bool) -> slot::Server {
+        slot::Server { version_num: 180000, in_recovery, timeline: Some(timeline), system_id: Some("7".into()) }
+    }
+
+    #[test]
+    fn a_promotion_or_failover_changes_the_server() {
+        assert!(!server_changed(&server(1, false), &server(1, false)));
+        assert!(server_changed(&server(1, true), &server(2, false)), "promotion: new timeline, out of recovery");
+        let other_system = slot::Server { system_id: Some("8".into()), ..server(1, false) };
+        assert!(server_changed(&server(1, false), &other_system));
+    }
 }
