@@ -8,7 +8,9 @@
 //!
 //! JetStream drops a message whose `Nats-Msg-Id` it saw within the stream's duplicate window, so a replay into the
 //! stream that already holds the events only stores those older than the window; replay into an empty (or new)
-//! stream, or after the window has passed. See
+//! stream, or after the window has passed. Every replayed message carries `Outbox-Replayed-At`, which the tail read
+//! of `run` skips, and into a stream replay re-sends only what `run` already relayed, so `run`'s high-water mark
+//! never moves backwards and nothing pending is published by both. See
 //! <https://docs.nats.io/using-nats/developer/develop_jetstream/model_deep_dive#message-deduplication>.
 
 use std::{io::IsTerminal, pin::Pin, time::Duration, time::SystemTime};
@@ -23,7 +25,7 @@ use pgoutput::Lsn;
 
 use crate::{
     config::Settings,
-    mapping::event::{header, header_value, Event},
+    mapping::event::{header, header_value, Event, Position},
     mapping::outbox::{commit_time_rfc3339, pg_micros},
     relay::RelayError,
     sink::publisher::PublishError,
@@ -88,12 +90,19 @@ async fn replay(
 ) -> Result<(), RelayError> {
     let end = history::end_marker(control).await?;
     let mut assembler = Assembler::new(settings)?;
+    // Into a stream, replay re-sends only what `run` already relayed: events the stream holds from run (its
+    // high-water mark, replayed copies skipped) or that the main slot confirmed. Later ones are run's to publish;
+    // a replayed copy of one would be dropped as a duplicate of run's publish and wedge its ordering fence.
+    let mut relayed = None;
     let mut sink = if stdout {
         Sink::Stdout
     } else {
         let (client, js) = stream::connect(settings).await?;
         stream::ensure(&js, settings, !settings.no_create).await?;
         assembler.set_max_payload(client.server_info().max_payload);
+        let hw = stream::high_water(&js, &settings.stream).await?.position;
+        let confirmed = slot::info(control, &settings.slot).await?.and_then(|i| i.confirmed_flush_lsn);
+        relayed = Some(Relayed { hw: hw.map(|(commit_lsn, index)| Position { commit_lsn, index }), confirmed });
         Sink::Stream(Box::new(StreamSink {
             js,
             replayed_at: header_value(&commit_time_rfc3339(pg_micros(SystemTime::now()))).unwrap_or_default(),
@@ -107,12 +116,17 @@ async fn replay(
     let mut reader = HistoryReader::open(settings, copy, range, assembler).await?;
     let progress = progress_bar(end.0.saturating_sub(from.0));
     let mut count = 0u64;
+    let mut pending_from = None;
     let result = async {
         while let Some(item) = reader.next(settings).await? {
             let event = match item {
                 Item::Event(event) => *event,
                 Item::Invalid(invalid) => return Err(RelayError::Invalid(invalid)),
             };
+            if relayed.as_ref().is_some_and(|r| !r.covers(event.position)) {
+                pending_from = Some(event.position);
+                break;
+            }
             let at = event.position.commit_lsn;
             sink.send(event).await?;
             count += 1;
@@ -130,6 +144,12 @@ async fn replay(
     }
     result?;
     let bound = to.map(|t| format!(" to {t}")).unwrap_or_default();
+    if let Some(at) = pending_from {
+        eprintln!(
+            "replay stopped at event {at}: it and later events are not relayed yet; `walrelay run` publishes them \
+             (replay only re-sends what run already relayed)"
+        );
+    }
     match &sink {
         Sink::Stdout => eprintln!("replayed {count} events from {from}{bound}"),
         Sink::Stream(s) => eprintln!(
@@ -138,6 +158,20 @@ async fn replay(
         ),
     }
     Ok(())
+}
+
+/// What `run` already relayed, as far as replay can tell before it starts.
+struct Relayed {
+    /// The stream's high-water mark (the last message run published).
+    hw: Option<Position>,
+    /// The main slot's `confirmed_flush_lsn`: transactions whose commit starts below it are done.
+    confirmed: Option<Lsn>,
+}
+
+impl Relayed {
+    fn covers(&self, p: Position) -> bool {
+        self.hw.is_some_and(|hw| p <= hw) || self.confirmed.is_some_and(|c| p.commit_lsn < c)
+    }
 }
 
 /// A progress bar on stderr when it is a terminal.

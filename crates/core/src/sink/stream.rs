@@ -186,11 +186,13 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
     if state.messages == 0 {
         return Ok(hw);
     }
-    // Walk back from the last sequence to the newest message that carries our headers (skipping deleted ones).
+    // Walk back from the last sequence to the newest message `run` published (skipping deleted ones, at most 1000
+    // foreign ones, and every message `replay` published: a replay must not move run's high-water mark backwards).
     let mut seq = state.last_sequence;
-    let floor = state.first_sequence.max(state.last_sequence.saturating_sub(1000));
-    while seq >= floor && seq > 0 {
+    let mut foreign = 0u32;
+    while seq >= state.first_sequence && seq > 0 && foreign <= 1000 {
         match s.get_raw_message(seq).await {
+            Ok(msg) if msg.headers.get(header::REPLAYED_AT).is_some() => {}
             Ok(msg) => {
                 let lsn = msg.headers.get(header::COMMIT_LSN).and_then(|v| v.as_str().parse::<Lsn>().ok());
                 let index = msg.headers.get(header::INDEX).and_then(|v| v.as_str().parse::<u32>().ok());
@@ -198,6 +200,7 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
                     hw.position = Some((lsn, index));
                     return Ok(hw);
                 }
+                foreign += 1;
                 tracing::warn!(
                     stream = stream_name,
                     sequence = seq,
