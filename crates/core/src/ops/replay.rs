@@ -90,8 +90,8 @@ async fn replay(
 ) -> Result<(), RelayError> {
     let end = history::end_marker(control).await?;
     let mut assembler = Assembler::new(settings)?;
-    // Into a stream, replay re-sends only what `run` already relayed: events the stream holds from run (its
-    // high-water mark, replayed copies skipped) or that the main slot confirmed. Later ones are run's to publish;
+    // Into a stream `run` writes, replay re-sends only what run already relayed: events the stream holds from run
+    // (its high-water mark, replayed copies skipped) or that the main slot confirmed. Later ones are run's to publish;
     // a replayed copy of one would be dropped as a duplicate of run's publish and wedge its ordering fence.
     let mut relayed = None;
     let mut sink = if stdout {
@@ -169,8 +169,13 @@ struct Relayed {
 }
 
 impl Relayed {
+    /// Whether `p` may be replayed: always into a stream `run` has not published to (a separate or rebuilt one);
+    /// into one it has, only what it relayed.
     fn covers(&self, p: Position) -> bool {
-        self.hw.is_some_and(|hw| p <= hw) || self.confirmed.is_some_and(|c| p.commit_lsn < c)
+        match self.hw {
+            None => true,
+            Some(hw) => p <= hw || self.confirmed.is_some_and(|c| p.commit_lsn < c),
+        }
     }
 }
 
