@@ -229,6 +229,57 @@ impl fmt::Display for TableName {
     }
 }
 
+/// `--table`: one or more outbox tables with the same columns, relayed through one publication and one slot in
+/// one commit order (design.md §4c).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables(Vec<TableName>);
+
+impl Tables {
+    /// Parses a comma-separated list of `schema.table` names (at least one; duplicates removed).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let mut tables: Vec<TableName> = Vec::new();
+        for part in s.split(',') {
+            let table = TableName::parse(part.trim())?;
+            if !tables.contains(&table) {
+                tables.push(table);
+            }
+        }
+        Ok(Self(tables))
+    }
+
+    /// The tables, in the order given.
+    pub fn iter(&self) -> std::slice::Iter<'_, TableName> {
+        self.0.iter()
+    }
+
+    /// How many tables.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the list is empty (never, today: `parse` needs a table).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `schema.name` is one of the tables.
+    pub fn contains(&self, schema: &str, name: &str) -> bool {
+        self.0.iter().any(|t| t.schema == schema && t.name == name)
+    }
+
+    /// The tables quoted for SQL and comma-separated, e.g. for `CREATE PUBLICATION ... FOR TABLE <this>`.
+    pub fn quoted(&self) -> String {
+        self.0.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl fmt::Display for Tables {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
 /// Quotes an SQL identifier.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -258,7 +309,8 @@ pub struct Settings {
     pub pg_url: PgUrl,
     pub slot: String,
     pub publication: String,
-    pub table: TableName,
+    /// `--table`: the outbox tables.
+    pub table: Tables,
     /// `--nats-url` and the NATS authentication and TLS options, validated (credentials are secret).
     pub nats: crate::sink::connect::NatsOptions,
     pub stream: String,
@@ -387,7 +439,7 @@ impl Settings {
             pg_url: PgUrl::parse(&raw.pg_url)?.with_password(pg_password.as_ref()),
             slot,
             publication: name("--publication", &raw.publication)?,
-            table: TableName::parse(&raw.table)?,
+            table: Tables::parse(&raw.table)?,
             nats,
             stream,
             subject: subject.source().to_owned(),
@@ -583,6 +635,10 @@ mod tests {
         let t = TableName::parse("public.outbox").ok();
         assert_eq!(t.map(|t| t.quoted()), Some("\"public\".\"outbox\"".to_owned()));
         assert_eq!(TableName::parse("events").ok().map(|t| t.schema), Some("public".to_owned()));
+        let list = Tables::parse("a.outbox, b.outbox,a.outbox").ok();
+        assert_eq!(list.as_ref().map(Tables::len), Some(2), "duplicates removed");
+        assert_eq!(list.map(|l| l.quoted()), Some(r#""a"."outbox", "b"."outbox""#.to_owned()));
+        assert!(Tables::parse("a.outbox,").is_err(), "an empty name is an error");
         assert!(TableName::parse("a.b.c").is_err());
     }
 

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use pgoutput::{Lsn, Relation, Tuple, TupleValue};
 
 use crate::{
-    config::{Columns, OnInvalid, Settings, TableName},
+    config::{Columns, OnInvalid, Settings, Tables},
     mapping::event::{header, header_name, header_value, wire_size, Event, Position},
     mapping::subject::SubjectTemplate,
     sink::publisher::ADDED_HEADERS_MAX,
@@ -227,13 +227,14 @@ struct Layout {
     event_type: Option<usize>,
     template: HashMap<String, usize>,
     columns: usize,
+    /// The relation's `schema.table`, as events name it.
+    label: Arc<str>,
 }
 
 /// Maps outbox rows to events.
 #[derive(Debug)]
 pub struct OutboxMapper {
-    table: TableName,
-    table_label: Arc<str>,
+    tables: Tables,
     columns: Columns,
     template: SubjectTemplate,
     layouts: HashMap<u32, Layout>,
@@ -260,8 +261,7 @@ impl OutboxMapper {
             code: None,
         })?;
         Ok(Self {
-            table: settings.table.clone(),
-            table_label: Arc::from(settings.table.to_string()),
+            tables: settings.table.clone(),
             columns: settings.columns.clone(),
             template,
             layouts: HashMap::new(),
@@ -310,15 +310,17 @@ impl OutboxMapper {
     /// Whether a relation is the outbox table.
     pub fn is_outbox(&self, relation: &Relation) -> bool {
         let ns = if relation.namespace.is_empty() { "pg_catalog" } else { relation.namespace.as_str() };
-        ns == self.table.schema && relation.name == self.table.name
+        self.tables.contains(ns, &relation.name)
     }
 
     /// Records a Relation message of the outbox table, resolving column positions; fails when a needed column is
     /// missing.
     pub fn relation(&mut self, relation: &Relation) -> Result<(), SourceError> {
         let find = |name: &str| relation.columns.iter().position(|c| c.name == name);
+        let ns = if relation.namespace.is_empty() { "pg_catalog" } else { relation.namespace.as_str() };
+        let label: Arc<str> = Arc::from(format!("{ns}.{}", relation.name));
         let missing = |column: &str, purpose: &str, option: &str| SourceError::MissingColumn {
-            table: self.table_label.to_string(),
+            table: label.to_string(),
             column: column.to_owned(),
             purpose: purpose.to_owned(),
             option: option.to_owned(),
@@ -344,6 +346,7 @@ impl OutboxMapper {
             event_type: find(&self.columns.event_type),
             template,
             columns: relation.columns.len(),
+            label: label.clone(),
         };
         self.layouts.insert(relation.id, layout);
         Ok(())
@@ -369,7 +372,7 @@ impl OutboxMapper {
             return Err(MapError::Source(SourceError::Decode {
                 lsn: commit_lsn,
                 source: pgoutput::DecodeError::ColumnCountMismatch {
-                    relation: self.table_label.to_string(),
+                    relation: layout.label.to_string(),
                     expected: layout.columns,
                     actual: tuple.0.len(),
                 },
@@ -385,7 +388,7 @@ impl OutboxMapper {
             Some(TupleValue::Binary(b)) => b.clone(),
             _ => Bytes::new(),
         };
-        let table = &self.table_label;
+        let table = &layout.label.clone();
         let invalid = |reason: String, built: &HeaderMap, size: usize| {
             MapError::Invalid(Box::new(invalid_event(layout, table, tuple, txn, index, reason, built, size)))
         };
@@ -444,7 +447,7 @@ impl OutboxMapper {
             headers,
             payload,
             position,
-            table: self.table_label.clone(),
+            table: table.clone(),
             dead_letter: false,
         })
     }

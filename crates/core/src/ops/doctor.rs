@@ -258,7 +258,18 @@ async fn postgres_checks(control: &Client, settings: &Settings, checks: &mut Che
 }
 
 async fn table_checks(control: &Client, settings: &Settings, checks: &mut Checks) -> Result<(), SourceError> {
-    let table = &settings.table;
+    for table in settings.table.iter() {
+        one_table_checks(control, settings, table, checks).await?;
+    }
+    Ok(())
+}
+
+async fn one_table_checks(
+    control: &Client,
+    settings: &Settings,
+    table: &crate::config::TableName,
+    checks: &mut Checks,
+) -> Result<(), SourceError> {
     let columns = match publication::table_columns(control, table).await {
         Ok(columns) => columns,
         Err(SourceError::MissingTable { .. }) => {
@@ -328,19 +339,27 @@ async fn table_checks(control: &Client, settings: &Settings, checks: &mut Checks
 
 async fn publication_checks(control: &Client, settings: &Settings, checks: &mut Checks) -> Result<(), SourceError> {
     let (name, table) = (&settings.publication, &settings.table);
-    let rights = publication::rights(control, table).await?;
-    if rights.select {
-        checks.ok("table_privilege", format!("{} may read {table}", rights.role));
-    } else {
-        checks.warn(
-            "table_privilege",
-            format!(
-                "{} has no SELECT on {table} (relaying does not need it; reading or pruning rows does)",
-                rights.role
-            ),
-            format!("GRANT SELECT ON {} TO {};", table.quoted(), quote_ident(&rights.role)),
-        );
+    let mut all = Vec::new();
+    for one in table.iter() {
+        let rights = publication::rights(control, one).await?;
+        if rights.select {
+            checks.ok("table_privilege", format!("{} may read {one}", rights.role));
+        } else {
+            checks.warn(
+                "table_privilege",
+                format!(
+                    "{} has no SELECT on {one} (relaying does not need it; reading or pruning rows does)",
+                    rights.role
+                ),
+                format!("GRANT SELECT ON {} TO {};", one.quoted(), quote_ident(&rights.role)),
+            );
+        }
+        all.push(rights);
     }
+    // The rights that decide whether the publication can be created: those of a table that lacks them, if any.
+    let Some(rights) = all.iter().find(|r| !r.can_create_publication()).or(all.first()) else {
+        return Ok(());
+    };
     match publication::info(control, name, table).await? {
         None if !rights.can_create_publication() => checks.fail(
             "publication_privilege",

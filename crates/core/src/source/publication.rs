@@ -7,7 +7,7 @@
 use tokio_postgres::Client;
 
 use crate::{
-    config::{quote_ident, TableName},
+    config::{quote_ident, TableName, Tables},
     source::SourceError,
 };
 
@@ -50,34 +50,33 @@ pub struct PublicationInfo {
     pub inserts: bool,
     /// Whether it is `FOR ALL TABLES`.
     pub all_tables: bool,
-    /// Whether it contains the outbox table.
+    /// Whether it contains every outbox table.
     pub has_table: bool,
 }
 
 /// Reads a publication, `None` when it does not exist.
-pub async fn info(
-    client: &Client,
-    publication: &str,
-    table: &TableName,
-) -> Result<Option<PublicationInfo>, SourceError> {
+pub async fn info(client: &Client, publication: &str, tables: &Tables) -> Result<Option<PublicationInfo>, SourceError> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let row = client
         .query_opt(
-            "SELECT p.pubinsert, p.puballtables, EXISTS (SELECT 1 FROM pg_publication_tables t \
-                 WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3) \
+            "SELECT p.pubinsert, p.puballtables, (SELECT count(*) FROM pg_publication_tables t \
+                 WHERE t.pubname = p.pubname AND (t.schemaname::text, t.tablename::text) IN \
+                 (SELECT * FROM unnest($2::text[], $3::text[]))) = cardinality($2::text[]) \
              FROM pg_publication p WHERE p.pubname = $1",
-            &[&publication, &table.schema, &table.name],
+            &[&publication, &schemas, &names],
         )
         .await
         .map_err(|e| SourceError::query(format!("reading publication {publication}"), e))?;
     Ok(row.map(|r| PublicationInfo { inserts: r.get(0), all_tables: r.get(1), has_table: r.get(2) }))
 }
 
-/// Creates the publication if missing (inserts only); returns whether it was created.
-pub async fn ensure(client: &Client, publication: &str, table: &TableName) -> Result<bool, SourceError> {
-    match info(client, publication, table).await? {
+/// Creates the publication if missing (inserts only, every outbox table); returns whether it was created.
+pub async fn ensure(client: &Client, publication: &str, tables: &Tables) -> Result<bool, SourceError> {
+    match info(client, publication, tables).await? {
         Some(p) => {
             if !p.has_table {
-                tracing::warn!(publication, table = %table, "publication does not contain the outbox table; its events will not be relayed");
+                tracing::warn!(publication, table = %tables, "publication does not contain every outbox table; the events of those missing will not be relayed");
             }
             if !p.inserts {
                 tracing::warn!(publication, "publication does not publish inserts; nothing will be relayed");
@@ -85,23 +84,25 @@ pub async fn ensure(client: &Client, publication: &str, table: &TableName) -> Re
             Ok(false)
         }
         None => {
-            let rights = rights(client, table).await?;
-            if !rights.can_create_publication() {
-                return Err(SourceError::Query {
-                    context: format!("creating publication {publication}"),
-                    reason: format!(
-                        "{} cannot create it ({}); {}",
-                        rights.role,
-                        rights.missing_for_publication().join(", "),
-                        create_remedy(publication, table, &rights)
-                    ),
-                    code: Some("42501".into()),
-                });
+            for table in tables.iter() {
+                let rights = rights(client, table).await?;
+                if !rights.can_create_publication() {
+                    return Err(SourceError::Query {
+                        context: format!("creating publication {publication}"),
+                        reason: format!(
+                            "{} cannot create it ({} of {table}); {}",
+                            rights.role,
+                            rights.missing_for_publication().join(", "),
+                            create_remedy(publication, tables, &rights)
+                        ),
+                        code: Some("42501".into()),
+                    });
+                }
             }
             let sql = format!(
                 "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
                 quote_ident(publication),
-                table.quoted()
+                tables.quoted()
             );
             client
                 .batch_execute(&sql)
@@ -172,13 +173,13 @@ pub async fn rights(client: &Client, table: &TableName) -> Result<Rights, Source
 }
 
 /// How to get the publication created without giving the relay's role more rights: the table's owner creates it.
-pub fn create_remedy(publication: &str, table: &TableName, rights: &Rights) -> String {
+pub fn create_remedy(publication: &str, tables: &Tables, rights: &Rights) -> String {
     format!(
         "have the table's owner ({}) or a superuser run: CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert'); \
          (or GRANT CREATE ON DATABASE {} TO {} and make {} the table's owner), then run walrelay setup again",
         rights.owner.as_deref().unwrap_or("?"),
         quote_ident(publication),
-        table.quoted(),
+        tables.quoted(),
         quote_ident(&rights.database),
         quote_ident(&rights.role),
         quote_ident(&rights.role),
@@ -191,16 +192,27 @@ pub async fn drop(client: &Client, publication: &str) -> Result<(), SourceError>
     client.batch_execute(&sql).await.map_err(|e| SourceError::query(format!("dropping publication {publication}"), e))
 }
 
-/// The one check of the outbox table (run, setup): it exists and has the payload column and every column the
+/// The one check of the outbox tables (run, setup): each exists and has the payload column and every column the
 /// subject template names.
 pub async fn check_table(
     control: &tokio_postgres::Client,
     settings: &crate::config::Settings,
 ) -> Result<(), SourceError> {
-    let columns = table_columns(control, &settings.table).await?;
+    for table in settings.table.iter() {
+        check_one_table(control, settings, table).await?;
+    }
+    Ok(())
+}
+
+async fn check_one_table(
+    control: &tokio_postgres::Client,
+    settings: &crate::config::Settings,
+    table: &TableName,
+) -> Result<(), SourceError> {
+    let columns = table_columns(control, table).await?;
     let has = |name: &str| columns.iter().any(|c| c.name == name);
     let missing = |column: &str, purpose: &str, option: &str| SourceError::MissingColumn {
-        table: settings.table.to_string(),
+        table: table.to_string(),
         column: column.to_owned(),
         purpose: purpose.to_owned(),
         option: option.to_owned(),
