@@ -368,7 +368,7 @@ async fn publication_checks(control: &Client, settings: &Settings, checks: &mut 
                 rights.role,
                 rights.missing_for_publication().join(", ")
             ),
-            publication::create_remedy(name, table, &rights),
+            publication::create_remedy(name, table, rights),
         ),
         None => checks.fail(
             "publication",
