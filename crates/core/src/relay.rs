@@ -418,6 +418,9 @@ impl Session<'_, '_> {
                 // 1. shutdown
                 _ = crate::stopped(&mut shutdown) => {
                     self.relay.stats.health.stopping();
+                    if let Err(err) = self.finish_open_transaction(repl).await {
+                        tracing::warn!(error = %source::error_chain(&err), "stopping: could not read the open transaction's commit");
+                    }
                     tracing::info!(in_flight = self.publisher.in_flight(), "stopping: waiting for in-flight acks");
                     return Ok(SessionEnd::Stopped);
                 }
@@ -469,6 +472,36 @@ impl Session<'_, '_> {
                 }
             }
         }
+    }
+
+    /// On a stop (design.md §4): when every event of the transaction being read is published, its Commit is what
+    /// comes next on the wire (changes of other tables may come before it); read on to it, bounded by
+    /// `--shutdown-timeout`, so the transaction is confirmed once its acks arrive and a clean stop leaves nothing to
+    /// re-decode. Another outbox row means it is not fully published: it stays unconfirmed (the next start
+    /// publishes it).
+    async fn finish_open_transaction(&mut self, repl: &mut ReplicationClient) -> Result<(), RelayError> {
+        let settings = self.relay.settings;
+        let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+        while let Some(tag) = self.open_tag {
+            let event = match tokio::time::timeout_at(deadline, repl.recv()).await {
+                Ok(event) => event
+                    .map_err(|e| replication::classify(e, &settings.slot, &settings.publication, &settings.pg_url))?,
+                Err(_) => return Ok(()),
+            };
+            let Some(event) = event else { return Ok(()) };
+            match self.assembler.push(event)? {
+                Assembled::Commit { end_lsn, .. } => {
+                    self.open_tag = None;
+                    self.wal_end = self.wal_end.max(end_lsn);
+                    self.checkpoint.commit(tag, end_lsn);
+                    tracing::info!(end_lsn = %end_lsn, "stopping: the open transaction is fully published");
+                    self.report(repl);
+                }
+                Assembled::Row { .. } => return Ok(()),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Tells the replication session about a newly confirmed LSN.
