@@ -100,6 +100,8 @@ pub struct RawSettings {
     // Replicas and failover (design.md §4b).
     pub primary_url: Option<String>,
     pub failover: bool,
+    // Logical decoding messages as events (design.md §4c).
+    pub message_prefix: Option<String>,
 }
 
 impl Default for RawSettings {
@@ -141,6 +143,7 @@ impl Default for RawSettings {
             nats_tls_first: false,
             primary_url: None,
             failover: false,
+            message_prefix: None,
         }
     }
 }
@@ -337,6 +340,9 @@ pub struct Settings {
     pub primary_url: Option<PgUrl>,
     /// Create (or alter) the slot with `failover = true`.
     pub failover: bool,
+    // Logical decoding messages as events (design.md §4c).
+    /// `--message-prefix`: transactional `pg_logical_emit_message` messages with this prefix are relayed too.
+    pub message_prefix: Option<String>,
 }
 
 impl Settings {
@@ -486,6 +492,7 @@ impl Settings {
                 })
                 .transpose()?,
             failover: raw.failover,
+            message_prefix: raw.message_prefix.filter(|p| !p.is_empty()),
             log_format: match raw.log_format.as_str() {
                 "text" | "json" => raw.log_format,
                 other => {

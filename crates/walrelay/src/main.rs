@@ -186,6 +186,12 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_FAILOVER", global = true, help_heading = "Postgres", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     failover: bool,
+    // Logical decoding messages as events (design.md §4c).
+    /// Also relay transactional pg_logical_emit_message(true, PREFIX, content) messages whose content is a JSON
+    /// object {"id", "aggregate_type", "aggregate_id", "event_type", "payload", "headers"}
+    #[arg(long, env = "WALRELAY_MESSAGE_PREFIX", global = true, help_heading = "Mapping")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_prefix: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -231,6 +231,9 @@ struct Layout {
     label: Arc<str>,
 }
 
+/// The relation id under which logical decoding messages are mapped (0 is no valid OID, so no table has it).
+const MESSAGE_RELATION: u32 = 0;
+
 /// Maps outbox rows to events.
 #[derive(Debug)]
 pub struct OutboxMapper {
@@ -350,6 +353,68 @@ impl OutboxMapper {
         };
         self.layouts.insert(relation.id, layout);
         Ok(())
+    }
+
+    /// Maps the content of a transactional logical decoding message (`--message-prefix`, design.md §4c) through the
+    /// same path as a row: the JSON object's fields `id`, `aggregate_type`, `aggregate_id`, `event_type`, `payload`
+    /// (any JSON value, sent as its JSON text), `headers` and any column the subject template names become the
+    /// columns of a row of the message "relation", which [`map`](Self::map) then maps like any outbox row.
+    pub fn map_message(&mut self, prefix: &str, content: &[u8], txn: &TxnStamp, index: u32) -> Result<Event, MapError> {
+        let object = match serde_json::from_slice::<serde_json::Value>(content) {
+            Ok(serde_json::Value::Object(object)) => Some(object),
+            _ => None,
+        };
+        let mut names: Vec<(String, &str)> = vec![
+            (self.columns.id.clone(), "id"),
+            (self.columns.aggregate_type.clone(), "aggregate_type"),
+            (self.columns.aggregate_id.clone(), "aggregate_id"),
+            (self.columns.event_type.clone(), "event_type"),
+            (self.columns.payload.clone(), "payload"),
+            (self.columns.headers.clone(), "headers"),
+        ];
+        let extra: Vec<String> = self.template.columns().into_iter().map(str::to_owned).collect();
+        let mut template = HashMap::new();
+        for column in &extra {
+            let idx = match names.iter().position(|(n, _)| n == column) {
+                Some(idx) => idx,
+                None => {
+                    names.push((column.clone(), ""));
+                    names.len() - 1
+                }
+            };
+            template.insert(column.clone(), idx);
+        }
+        let value = |(column, key): &(String, &str)| {
+            let key = if key.is_empty() { column.as_str() } else { key };
+            match object.as_ref().and_then(|o| o.get(key)) {
+                None | Some(serde_json::Value::Null) => TupleValue::Null,
+                Some(serde_json::Value::String(s)) if *key != *"payload" && *key != *"headers" => {
+                    TupleValue::Text(Bytes::from(s.clone()))
+                }
+                Some(other) => TupleValue::Text(Bytes::from(other.to_string())),
+            }
+        };
+        let tuple = Tuple(names.iter().map(value).collect());
+        let layout = Layout {
+            id: Some(0),
+            payload: 4,
+            payload_kind: PayloadKind::Text,
+            headers: Some(5),
+            aggregate_type: Some(1),
+            aggregate_id: Some(2),
+            event_type: Some(3),
+            template,
+            columns: names.len(),
+            label: Arc::from(format!("message:{prefix}")),
+        };
+        self.layouts.insert(MESSAGE_RELATION, layout);
+        match self.map(MESSAGE_RELATION, &tuple, txn, index) {
+            Err(MapError::Invalid(mut invalid)) if object.is_none() => {
+                invalid.reason = "message content is not a JSON object".into();
+                Err(MapError::Invalid(invalid))
+            }
+            other => other,
+        }
     }
 
     /// Whether the relation id belongs to the outbox table (a Relation message for it was seen).

@@ -69,6 +69,9 @@ pub struct Assembler {
     mapper: OutboxMapper,
     open: Option<OpenTxn>,
     other_relations: HashSet<u32>,
+    /// `--message-prefix`.
+    message_prefix: Option<String>,
+    warned_non_transactional: bool,
 }
 
 impl Assembler {
@@ -79,6 +82,8 @@ impl Assembler {
             mapper: OutboxMapper::new(settings)?,
             open: None,
             other_relations: HashSet::new(),
+            message_prefix: settings.message_prefix.clone(),
+            warned_non_transactional: false,
         })
     }
 
@@ -116,8 +121,43 @@ impl Assembler {
                 self.message(message, at)?
             }
             ReplicationEvent::StoppedAt { reached } => Assembled::Stopped { at: Lsn(reached.0) },
-            ReplicationEvent::Message { .. } => Assembled::Nothing,
+            ReplicationEvent::Message { transactional, prefix, content, lsn } => {
+                self.logical_message(transactional, &prefix, &content, Lsn(lsn.0))?
+            }
         })
+    }
+
+    /// A logical decoding message: with `--message-prefix`, a transactional one with that prefix is the next event
+    /// of its transaction (same index sequence as rows); a non-transactional one is not relayed (warned once).
+    fn logical_message(
+        &mut self,
+        transactional: bool,
+        prefix: &str,
+        content: &[u8],
+        at: Lsn,
+    ) -> Result<Assembled, SourceError> {
+        if self.message_prefix.as_deref() != Some(prefix) {
+            return Ok(Assembled::Nothing);
+        }
+        if !transactional {
+            if !self.warned_non_transactional {
+                tracing::warn!(prefix, lsn = %at, "non-transactional logical message not relayed: emit outbox messages with pg_logical_emit_message(true, ...)");
+                self.warned_non_transactional = true;
+            }
+            return Ok(Assembled::Nothing);
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Err(SourceError::Decode { lsn: at, source: pgoutput::DecodeError::ChangeOutsideTransaction });
+        };
+        let index = open.next_index;
+        open.next_index += 1;
+        let commit_lsn = open.stamp.commit_lsn;
+        let event = match self.mapper.map_message(prefix, content, &open.stamp, index) {
+            Ok(event) => Ok(event),
+            Err(MapError::Invalid(invalid)) => self.mapper.on_invalid(invalid),
+            Err(MapError::Source(source)) => return Err(source),
+        };
+        Ok(Assembled::Row { position: Position { commit_lsn, index }, event })
     }
 
     fn message(&mut self, message: Message, at: Lsn) -> Result<Assembled, SourceError> {
