@@ -526,7 +526,11 @@ async fn stream_checks(js: &jetstream::Context, settings: &Settings, checks: &mu
             return;
         }
     };
-    checks.ok("stream", format!("{name} exists ({} replicas, {:?} storage)", config.num_replicas, config.storage));
+    let storage = match config.storage {
+        async_nats::jetstream::stream::StorageType::File => "file",
+        async_nats::jetstream::stream::StorageType::Memory => "memory",
+    };
+    checks.ok("stream", format!("{name} exists ({} replicas, {storage} storage)", config.num_replicas));
     let missing: Vec<&String> = wanted
         .iter()
         .filter(|want| !config.subjects.iter().any(|have| have == *want || filter_matches(have, want)))
