@@ -342,3 +342,65 @@ async fn multi_host_url_skips_a_host_that_is_down() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{down}")) && text.contains("is not read-only"), "{text}");
 }
+
+/// Runs `walrelay <args>` of `env` with `url`, to its end within 30 s; returns exit code and all it printed.
+fn run_within_30s(env: &Env, url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = env.walrelay(args);
+    cmd.env("WALRELAY_PG_URL", url).stdin(std::process::Stdio::null());
+    let p = Process::spawn(cmd).unwrap();
+    let status = p.wait_timeout(AUTH_DEADLINE).unwrap();
+    let out = p.output();
+    let status = status.unwrap_or_else(|| panic!("{args:?} did not end within 30 s:\n{out}"));
+    (status.code(), out)
+}
+
+/// Permanent server conditions end every command at once with a remedy, `run` included (issue 13 item 6):
+/// an unknown database (3D000), an unknown role (28000), a role without the privileges (42501).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_conditions_end_every_command_with_a_remedy() {
+    let env = Env::start();
+    env.pg.psql("CREATE ROLE weak LOGIN").unwrap();
+    let port = env.pg.port();
+    let cases = [
+        (format!("postgres://postgres@127.0.0.1:{port}/nodb"), vec!["does not exist", "nodb", "CREATE DATABASE"]),
+        (format!("postgres://nobody@127.0.0.1:{port}/postgres"), vec!["authentication", "nobody", "remedy"]),
+        (format!("postgres://weak@127.0.0.1:{port}/postgres"), vec!["insufficient privilege", "weak", "remedy"]),
+    ];
+    for (url, words) in &cases {
+        let commands: &[&[&str]] = if url.contains("weak") {
+            // What the role may not do: create the publication (setup) and, once a superuser set up, read the slot
+            // (run, peek: REPLICATION).
+            &[&["setup"], &["SETUP AS SUPERUSER"], &["run"], &["peek"]]
+        } else {
+            &[&["setup"], &["run"], &["status"], &["peek"], &["replay", "--from", "0/0", "--stdout"], &["teardown"]]
+        };
+        for args in commands {
+            if args == &["SETUP AS SUPERUSER"] {
+                env.setup();
+                continue;
+            }
+            let (code, out) = run_within_30s(&env, url, args);
+            assert_eq!(code, Some(1), "{args:?} {url}: {out}");
+            for word in words {
+                assert!(out.contains(word), "{args:?} {url}: no `{word}` in:\n{out}");
+            }
+            assert!(!out.contains("retrying"), "{args:?} {url}: a permanent condition is not retried:\n{out}");
+        }
+    }
+}
+
+/// A PostgreSQL 15 standby cannot decode: `run` exits 1 at once naming PostgreSQL 16 and the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_decoding_on_a_pg15_standby_is_permanent() {
+    let primary = Postgres::builder().setting("hot_standby_feedback", "on").start().unwrap();
+    primary.psql(OUTBOX_DDL).unwrap();
+    primary.psql("CREATE PUBLICATION walrelay FOR TABLE public.outbox WITH (publish = 'insert')").unwrap();
+    let standby = primary.start_standby("standby1", &[]).unwrap();
+    standby.wait_replayed(&primary, LONG).unwrap();
+    let env = Env { pg: standby, nats: Nats::start().unwrap(), stream: "OUTBOX".into(), slot: "walrelay".into() };
+    let (code, out) = run_within_30s(&env, &env.pg_url(), &["run"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("logical decoding") && out.contains("PostgreSQL 16") && out.contains("primary"), "{out}");
+    assert!(!out.contains("retrying"), "{out}");
+    drop(primary);
+}

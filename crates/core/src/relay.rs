@@ -73,6 +73,14 @@ pub enum RelayError {
 pub const REPEATS_PERMANENT: u32 = 3;
 
 impl RelayError {
+    /// The same error, naming the Postgres `user` where the server's message did not.
+    pub fn naming_pg_user(self, user: &str) -> Self {
+        match self {
+            Self::Source(e) => Self::Source(e.naming_user(user)),
+            other => other,
+        }
+    }
+
     /// The one place that decides: retry after a backoff (`true`) or stop with the message (`false`).
     pub fn is_transient(&self) -> bool {
         match self {

@@ -422,6 +422,7 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
         Ok(code) => Ok(code),
         Err(err) => {
             // Printed once: as a log event when logs are JSON (one machine-readable stream), else as plain text.
+            let err = err.naming_pg_user(&settings.pg_url.user());
             let error = walrelay_core::source::error_chain(&err);
             if json_logs {
                 if name == "run" {

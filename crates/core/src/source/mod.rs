@@ -52,10 +52,10 @@ pub enum SourceError {
         reason: String,
     },
     /// The role lacks a privilege (42501).
-    #[error("postgres: {context}: insufficient privilege for user {user}: {reason}; remedy: {remedy}")]
+    #[error("postgres: {context}: insufficient privilege{}: {reason}; remedy: {remedy}", user.as_deref().map(|u| format!(" for user {u}")).unwrap_or_default())]
     Privilege {
-        /// The role.
-        user: String,
+        /// The role, when known (a statement's error does not say; see [`SourceError::naming_user`]).
+        user: Option<String>,
         /// What we were doing.
         context: String,
         /// The server's message.
@@ -232,6 +232,16 @@ impl SourceError {
             // A statement error without a SQLSTATE is a broken connection; with one, see sqlstate.
             Self::Query { code, .. } => code.as_deref().is_none_or(sqlstate::is_transient_code),
             _ => false,
+        }
+    }
+
+    /// The same error, naming `user` where the server's message did not (the role of `--pg-url`).
+    pub fn naming_user(self, user: &str) -> Self {
+        match self {
+            Self::Privilege { user: None, context, reason, remedy } => {
+                Self::Privilege { user: Some(user.to_owned()), context, reason, remedy }
+            }
+            other => other,
         }
     }
 

@@ -34,35 +34,32 @@ pub(crate) enum Doing<'a> {
 /// `url` is the connection's settings, when known (statement errors of an open connection come without).
 pub(crate) fn classify(code: &str, message: &str, doing: Doing<'_>, url: Option<&PgUrl>) -> SourceError {
     let reason = format!("{message} ({code})");
-    let user = url.map_or_else(|| "of --pg-url".to_owned(), PgUrl::user);
+    let user = url.map(PgUrl::user);
+    let ident = url.map_or_else(|| "<role>".to_owned(), |u| quote_ident(&u.user()));
     let dbname = url.map_or_else(|| "of --pg-url".to_owned(), PgUrl::dbname);
     let redacted = url.map_or_else(|| "--pg-url".to_owned(), ToString::to_string);
     match code {
         // invalid_password, invalid_authorization_specification (also: no pg_hba.conf line, unknown role).
-        "28P01" | "28000" => return SourceError::Auth { user, reason, remedy: auth_remedy(url) },
+        "28P01" | "28000" => {
+            return SourceError::Auth { user: user.unwrap_or_default(), reason, remedy: auth_remedy(url) }
+        }
         // invalid_catalog_name
         "3D000" => return SourceError::UnknownDatabase { database: dbname, reason },
         // insufficient_privilege
         "42501" => {
             let (context, remedy) = match doing {
-                Doing::Connecting => (
-                    "connecting".to_owned(),
-                    format!("GRANT CONNECT ON DATABASE {} TO {}", quote_ident(&dbname), quote_ident(&user)),
-                ),
+                Doing::Connecting => {
+                    ("connecting".to_owned(), format!("GRANT CONNECT ON DATABASE {} TO {ident}", quote_ident(&dbname)))
+                }
                 Doing::Replicating { .. } => (
                     "starting replication".to_owned(),
-                    format!("ALTER ROLE {} WITH REPLICATION (see docs/security.md)", quote_ident(&user)),
+                    format!("ALTER ROLE {ident} WITH REPLICATION (see docs/security.md)"),
                 ),
                 Doing::Statement(what) | Doing::Decoding(what) => (
                     what.to_owned(),
-                    format!(
-                        "grant {} what this needs, or run it as the table's owner (see docs/security.md, a \
-                         least-privilege role for run)",
-                        url.map_or_else(
-                            || "the role of --pg-url".to_owned(),
-                            |u| format!("role {}", quote_ident(&u.user()))
-                        )
-                    ),
+                    "grant the role of --pg-url what this needs (docs/security.md, \"A least-privilege role for \
+                     run\", lists the GRANTs), or have the table's owner run `walrelay setup` once"
+                        .to_owned(),
                 ),
             };
             return SourceError::Privilege { user, context, reason, remedy };
