@@ -201,6 +201,13 @@ async fn tls_only_server_with_scram() {
     let u = url("localhost", &pg, Some(PASSWORD), &case.db, &format!("sslmode=verify-full&sslrootcert={ca}"));
     let (code, out) = case.run_cmd(case.cmd(&u, &["status", "--json"]), AUTH_DEADLINE);
     assert_eq!(code, Some(0), "{out}");
+    // doctor reports TLS on, verified against the CA file with the host name, and password authentication.
+    let (_, out) = case.run_cmd(case.cmd(&u, &["doctor"]), AUTH_DEADLINE);
+    let tls_line = out.lines().find(|l| l.contains(" postgres_tls: ")).unwrap_or_default();
+    assert!(tls_line.starts_with("ok ") && tls_line.contains("sslmode=verify-full"), "{out}");
+    assert!(tls_line.contains(&format!("verified against CA file {ca}, host name checked")), "{out}");
+    let auth_line = out.lines().find(|l| l.contains(" postgres_auth: ")).unwrap_or_default();
+    assert!(auth_line.contains("user relay: password from --pg-url"), "{out}");
     captured.append(&mut case.captured);
 
     // verify-ca, with the password from --pg-password-file (the URL holds none).
@@ -215,6 +222,14 @@ async fn tls_only_server_with_scram() {
     let mut case = Case::new(&pg, "require");
     let u = url("127.0.0.1", &pg, Some(WRONG_PASSWORD), &case.db, "sslmode=require");
     case.relays_exactly(&u, &[("WALRELAY_PG_PASSWORD_FILE", &pw_file.display().to_string())], &[]).await;
+    let mut cmd = case.cmd(&u, &["doctor"]);
+    cmd.env("WALRELAY_PG_PASSWORD_FILE", &pw_file);
+    let (_, out) = case.run_cmd(cmd, AUTH_DEADLINE);
+    assert!(
+        out.lines().any(|l| l.starts_with("ok   postgres_tls: on (") && l.contains("certificate not verified")),
+        "{out}"
+    );
+    assert!(out.contains("user relay: password from --pg-password-file"), "{out}");
 
     // verify-full against another CA: exit 1, the message names the certificate.
     let other = pki.path("other-ca.pem");
@@ -298,6 +313,8 @@ async fn client_certificate_authentication() {
     let (code, out) = case.run_cmd(case.cmd(&u, &["status", "--json"]), LONG);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("\"lag_bytes\""), "{out}");
+    let (_, out) = case.run_cmd(case.cmd(&u, &["doctor"]), LONG);
+    assert!(out.contains("postgres_auth: user relay: client certificate (") && out.contains("CN=relay"), "{out}");
     let captured = std::mem::take(&mut case.captured);
     let secrets: Vec<&str> = pki.keys.iter().map(String::as_str).collect();
     assert_no_secrets(&captured, &secrets);

@@ -6,6 +6,8 @@
 //! See <https://www.postgresql.org/docs/current/logical-replication-config.html> and
 //! <https://docs.nats.io/nats-concepts/jetstream/streams>.
 
+mod connection;
+
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -52,9 +54,10 @@ impl Checks {
 /// Runs all checks; returns 0 when none failed (warnings allowed), 1 otherwise.
 pub async fn run(settings: &Settings) -> Result<u8, crate::relay::RelayError> {
     let mut checks = Checks::default();
-    match source::connect(&settings.pg_url).await {
-        Ok(control) => {
+    match source::connect_host(&settings.pg_url).await {
+        Ok((control, host)) => {
             checks.ok("postgres", format!("connected to {} as {}", settings.pg_url, settings.pg_url.user()));
+            connection::check(&control, &host, settings, &mut checks).await;
             if let Err(err) = postgres_checks(&control, settings, &mut checks).await {
                 checks.fail("postgres", err.to_string(), "fix the error above and run `walrelay doctor` again");
             }
