@@ -239,6 +239,7 @@ impl SourceError {
     pub fn naming_user(self, user: &str) -> Self {
         match self {
             Self::Privilege { user: None, context, reason, remedy } => {
+                let remedy = remedy.replace("<role>", &crate::config::quote_ident(user));
                 Self::Privilege { user: Some(user.to_owned()), context, reason, remedy }
             }
             other => other,

@@ -51,11 +51,14 @@ pub(crate) fn classify(code: &str, message: &str, doing: Doing<'_>, url: Option<
                 Doing::Connecting => {
                     ("connecting".to_owned(), format!("GRANT CONNECT ON DATABASE {} TO {ident}", quote_ident(&dbname)))
                 }
-                Doing::Replicating { .. } => (
-                    "starting replication".to_owned(),
+                Doing::Replicating { .. } | Doing::Decoding(_) => (
+                    match doing {
+                        Doing::Decoding(what) => what.to_owned(),
+                        _ => "starting replication".to_owned(),
+                    },
                     format!("ALTER ROLE {ident} WITH REPLICATION (see docs/security.md)"),
                 ),
-                Doing::Statement(what) | Doing::Decoding(what) => (
+                Doing::Statement(what) => (
                     what.to_owned(),
                     "grant the role of --pg-url what this needs (docs/security.md, \"A least-privilege role for \
                      run\", lists the GRANTs), or have the table's owner run `walrelay setup` once"
