@@ -102,6 +102,9 @@ pub struct RawSettings {
     pub failover: bool,
     // Logical decoding messages as events (design.md §4c).
     pub message_prefix: Option<String>,
+    // Pruning (design.md §4c).
+    pub prune_after: Option<String>,
+    pub created_at_column: String,
 }
 
 impl Default for RawSettings {
@@ -144,6 +147,8 @@ impl Default for RawSettings {
             primary_url: None,
             failover: false,
             message_prefix: None,
+            prune_after: None,
+            created_at_column: "created_at".into(),
         }
     }
 }
@@ -343,6 +348,11 @@ pub struct Settings {
     // Logical decoding messages as events (design.md §4c).
     /// `--message-prefix`: transactional `pg_logical_emit_message` messages with this prefix are relayed too.
     pub message_prefix: Option<String>,
+    // Pruning (design.md §4c).
+    /// `--prune-after`: `run` deletes outbox rows whose `created_at_column` is older than this.
+    pub prune_after: Option<std::time::Duration>,
+    /// `--created-at-column`.
+    pub created_at_column: String,
 }
 
 impl Settings {
@@ -493,6 +503,8 @@ impl Settings {
                 .transpose()?,
             failover: raw.failover,
             message_prefix: raw.message_prefix.filter(|p| !p.is_empty()),
+            prune_after: raw.prune_after.as_deref().map(|d| parse_duration("--prune-after", d)).transpose()?,
+            created_at_column: raw.created_at_column,
             log_format: match raw.log_format.as_str() {
                 "text" | "json" => raw.log_format,
                 other => {

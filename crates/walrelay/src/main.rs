@@ -192,6 +192,15 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_MESSAGE_PREFIX", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     message_prefix: Option<String>,
+    // Pruning (design.md §4c).
+    /// `run` deletes outbox rows older than this (by --created-at-column), in small batches, on the primary
+    #[arg(long, env = "WALRELAY_PRUNE_AFTER", global = true, help_heading = "Run")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prune_after: Option<String>,
+    /// Column holding the row's creation time, for --prune-after [default: created_at]
+    #[arg(long, env = "WALRELAY_CREATED_AT_COLUMN", global = true, help_heading = "Mapping")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_at_column: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -374,8 +383,9 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
                 endpoint.spawn(stats.health.clone(), shutdown.clone());
             }
             let retention = ops::retention::spawn(&settings, shutdown.clone());
+            let prune = ops::prune::spawn(&settings, shutdown.clone());
             let result = relay::run(&settings, shutdown, stats).await.map(|()| 0);
-            if let Some(task) = retention {
+            for task in [retention, prune].into_iter().flatten() {
                 task.abort();
             }
             result

@@ -4,6 +4,7 @@
 pub mod doctor;
 mod history;
 pub mod peek;
+pub mod prune;
 pub mod replay;
 pub mod retention;
 pub mod setup;
