@@ -238,13 +238,17 @@ impl fmt::Display for TableName {
 }
 
 /// `--table`: one or more outbox tables with the same columns, relayed through one publication and one slot in
-/// one commit order (design.md §4c).
+/// one commit order (design.md §4c); or none (`--table ''`), when only logical messages are relayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tables(Vec<TableName>);
 
 impl Tables {
-    /// Parses a comma-separated list of `schema.table` names (at least one; duplicates removed).
+    /// Parses a comma-separated list of `schema.table` names (duplicates removed); an empty (or blank) string is
+    /// no table at all, which [`Settings::validate`] accepts only with `--message-prefix`.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        if s.trim().is_empty() {
+            return Ok(Self(Vec::new()));
+        }
         let mut tables: Vec<TableName> = Vec::new();
         for part in s.split(',') {
             let table = TableName::parse(part.trim())?;
@@ -265,7 +269,8 @@ impl Tables {
         self.0.len()
     }
 
-    /// Whether the list is empty (never, today: `parse` needs a table).
+    /// Whether no table is configured: `--table ''`, only logical messages are relayed (the publication holds no
+    /// table, there are no table checks and nothing to prune). The one test of that case.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -283,6 +288,9 @@ impl Tables {
 
 impl fmt::Display for Tables {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no table (messages only)");
+        }
         let names: Vec<String> = self.0.iter().map(ToString::to_string).collect();
         f.write_str(&names.join(", "))
     }
@@ -451,11 +459,15 @@ impl Settings {
             });
         }
         let pg_password = raw.pg_password_file.as_deref().map(read_password_file).transpose()?;
+        let table = Tables::parse(&raw.table)?;
+        let message_prefix = raw.message_prefix.filter(|p| !p.is_empty());
+        let prune_after = raw.prune_after.as_deref().map(|d| parse_duration("--prune-after", d)).transpose()?;
+        check_sources(&table, message_prefix.as_deref(), raw.prune_after.as_deref())?;
         Ok(Self {
             pg_url: PgUrl::parse(&raw.pg_url)?.with_password(pg_password.as_ref()),
             slot,
             publication: name("--publication", &raw.publication)?,
-            table: Tables::parse(&raw.table)?,
+            table,
             nats,
             stream,
             subject: subject.source().to_owned(),
@@ -502,8 +514,8 @@ impl Settings {
                 })
                 .transpose()?,
             failover: raw.failover,
-            message_prefix: raw.message_prefix.filter(|p| !p.is_empty()),
-            prune_after: raw.prune_after.as_deref().map(|d| parse_duration("--prune-after", d)).transpose()?,
+            message_prefix,
+            prune_after,
             created_at_column: raw.created_at_column,
             log_format: match raw.log_format.as_str() {
                 "text" | "json" => raw.log_format,
@@ -528,6 +540,33 @@ impl Settings {
     pub fn replay_slot(&self) -> String {
         format!("{}_replay", self.slot)
     }
+}
+
+/// What an empty `--table` list allows: relaying logical messages only, so it needs `--message-prefix`, and leaves
+/// no table for `--prune-after` to prune.
+fn check_sources(table: &Tables, message_prefix: Option<&str>, prune_after: Option<&str>) -> Result<(), ConfigError> {
+    if !table.is_empty() {
+        return Ok(());
+    }
+    if message_prefix.is_none() {
+        return Err(ConfigError::Invalid {
+            option: "--table",
+            value: String::new(),
+            reason: "no table and no --message-prefix: nothing would be relayed; name the outbox table(s), or set \
+                     --message-prefix PREFIX to relay only logical messages (--table '' --message-prefix outbox)"
+                .into(),
+        });
+    }
+    if let Some(after) = prune_after {
+        return Err(ConfigError::Invalid {
+            option: "--prune-after",
+            value: after.to_owned(),
+            reason: "with --table '' (messages only) there is no outbox table to prune; drop --prune-after or name \
+                     the outbox table(s) with --table"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// Reads `--pg-password-file`: the whole file, one trailing newline (`\n` or `\r\n`) dropped.
@@ -658,7 +697,29 @@ mod tests {
         assert_eq!(list.as_ref().map(Tables::len), Some(2), "duplicates removed");
         assert_eq!(list.map(|l| l.quoted()), Some(r#""a"."outbox", "b"."outbox""#.to_owned()));
         assert!(Tables::parse("a.outbox,").is_err(), "an empty name is an error");
+        assert_eq!(Tables::parse(" ").map(|t| t.is_empty()).ok(), Some(true), "blank: no table");
         assert!(TableName::parse("a.b.c").is_err());
+    }
+
+    #[test]
+    fn no_table_needs_a_message_prefix_and_prunes_nothing() {
+        let raw = |prefix: Option<&str>, prune: Option<&str>| RawSettings {
+            table: String::new(),
+            message_prefix: prefix.map(str::to_owned),
+            prune_after: prune.map(str::to_owned),
+            ..RawSettings::default()
+        };
+        let option = |r: Result<Settings, ConfigError>| match r {
+            Err(ConfigError::Invalid { option, .. }) => Some(option),
+            _ => None,
+        };
+        assert_eq!(option(Settings::validate(raw(None, None))), Some("--table"));
+        assert_eq!(option(Settings::validate(raw(Some(""), None))), Some("--table"), "an empty prefix is none");
+        assert_eq!(option(Settings::validate(raw(Some("outbox"), Some("1h")))), Some("--prune-after"));
+        let ok = Settings::validate(raw(Some("outbox"), None)).ok();
+        assert_eq!(ok.map(|s| s.table.is_empty()), Some(true));
+        let with_table = RawSettings { prune_after: Some("1h".into()), ..RawSettings::default() };
+        assert!(Settings::validate(with_table).is_ok(), "a table and no prefix stays valid");
     }
 
     #[test]

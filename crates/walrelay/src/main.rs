@@ -45,7 +45,8 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_PUBLICATION", global = true, help_heading = "Postgres")]
     #[serde(skip_serializing_if = "Option::is_none")]
     publication: Option<String>,
-    /// Outbox table(s), schema-qualified, comma-separated (same columns; one slot, one commit order) [default: public.outbox]
+    /// Outbox table(s), schema-qualified, comma-separated (same columns; one slot, one commit order); '' for none:
+    /// logical messages only, with --message-prefix [default: public.outbox]
     #[arg(long, env = "WALRELAY_TABLE", global = true, help_heading = "Postgres")]
     #[serde(skip_serializing_if = "Option::is_none")]
     table: Option<String>,

@@ -261,6 +261,10 @@ async fn postgres_checks(control: &Client, settings: &Settings, checks: &mut Che
 }
 
 async fn table_checks(control: &Client, settings: &Settings, checks: &mut Checks) -> Result<(), SourceError> {
+    if settings.table.is_empty() {
+        let prefix = settings.message_prefix.as_deref().unwrap_or_default();
+        checks.ok("table", format!("no table: messages only (--message-prefix {prefix})"));
+    }
     for table in settings.table.iter() {
         one_table_checks(control, settings, table, checks).await?;
     }
@@ -359,32 +363,31 @@ async fn publication_checks(control: &Client, settings: &Settings, checks: &mut 
         }
         all.push(rights);
     }
-    // The rights that decide whether the publication can be created: those of a table that lacks them, if any.
-    let Some(rights) = all.iter().find(|r| !r.can_create_publication()).or(all.first()) else {
-        return Ok(());
-    };
+    // The rights that decide whether the publication can be created: those of a table that lacks them, if any
+    // (none without a table: creating a publication of no table needs only CREATE on the database).
+    let rights = all.iter().find(|r| !r.can_create_publication()).or(all.first());
     match publication::info(control, name, table).await? {
-        None if !rights.can_create_publication() => checks.fail(
-            "publication_privilege",
-            format!(
-                "{name} does not exist and {} cannot create it ({})",
-                rights.role,
-                rights.missing_for_publication().join(", ")
+        None => match rights.filter(|r| !r.can_create_publication()) {
+            Some(rights) => checks.fail(
+                "publication_privilege",
+                format!(
+                    "{name} does not exist and {} cannot create it ({})",
+                    rights.role,
+                    rights.missing_for_publication().join(", ")
+                ),
+                publication::create_remedy(name, table, rights),
             ),
-            publication::create_remedy(name, table, rights),
-        ),
-        None => checks.fail(
-            "publication",
-            format!("{name} does not exist"),
-            format!(
-                "walrelay setup, or: CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert');",
-                quote_ident(name),
-                table.quoted()
+            None => checks.fail(
+                "publication",
+                format!("{name} does not exist"),
+                format!("walrelay setup, or: {};", publication::create_statement(name, &table.quoted())),
             ),
-        ),
+        },
         Some(p) => {
             checks.ok("publication", format!("{name} exists{}", if p.all_tables { " (FOR ALL TABLES)" } else { "" }));
-            if p.has_table {
+            if table.is_empty() {
+                checks.ok("publication_table", "no table: messages only");
+            } else if p.has_table {
                 checks.ok("publication_table", format!("{name} contains {table}"));
             } else {
                 checks.fail(

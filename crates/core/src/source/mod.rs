@@ -114,11 +114,11 @@ pub enum SourceError {
         option: String,
     },
     /// The publication is missing and creation is off.
-    #[error("publication {publication} does not exist; run `walrelay setup` or: CREATE PUBLICATION {publication} FOR TABLE {table} WITH (publish = 'insert')")]
+    #[error("publication {publication} does not exist; run `walrelay setup` or: {}", publication::create_statement(.publication, .table))]
     MissingPublication {
         /// Publication name.
         publication: String,
-        /// Table.
+        /// The tables, SQL-quoted and comma-separated (empty: messages only).
         table: String,
     },
     /// The slot is missing and may not be created (it existed before, or creation is off).

@@ -1,7 +1,9 @@
 //! Publications and the outbox table: make sure the slot will see the outbox's inserts, and only those.
 //!
-//! In: a control-plane SQL connection and the configured table. Out: a publication
-//! `FOR TABLE <outbox> WITH (publish = 'insert')`, and the table's columns for validating the mapping.
+//! In: a control-plane SQL connection and the configured tables. Out: a publication
+//! `FOR TABLE <outbox> WITH (publish = 'insert')` ([`create_statement`]), and the tables' columns for validating the
+//! mapping. With `--table ''` (messages only) the publication holds no table: pgoutput still sends the logical
+//! decoding messages of its transactions (`messages 'true'`), which is all there is to relay.
 //! See <https://www.postgresql.org/docs/current/sql-createpublication.html>.
 
 use tokio_postgres::Client;
@@ -99,11 +101,7 @@ pub async fn ensure(client: &Client, publication: &str, tables: &Tables) -> Resu
                     });
                 }
             }
-            let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
-                quote_ident(publication),
-                tables.quoted()
-            );
+            let sql = create_statement(publication, &tables.quoted());
             client
                 .batch_execute(&sql)
                 .await
@@ -111,6 +109,13 @@ pub async fn ensure(client: &Client, publication: &str, tables: &Tables) -> Resu
             Ok(true)
         }
     }
+}
+
+/// The one `CREATE PUBLICATION` statement walrelay runs or tells an operator to run: inserts only, of `tables`
+/// (SQL-quoted and comma-separated, as [`Tables::quoted`] gives them), or of no table when `tables` is empty.
+pub fn create_statement(publication: &str, tables: &str) -> String {
+    let for_tables = if tables.is_empty() { String::new() } else { format!(" FOR TABLE {tables}") };
+    format!("CREATE PUBLICATION {}{for_tables} WITH (publish = 'insert')", quote_ident(publication))
 }
 
 /// What the connected role may do with the outbox table (design: `docs/security.md`, least-privilege role).
@@ -175,11 +180,10 @@ pub async fn rights(client: &Client, table: &TableName) -> Result<Rights, Source
 /// How to get the publication created without giving the relay's role more rights: the table's owner creates it.
 pub fn create_remedy(publication: &str, tables: &Tables, rights: &Rights) -> String {
     format!(
-        "have the table's owner ({}) or a superuser run: CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert'); \
+        "have the table's owner ({}) or a superuser run: {}; \
          (or GRANT CREATE ON DATABASE {} TO {} and make {} the table's owner), then run walrelay setup again",
         rights.owner.as_deref().unwrap_or("?"),
-        quote_ident(publication),
-        tables.quoted(),
+        create_statement(publication, &tables.quoted()),
         quote_ident(&rights.database),
         quote_ident(&rights.role),
         quote_ident(&rights.role),
@@ -228,4 +232,22 @@ async fn check_one_table(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::create_statement;
+    use crate::config::Tables;
+
+    #[test]
+    fn create_statement_names_the_tables_or_none() {
+        let tables = Tables::parse("public.outbox, billing.outbox").ok().map(|t| t.quoted()).unwrap_or_default();
+        assert_eq!(
+            create_statement("walrelay", &tables),
+            r#"CREATE PUBLICATION "walrelay" FOR TABLE "public"."outbox", "billing"."outbox" WITH (publish = 'insert')"#
+        );
+        let none = Tables::parse("").ok().map(|t| t.quoted());
+        assert_eq!(none.as_deref(), Some(""));
+        assert_eq!(create_statement("walrelay", ""), r#"CREATE PUBLICATION "walrelay" WITH (publish = 'insert')"#);
+    }
 }

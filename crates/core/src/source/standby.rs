@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::{
-    config::{quote_ident, Settings},
+    config::Settings,
     source::{self, publication, slot, slot::Server, SourceError},
 };
 
@@ -68,11 +68,7 @@ pub async fn ensure_publication(
         }
         return Err(SourceError::StandbyPublication {
             publication: settings.publication.clone(),
-            sql: format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert');",
-                quote_ident(&settings.publication),
-                settings.table.quoted()
-            ),
+            sql: format!("{};", publication::create_statement(&settings.publication, &settings.table.quoted())),
         });
     };
     let created = publication::ensure(primary, &settings.publication, &settings.table).await?;
