@@ -1,8 +1,9 @@
 //! `walrelay demo`: the whole flow on throwaway local servers.
 //!
-//! Starts PostgreSQL and nats-server from the installed binaries, creates an outbox, runs the relay, writes a few
-//! business transactions (one rolled back), reads the events back from JetStream, prints them with their
-//! commit→store latency and the slot's lag, and cleans up.
+//! Starts PostgreSQL and nats-server from the installed binaries, creates an outbox, runs the relay (with
+//! `--message-prefix outbox`), writes a few business transactions (one rolled back, one with a logical decoding
+//! message beside its outbox row), reads the events back from JetStream, prints them with their commit→store latency
+//! and the slot's lag, checks each arrived exactly once, and cleans up.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,14 +15,18 @@ const SCHEMA: &str = "
 CREATE TABLE public.orders (id bigint PRIMARY KEY, customer text NOT NULL, total_cents bigint NOT NULL, status text NOT NULL);
 ";
 
-/// The business transactions the demo writes: (description, SQL, committed?).
-const TRANSACTIONS: &[(&str, &str, bool)] = &[
+/// The `--message-prefix` of the demo's relay: the prefix of the logical decoding messages in [`TRANSACTIONS`].
+const MESSAGE_PREFIX: &str = "outbox";
+
+/// The business transactions the demo writes: (description, SQL, committed?, logical messages it emits).
+const TRANSACTIONS: &[(&str, &str, bool, u64)] = &[
     (
         "order 1001 placed",
         "INSERT INTO orders VALUES (1001, 'ada', 4200, 'placed');
          INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers)
          VALUES ('order', '1001', 'placed', '{\"order_id\":1001,\"customer\":\"ada\",\"total_cents\":4200}', '{\"trace-id\":\"7f3a9c\"}');",
         true,
+        0,
     ),
     (
         "order 1002 placed and paid in one transaction",
@@ -30,6 +35,7 @@ const TRANSACTIONS: &[(&str, &str, bool)] = &[
          VALUES ('order', '1002', 'placed', '{\"order_id\":1002,\"customer\":\"grace\",\"total_cents\":1999}'),
                 ('payment', '1002', 'captured', '{\"order_id\":1002,\"amount_cents\":1999}');",
         true,
+        0,
     ),
     (
         "order 1003 placed, then rolled back (must not be published)",
@@ -37,13 +43,17 @@ const TRANSACTIONS: &[(&str, &str, bool)] = &[
          INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
          VALUES ('order', '1003', 'placed', '{\"order_id\":1003}');",
         false,
+        0,
     ),
     (
-        "order 1001 shipped",
+        "order 1001 shipped, its tracking event as a logical message (no outbox row)",
         "UPDATE orders SET status = 'shipped' WHERE id = 1001;
          INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-         VALUES ('order', '1001', 'shipped', '{\"order_id\":1001,\"carrier\":\"dhl\"}');",
+         VALUES ('order', '1001', 'shipped', '{\"order_id\":1001,\"carrier\":\"dhl\"}');
+         SELECT pg_logical_emit_message(true, 'outbox', '{\"id\":\"1001-tracking\",\"aggregate_type\":\"shipment\",
+           \"aggregate_id\":\"1001\",\"event_type\":\"tracked\",\"payload\":{\"order_id\":1001,\"tracking\":\"JD014600\"}}');",
         true,
+        1,
     ),
 ];
 
@@ -66,6 +76,7 @@ pub async fn run() -> anyhow::Result<u8> {
         nats_url: nats.url(),
         stream: "DEMO".into(),
         progress_interval: "1h".into(),
+        message_prefix: Some(MESSAGE_PREFIX.into()),
         ..RawSettings::default()
     };
     let settings = Settings::validate(raw)?;
@@ -84,13 +95,15 @@ pub async fn run() -> anyhow::Result<u8> {
     .await?;
 
     println!("\nwriting business transactions:");
-    for (what, sql, commit) in TRANSACTIONS {
+    for (what, sql, commit, _) in TRANSACTIONS {
         let end = if *commit { "COMMIT" } else { "ROLLBACK" };
         control.batch_execute(&format!("BEGIN; {sql} {end};")).await?;
         println!("  {} {what}", if *commit { "committed  " } else { "rolled back" });
     }
-    let expected_events: u64 =
-        control.query_one("SELECT count(*) FROM outbox", &[]).await?.get::<_, i64>(0).try_into().unwrap_or(0);
+    let rows: std::collections::HashSet<String> =
+        control.query("SELECT id::text FROM outbox", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let messages: u64 = TRANSACTIONS.iter().filter(|t| t.2).map(|t| t.3).sum();
+    let expected_events = rows.len() as u64 + messages;
 
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client);
@@ -99,7 +112,11 @@ pub async fn run() -> anyhow::Result<u8> {
     })
     .await?;
 
-    println!("\nevents in stream DEMO ({expected_events} expected, the rolled-back one absent):");
+    println!(
+        "\nevents in stream DEMO ({expected_events} expected: {} outbox rows and {messages} logical message; the \
+         rolled-back one absent):",
+        rows.len()
+    );
     let stream = js.get_stream("DEMO").await?;
     for seq in 1..=expected_events {
         let msg = stream.get_raw_message(seq).await?;
@@ -110,7 +127,9 @@ pub async fn run() -> anyhow::Result<u8> {
             .and_then(|c| stored.duration_since(c).ok())
             .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
             .unwrap_or_else(|| "-".into());
-        println!("  #{seq} {}  id={}  commit→ack {latency}", msg.subject, header("Nats-Msg-Id"));
+        let id = header("Nats-Msg-Id");
+        let source = if rows.contains(&id) { "outbox row" } else { "logical message" };
+        println!("  #{seq} {}  id={id}  ({source})  commit→ack {latency}", msg.subject);
         let mut names: Vec<String> = msg.headers.iter().map(|(k, _)| k.to_string()).collect();
         names.sort();
         for name in names {
@@ -146,6 +165,9 @@ pub async fn run() -> anyhow::Result<u8> {
         Err(_) => anyhow::bail!("relay did not stop within 15s"),
     }
     let count = js.get_stream("DEMO").await?.info().await?.state.messages;
+    if count != expected_events {
+        anyhow::bail!("stream DEMO holds {count} events, {expected_events} expected");
+    }
     drop(js);
     tokio::task::spawn_blocking(move || {
         drop(pg);
