@@ -1,7 +1,8 @@
 //! `walrelay peek`, `replay` and `teardown` on real servers: peek shows exactly the pending events without moving
 //! the slot; replay from a stored `Outbox-Commit-Lsn` re-sends exactly that transaction and every later one, with the
 //! original ids, to an empty stream or as NDJSON; an LSN before the replay slot's horizon is refused; teardown
-//! refuses an active slot unless forced.
+//! refuses an active slot unless forced. With `--message-prefix`, peek, run and replay show logical messages between
+//! the rows of their transactions, with the same ids, order and `Outbox-Index`.
 
 #[path = "ops_support.rs"]
 mod support;
@@ -11,10 +12,11 @@ use std::time::Duration;
 use support::{stop_relay, Env, StoredMessage, TestResult};
 use walrelay_testkit::wait_until;
 
-/// Asserts an NDJSON event line equals what the relay stored.
-fn assert_same_event(line: &serde_json::Value, stored: &StoredMessage) {
+/// Asserts an NDJSON event line equals what the relay stored, and names `table` (`message:<prefix>` for a logical
+/// message).
+fn assert_same_event(line: &serde_json::Value, stored: &StoredMessage, table: &str) {
     assert_eq!(line["id"].as_str(), Some(stored.id()), "{line}");
-    assert_eq!(line["table"], "public.outbox", "{line}");
+    assert_eq!(line["table"], table, "{line}");
     assert_eq!(line["subject"].as_str(), Some(stored.subject.as_str()), "{line}");
     assert_eq!(line["commit_lsn"].as_str(), Some(stored.header("Outbox-Commit-Lsn")), "{line}");
     assert_eq!(line["index"].to_string(), stored.header("Outbox-Index"), "{line}");
@@ -26,6 +28,18 @@ fn assert_same_event(line: &serde_json::Value, stored: &StoredMessage) {
     assert_eq!(headers, stored.headers, "{line}");
     let payload: serde_json::Value = serde_json::from_slice(&stored.payload).unwrap_or_default();
     assert_eq!(line["payload"], payload, "{line}");
+}
+
+/// Asserts a stream that replay wrote holds exactly `want` (what run stored), in order.
+fn assert_replayed(got: &[StoredMessage], want: &[StoredMessage]) {
+    assert_eq!(got.len(), want.len());
+    for (got, want) in got.iter().zip(want) {
+        // Replay marks what it publishes (so run's tail read skips it) and adds nothing else.
+        let mut headers = got.headers.clone();
+        let marker = headers.remove("Outbox-Replayed-At").expect("replayed messages are marked");
+        assert!(humantime::parse_rfc3339(&marker).is_ok(), "{marker}");
+        assert_eq!((&got.subject, &headers, &got.payload), (&want.subject, &want.headers, &want.payload));
+    }
 }
 
 #[test]
@@ -72,7 +86,7 @@ fn peek_shows_pending_events_without_consuming_them() -> TestResult {
     let stored = env.wait_for_messages("OUTBOX", 4)?;
     assert_eq!(stored.len(), 4);
     for (line, msg) in lines.iter().zip(&stored) {
-        assert_same_event(line, msg);
+        assert_same_event(line, msg, "public.outbox");
     }
     // Peek while run holds the slot: nothing pending, the relay keeps the slot.
     let pid = wait_until("slot active", Duration::from_secs(30), || {
@@ -95,7 +109,7 @@ fn peek_shows_pending_events_without_consuming_them() -> TestResult {
 fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResult {
     let env = Env::start()?;
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
-    let relay = env.start_relay_with_history()?;
+    let relay = env.start_relay_with_history(&[])?;
     let txns: Vec<Vec<String>> = vec![
         env.insert_txn(&[("created", r#"{"n": 0}"#)])?,
         env.insert_txn(&[("created", r#"{"n": 1}"#), ("paid", r#"{"n": 2}"#)])?,
@@ -117,7 +131,7 @@ fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResul
     let lines = out.json_lines()?;
     assert_eq!(lines.len(), expected.len(), "{}", out.stdout);
     for (line, msg) in lines.iter().zip(expected) {
-        assert_same_event(line, msg);
+        assert_same_event(line, msg, "public.outbox");
     }
 
     // --to bounds the range by commit LSN (inclusive).
@@ -131,15 +145,7 @@ fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResul
     let out = env.walrelay(&["replay", "--from", &from])?;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stderr.contains("4 stored, 0 dropped as duplicates"), "{}", out.stderr);
-    let replayed = env.stream_messages("OUTBOX")?;
-    assert_eq!(replayed.len(), expected.len());
-    for (got, want) in replayed.iter().zip(expected) {
-        // Replay marks what it publishes (so run's tail read skips it) and adds nothing else.
-        let mut headers = got.headers.clone();
-        let marker = headers.remove("Outbox-Replayed-At").expect("replayed messages are marked");
-        assert!(humantime::parse_rfc3339(&marker).is_ok(), "{marker}");
-        assert_eq!((&got.subject, &headers, &got.payload), (&want.subject, &want.headers, &want.payload));
-    }
+    assert_replayed(&env.stream_messages("OUTBOX")?, expected);
     // Again, within the duplicate window: nothing new is stored.
     let again = env.walrelay(&["replay", "--from", &from])?;
     assert!(again.stderr.contains("0 stored, 4 dropped as duplicates"), "{}", again.stderr);
@@ -212,4 +218,116 @@ fn replay_slot_trails_the_main_slot_by_the_retention() -> TestResult {
 fn lsn(s: &str) -> u64 {
     let (hi, lo) = s.trim().split_once('/').unwrap_or(("0", "0"));
     (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0)
+}
+
+/// `--message-prefix outbox`, for every command of the message test.
+const MESSAGES: &[&str] = &["--message-prefix", "outbox"];
+
+/// An outbox row with id `id` and payload `{"n": n}`, as SQL.
+fn row_sql(id: &str, n: u32) -> String {
+    format!(
+        "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, headers) \
+         VALUES ('{id}', 'order', 'o-{n}', 'created', '{{\"n\": {n}}}', '{{\"trace\": \"t-{n}\"}}');"
+    )
+}
+
+/// A logical decoding message with the fields of an outbox row, id `id` and payload `{"n": n}`, as SQL.
+fn message_sql(transactional: bool, prefix: &str, id: &str, n: u32) -> String {
+    format!(
+        "SELECT pg_logical_emit_message({transactional}, '{prefix}', '{{\"id\": \"{id}\", \"aggregate_type\": \"note\", \
+         \"aggregate_id\": \"o-{n}\", \"event_type\": \"sent\", \"payload\": {{\"n\": {n}}}, \"headers\": {{\"trace\": \"t-{n}\"}}}}');"
+    )
+}
+
+/// (id, table, index) of each NDJSON line.
+fn summary(lines: &[serde_json::Value]) -> Vec<(String, String, u64)> {
+    lines
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap_or("?").to_owned(),
+                l["table"].as_str().unwrap_or("?").to_owned(),
+                l["index"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn peek_and_replay_show_messages_between_rows() -> TestResult {
+    let env = Env::start()?;
+    assert_eq!(env.walrelay(&[&["setup"], MESSAGES].concat())?.code, 0);
+    // The replay slot must exist before the events are written; the relay that makes it stops, so they stay pending.
+    stop_relay(env.start_relay_with_history(MESSAGES)?)?;
+
+    // Three transactions of rows (true) and messages (false) interleaved, with what must never show beside them: a
+    // non-transactional message, a message of another prefix, and a rolled-back transaction.
+    let uuid = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+    let plan: [&[(bool, u32)]; 3] =
+        [&[(true, 0), (false, 1), (true, 2)], &[(false, 3), (false, 4)], &[(true, 5), (false, 6)]];
+    let mut expected: Vec<(String, String, u64)> = Vec::new();
+    for (t, txn) in plan.iter().enumerate() {
+        let mut sql = String::from("BEGIN;");
+        for (index, &(is_row, n)) in txn.iter().enumerate() {
+            let (id, table) = if is_row {
+                sql += &row_sql(&uuid(n), n);
+                (uuid(n), "public.outbox")
+            } else {
+                sql += &message_sql(true, "outbox", &format!("m-{n}"), n);
+                (format!("m-{n}"), "message:outbox")
+            };
+            expected.push((id, table.to_owned(), index as u64));
+            if index == 0 {
+                sql += &message_sql(false, "outbox", &format!("nontx-{t}"), 90);
+                sql += &message_sql(true, "other", &format!("other-{t}"), 91);
+            }
+        }
+        env.sql(&(sql + "COMMIT;"))?;
+    }
+    env.sql(&format!(
+        "BEGIN; {} {} ROLLBACK;",
+        row_sql(&uuid(92), 92),
+        message_sql(true, "outbox", "rolled-back", 93)
+    ))?;
+
+    // Peek: exactly those, in commit order, one index sequence per transaction over rows and messages.
+    let out = env.walrelay(&[&["peek", "--json"], MESSAGES].concat())?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let peeked = out.json_lines()?;
+    assert_eq!(summary(&peeked), expected);
+    let lsns: Vec<&str> = peeked.iter().map(|l| l["commit_lsn"].as_str().unwrap_or("?")).collect();
+    assert_eq!([lsns[0], lsns[1]], [lsns[2], lsns[2]], "one commit LSN per transaction");
+    assert_eq!([lsns[3], lsns[5]], [lsns[4], lsns[6]], "one commit LSN per transaction");
+    assert!(lsns[0] != lsns[3] && lsns[3] != lsns[5], "{lsns:?}");
+    assert_eq!(peeked[1]["subject"], "outbox.note.sent");
+    assert_eq!(
+        (&peeked[1]["payload"], &peeked[1]["headers"]["trace"]),
+        (&serde_json::json!({"n": 1}), &serde_json::json!("t-1"))
+    );
+
+    // Run publishes exactly what peek showed.
+    let relay = env.start_relay(MESSAGES)?;
+    env.wait_for_messages("OUTBOX", expected.len())?;
+    stop_relay(relay)?;
+    let stored = env.stream_messages("OUTBOX")?;
+    assert_eq!(stored.len(), expected.len());
+    for ((line, msg), (_, table, _)) in peeked.iter().zip(&stored).zip(&expected) {
+        assert_same_event(line, msg, table);
+    }
+
+    // Replay from the second transaction's stored Outbox-Commit-Lsn: it and the third, as NDJSON and into a stream.
+    let from = stored[3].header("Outbox-Commit-Lsn").to_owned();
+    let out = env.walrelay(&[&["replay", "--from", &from, "--stdout"], MESSAGES].concat())?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let replayed = out.json_lines()?;
+    assert_eq!(summary(&replayed), expected[3..]);
+    for ((line, msg), (_, table, _)) in replayed.iter().zip(&stored[3..]).zip(&expected[3..]) {
+        assert_same_event(line, msg, table);
+    }
+    env.delete_stream("OUTBOX")?;
+    let out = env.walrelay(&[&["replay", "--from", &from], MESSAGES].concat())?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("4 stored, 0 dropped as duplicates"), "{}", out.stderr);
+    assert_replayed(&env.stream_messages("OUTBOX")?, &stored[3..]);
+    Ok(())
 }

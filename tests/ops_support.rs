@@ -137,9 +137,9 @@ impl Env {
         })?)
     }
 
-    /// Starts `walrelay run --replay-retention 1h` and waits until it made the replay slot.
-    pub fn start_relay_with_history(&self) -> Result<Process, Error> {
-        let relay = self.start_relay(&["--replay-retention", "1h"])?;
+    /// Starts `walrelay run --replay-retention 1h <extra>` and waits until it made the replay slot.
+    pub fn start_relay_with_history(&self, extra: &[&str]) -> Result<Process, Error> {
+        let relay = self.start_relay(&[&["--replay-retention", "1h"], extra].concat())?;
         wait_until("replay slot", Duration::from_secs(30), || {
             self.slots().ok().filter(|s| s.iter().any(|n| n == "walrelay_replay"))
         })?;

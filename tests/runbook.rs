@@ -63,7 +63,7 @@ fn runbook_blocks_are_all_tested() -> TestResult {
 fn monitor_replay_rebuild_and_move_as_written() -> TestResult {
     let env = Env::start()?;
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
-    let relay = env.start_relay_with_history()?;
+    let relay = env.start_relay_with_history(&[])?;
     let mut events = Vec::new();
     for t in 0..3 {
         events.extend(env.insert_txn(&[("created", &format!("{{\"t\": {t}}}")), ("paid", r#"{"x": 1}"#)])?);
