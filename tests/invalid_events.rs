@@ -221,7 +221,7 @@ async fn what_the_mapper_accepts_nats_server_stores() {
     ];
     let aggregate_ids = ["agg \t id ☕", "", long.as_str()];
     let mut sent = Vec::new();
-    let mut publisher = Publisher::new(js.clone(), 0);
+    let mut publisher = Publisher::fenced(&client, 0, Duration::from_secs(10)).await.unwrap();
     for (i, (h, agg)) in headers.iter().zip(aggregate_ids).enumerate() {
         let tuple = pgoutput::Tuple(
             [

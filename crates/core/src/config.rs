@@ -330,7 +330,8 @@ pub struct Settings {
     /// `--nats-url` and the NATS authentication and TLS options, validated (credentials are secret).
     pub nats: crate::sink::connect::NatsOptions,
     pub stream: String,
-    pub subject: String,
+    /// `--subject`, parsed once.
+    pub subject: crate::mapping::subject::SubjectTemplate,
     pub columns: Columns,
     pub on_invalid: OnInvalid,
     pub dead_letter_subject: String,
@@ -435,7 +436,7 @@ impl Settings {
         crate::mapping::subject::validate_literal_subject(&dead_letter_subject).map_err(|reason| {
             ConfigError::Invalid { option: "--dead-letter-subject", value: dead_letter_subject.clone(), reason }
         })?;
-        let nats = crate::sink::connect::NatsOptions::parse(&crate::sink::connect::RawNats {
+        let mut nats = crate::sink::connect::NatsOptions::parse(&crate::sink::connect::RawNats {
             url: &raw.nats_url,
             creds: raw.nats_creds.as_deref(),
             nkey: raw.nats_nkey.as_deref(),
@@ -445,6 +446,8 @@ impl Settings {
             tls_key: raw.nats_tls_key.as_deref(),
             tls_first: raw.nats_tls_first,
         })?;
+        // Every ack of the publishes in flight arrives on one subscription, which must hold them all.
+        nats.subscription_capacity = nats.subscription_capacity.max(raw.max_in_flight.saturating_add(1024));
         let on_invalid = raw.on_invalid.parse().map_err(|reason| ConfigError::Invalid {
             option: "--on-invalid",
             value: raw.on_invalid.clone(),
@@ -470,7 +473,7 @@ impl Settings {
             table,
             nats,
             stream,
-            subject: subject.source().to_owned(),
+            subject,
             columns: Columns {
                 id: name("--id-column", &raw.id_column)?,
                 payload: name("--payload-column", &raw.payload_column)?,

@@ -210,11 +210,11 @@ async fn raw_ceiling(args: &BenchArgs, settings: &Settings) -> anyhow::Result<()
     let warmup = count / 10;
     let mut raw = settings.clone();
     raw.stream = "BENCH_RAW".into();
-    raw.subject = "raw.{x}".into();
+    raw.subject = walrelay_core::mapping::subject::SubjectTemplate::parse("raw.{x}").map_err(anyhow::Error::msg)?;
     raw.dead_letter_subject = "raw.dead-letter".into();
-    let (_client, js) = walrelay_core::sink::stream::connect(&raw).await?;
+    let (client, js) = walrelay_core::sink::stream::connect(&raw).await?;
     walrelay_core::sink::stream::ensure(&js, &raw, true).await?;
-    let mut publisher = walrelay_core::sink::publisher::Publisher::new(js, 0);
+    let mut publisher = walrelay_core::sink::publisher::Publisher::fenced(&client, 0, raw.publish_timeout).await?;
     let payload =
         bytes::Bytes::from(format!("{{\"n\":0,\"pad\":\"{}\"}}", "x".repeat(args.payload_bytes.saturating_sub(40))));
     let mut t0 = Instant::now();

@@ -258,15 +258,10 @@ fn text(tuple: &Tuple, idx: Option<usize>) -> Option<Cow<'_, str>> {
 impl OutboxMapper {
     /// A mapper for the configured table, columns, subject template and `--on-invalid`.
     pub fn new(settings: &Settings) -> Result<Self, SourceError> {
-        let template = SubjectTemplate::parse(&settings.subject).map_err(|reason| SourceError::Query {
-            context: "subject template".into(),
-            reason,
-            code: None,
-        })?;
         Ok(Self {
             tables: settings.table.clone(),
             columns: settings.columns.clone(),
-            template,
+            template: settings.subject.clone(),
             layouts: HashMap::new(),
             max_payload: None,
             warned_keys: HashSet::new(),

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 
 use crate::{
     config::{quote_ident, quote_literal, Settings},
-    mapping::subject::{filter_matches, SubjectTemplate},
+    mapping::subject::filter_matches,
     sink::{publisher::PublishError, stream},
     source::publication,
     source::slot,
@@ -301,9 +301,7 @@ async fn one_table_checks(
     };
     let has = |name: &str| columns.iter().any(|c| c.name == name);
     let mut needed: Vec<(String, &str)> = vec![(settings.columns.payload.clone(), "--payload-column")];
-    if let Ok(t) = SubjectTemplate::parse(&settings.subject) {
-        needed.extend(t.columns().into_iter().map(|c| (c.to_owned(), "--subject")));
-    }
+    needed.extend(settings.subject.columns().into_iter().map(|c| (c.to_owned(), "--subject")));
     let missing: Vec<&(String, &str)> = needed.iter().filter(|(c, _)| !has(c)).collect();
     if missing.is_empty() {
         checks.ok("table", format!("{table} has {} columns, including {}", columns.len(), settings.columns.payload));

@@ -8,7 +8,6 @@
 
 use crate::{
     config::Settings,
-    mapping::event::Position,
     relay::RelayError,
     sink::stream,
     source::slot,
@@ -77,11 +76,11 @@ pub(super) async fn pending(
     }
     let range = Range { start: copy.confirmed_flush, last_commit: None, end };
     let mut assembler = Assembler::new(settings)?;
-    let mut stored = None;
+    let mut stored = stream::HighWater::default();
     match stream::connect(settings).await {
         Ok((client, js)) => {
             assembler.set_max_payload(client.server_info().max_payload);
-            stored = stream::high_water(&js, &settings.stream).await.ok().and_then(|hw| hw.position);
+            stored = stream::high_water(&js, &settings.stream).await.unwrap_or_default();
         }
         // Rejected credentials or a failed TLS handshake end the command; an unreachable server only this check.
         Err(err) if !err.is_transient() => return Err(err.into()),
@@ -94,7 +93,7 @@ pub(super) async fn pending(
                 Item::Event(e) => e.position,
                 Item::Invalid(i) => i.position,
             };
-            if stored.is_some_and(|(lsn, index)| position <= Position { commit_lsn: lsn, index }) {
+            if stored.holds(position) {
                 continue;
             }
             if !visit(item) {

@@ -13,14 +13,9 @@
 //! never moves backwards and nothing pending is published by both. See
 //! <https://docs.nats.io/using-nats/developer/develop_jetstream/model_deep_dive#message-deduplication>.
 
-use std::{io::IsTerminal, pin::Pin, time::Duration, time::SystemTime};
+use std::{io::IsTerminal, time::SystemTime};
 
-use async_nats::{
-    header::HeaderName,
-    jetstream::{self, message::PublishMessage},
-    HeaderValue,
-};
-use futures::{stream::FuturesOrdered, Future, StreamExt};
+use async_nats::{header::HeaderName, HeaderValue};
 use pgoutput::Lsn;
 
 use crate::{
@@ -28,7 +23,7 @@ use crate::{
     mapping::event::{header, header_value, Event, Position},
     mapping::outbox::{commit_time_rfc3339, pg_micros},
     relay::RelayError,
-    sink::publisher::PublishError,
+    sink::publisher::Publisher,
     sink::stream,
     source::slot,
     source::transaction::Assembler,
@@ -36,9 +31,6 @@ use crate::{
 };
 
 use super::history::{self, HistoryReader, Item, Range, SlotCopy};
-
-/// Publishes awaiting their ack at most.
-const WINDOW: usize = 256;
 
 /// Replays `[from, to]` to the stream, or to stdout as NDJSON.
 pub async fn run(settings: &Settings, from: Lsn, to: Option<Lsn>, stdout: bool) -> Result<(), RelayError> {
@@ -102,11 +94,12 @@ async fn replay(
         assembler.set_max_payload(client.server_info().max_payload);
         let hw = stream::high_water(&js, &settings.stream).await?.position;
         let confirmed = slot::info(control, &settings.slot).await?.and_then(|i| i.confirmed_flush_lsn);
-        relayed = Some(Relayed { hw: hw.map(|(commit_lsn, index)| Position { commit_lsn, index }), confirmed });
+        relayed = Some(Relayed { hw, confirmed });
         Sink::Stream(Box::new(StreamSink {
-            js,
+            // Without the fence: the stream may hold messages of others, and `run` may be writing to it.
+            publisher: Publisher::unfenced(&client, settings.publish_timeout).await?,
+            window: settings.max_in_flight,
             replayed_at: header_value(&commit_time_rfc3339(pg_micros(SystemTime::now()))).unwrap_or_default(),
-            in_flight: FuturesOrdered::new(),
             stored: 0,
             duplicates: 0,
             _client: client,
@@ -193,44 +186,43 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = Result<bool, PublishError>> + Send>>;
-
 /// Where replayed events go.
 enum Sink {
     Stdout,
     Stream(Box<StreamSink>),
 }
 
-/// Pipelined publishes without the ordering fence (the stream may hold other messages), acks awaited in order.
+/// The publisher, marking every message `Outbox-Replayed-At`, with `--max-in-flight` acks outstanding at most.
 struct StreamSink {
-    js: jetstream::Context,
+    publisher: Publisher<()>,
+    window: usize,
     /// The `Outbox-Replayed-At` marker every replayed message carries.
     replayed_at: HeaderValue,
-    in_flight: FuturesOrdered<AckFuture>,
     stored: u64,
     duplicates: u64,
     _client: async_nats::Client,
 }
 
 impl Sink {
-    async fn send(&mut self, event: Event) -> Result<(), RelayError> {
+    async fn send(&mut self, mut event: Event) -> Result<(), RelayError> {
         match self {
             Self::Stdout => {
                 println!("{}", history::event_json(&event));
                 Ok(())
             }
             Self::Stream(s) => {
-                if s.in_flight.len() >= WINDOW {
+                if s.publisher.in_flight() >= s.window {
                     s.take_ack().await?;
                 }
-                s.publish(event).await
+                event.headers.insert(HeaderName::from_static(header::REPLAYED_AT), s.replayed_at.clone());
+                Ok(s.publisher.send(event, ()).await?)
             }
         }
     }
 
     async fn finish(&mut self) -> Result<(), RelayError> {
         if let Self::Stream(s) = self {
-            while !s.in_flight.is_empty() {
+            while s.publisher.in_flight() > 0 {
                 s.take_ack().await?;
             }
         }
@@ -239,42 +231,12 @@ impl Sink {
 }
 
 impl StreamSink {
-    async fn publish(&mut self, event: Event) -> Result<(), RelayError> {
-        let failed = PublishError::publish(&event, String::new());
-        let Event { subject, mut headers, payload, .. } = event;
-        headers.insert(HeaderName::from_static(header::REPLAYED_AT), self.replayed_at.clone());
-        let message = PublishMessage::build().payload(payload).headers(headers);
-        let ack = match self.js.send_publish(subject, message).await {
-            Ok(ack) => ack,
-            Err(e) => return Err(with_reason(failed, e.to_string()).into()),
-        };
-        self.in_flight.push_back(Box::pin(async move {
-            match tokio::time::timeout(Duration::from_secs(30), ack).await {
-                Ok(Ok(ack)) => Ok(ack.duplicate),
-                Ok(Err(e)) => Err(with_reason(failed, e.to_string())),
-                Err(_) => Err(with_reason(failed, "no ack within 30s".into())),
-            }
-        }));
-        Ok(())
-    }
-
     async fn take_ack(&mut self) -> Result<(), RelayError> {
-        if let Some(result) = self.in_flight.next().await {
-            if result? {
-                self.duplicates += 1;
-            } else {
-                self.stored += 1;
-            }
+        if self.publisher.next_ack().await?.duplicate {
+            self.duplicates += 1;
+        } else {
+            self.stored += 1;
         }
         Ok(())
-    }
-}
-
-fn with_reason(err: PublishError, reason: String) -> PublishError {
-    match err {
-        PublishError::Publish { id, subject, position, refused, .. } => {
-            PublishError::Publish { id, subject, position, reason, refused }
-        }
-        other => other,
     }
 }

@@ -10,8 +10,6 @@
 //! would move the stream's high-water mark past events that were never published, so any other position is
 //! refused, naming the one that is next.
 
-use std::time::Duration;
-
 use async_nats::Subject;
 
 use crate::{
@@ -25,9 +23,6 @@ use crate::{
 };
 
 use super::history::{Item, SlotCopy};
-
-/// How long the record's ack may take.
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Publishes a dead-letter record for the pending event at `through`.
 pub async fn run(settings: &Settings, through: Position) -> Result<(), RelayError> {
@@ -82,9 +77,9 @@ pub async fn run(settings: &Settings, through: Position) -> Result<(), RelayErro
     let record = invalid.dead_letter(&Subject::from(settings.dead_letter_subject.as_str()), Some(limit));
     let subject = record.subject.clone();
     let hw = stream::high_water(&js, &settings.stream).await?;
-    let mut publisher = Publisher::new(js, hw.last_sequence);
+    let mut publisher = Publisher::fenced(&client, hw.last_sequence, settings.publish_timeout).await?;
     publisher.send(record, ()).await?;
-    let (_, err) = publisher.drain(ACK_TIMEOUT).await;
+    let (_, err) = publisher.drain(settings.publish_timeout).await;
     if let Some(err) = err {
         return Err(err.into());
     }

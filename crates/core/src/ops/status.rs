@@ -17,7 +17,6 @@
 use std::{io::IsTerminal, time::Duration};
 
 use bytesize::ByteSize;
-use pgoutput::Lsn;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -265,7 +264,7 @@ async fn collect(
         match tokio::time::timeout(Duration::from_secs(3), stream::high_water(js, &settings.stream)).await {
             Ok(Ok(hw)) => {
                 status.stream_messages = Some(hw.messages);
-                status.stream_last_commit_lsn = hw.position.map(|(lsn, _): (Lsn, u32)| lsn.to_string());
+                status.stream_last_commit_lsn = hw.position.map(|p| p.commit_lsn.to_string());
                 status.stream_last_commit_time = last_commit_time(js, settings, hw.last_sequence).await;
             }
             Ok(Err(err)) => status.nats_error = Some(err.to_string()),

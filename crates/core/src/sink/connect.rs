@@ -179,6 +179,9 @@ impl NatsTls {
     }
 }
 
+/// async-nats' default subscription capacity.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 64 * 1024;
+
 /// Everything needed to connect to NATS, validated before any connection is made.
 #[derive(Clone)]
 pub struct NatsOptions {
@@ -188,6 +191,9 @@ pub struct NatsOptions {
     pub auth: NatsAuth,
     /// TLS settings.
     pub tls: NatsTls,
+    /// Messages a subscription buffers before the client drops them: must exceed the publishes in flight, whose
+    /// acks all arrive on one subscription (see [`crate::sink::transport`]).
+    pub subscription_capacity: usize,
 }
 
 impl fmt::Debug for NatsOptions {
@@ -278,7 +284,7 @@ impl NatsOptions {
         }
         let auth = chosen.pop().map(|(_, auth)| auth).unwrap_or(NatsAuth::None);
         let tls = parse_tls(raw, tls_scheme)?;
-        Ok(Self { servers, url, auth, tls })
+        Ok(Self { servers, url, auth, tls, subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY })
     }
 
     /// The URL(s) with credentials masked, for messages.
@@ -316,6 +322,7 @@ impl NatsOptions {
             .connection_timeout(CONNECT_TIMEOUT)
             .max_reconnects(None)
             .ignore_discovered_servers()
+            .subscription_capacity(self.subscription_capacity)
             .require_tls(self.tls.required)
             .tls_client_config(tls_config)
             .event_callback(move |event| {
@@ -395,6 +402,12 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// A rejection that never comes (for tests of the loop without a server).
+    pub fn never() -> Self {
+        let (_, rx) = tokio::sync::watch::channel(None);
+        Self { rx, url: String::new(), method: "none", remedy: "" }
+    }
+
     /// Waits for the rejection (forever, if it never comes) and returns it as a permanent error.
     pub async fn rejected(&mut self) -> PublishError {
         loop {

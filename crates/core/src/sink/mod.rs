@@ -2,9 +2,12 @@
 //!
 //! In: mapped events, in commit order. Out: acks, in the same order. [`connect`] reaches the server (authentication,
 //! TLS), [`stream`] makes sure the stream exists and reads its tail (the high-water mark); [`publisher`] pipelines
-//! publishes behind the ordering fence.
+//! publishes (behind the ordering fence for `run`) over a [`transport`].
 //! See <https://docs.nats.io/nats-concepts/jetstream/streams>.
 
 pub mod connect;
+#[cfg(test)]
+pub mod memory;
 pub mod publisher;
 pub mod stream;
+pub mod transport;

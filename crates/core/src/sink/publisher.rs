@@ -1,14 +1,17 @@
-//! The JetStream publisher: pipelined publishes behind an ordering fence.
+//! The JetStream publisher: pipelined publishes, optionally behind an ordering fence; the one publisher of `run`,
+//! `replay`, `skip` and the benchmark.
 //!
 //! In: [`Event`]s in WAL order, each with a tag the caller uses to credit its ack. Out: acks, in the order the events
-//! were sent. See <https://docs.nats.io/using-nats/developer/develop_jetstream/model_deep_dive> (publish
+//! were sent. The in-flight events' metadata waits in a `VecDeque` beside the transport's replies (matched by token),
+//! with one timer for the oldest: no future, box or timer per event. See <https://docs.nats.io/using-nats/developer/develop_jetstream/model_deep_dive> (publish
 //! expectations and deduplication).
 
 use std::{collections::VecDeque, pin::Pin, time::Duration};
 
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
-use futures::{stream::FuturesOrdered, Future, StreamExt};
+use async_nats::{header::HeaderName, HeaderValue, Subject};
+use tokio::time::{Instant, Sleep};
 
+use super::transport::{NatsTransport, Refusal, Reply, Stored, Transport, WRONG_LAST_SEQUENCE};
 use crate::mapping::event::{header, header_wire_len, Event, Position};
 
 /// A failure on the NATS side.
@@ -146,48 +149,88 @@ const fn max(a: usize, b: usize) -> usize {
     }
 }
 
-/// Whether an async-nats publish error refuses the message itself: too large, an invalid subject or headers
-/// (`Other`), no stream for its subject, or a JetStream API error. Timeouts, a broken connection and a full ack
-/// window do not.
-fn refuses_the_message(kind: PublishErrorKind) -> bool {
-    !matches!(kind, PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending)
-}
-
 /// An ack credited to the tag the caller gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acked<T> {
     /// The caller's tag.
     pub tag: T,
-    /// The stream sequence the event got.
+    /// The stream sequence the event got (for a duplicate: the sequence of the message it duplicates).
     pub sequence: u64,
+    /// The stream dropped it as a duplicate of a message with the same `Nats-Msg-Id` (never with the fence on,
+    /// where a duplicate is a [`PublishError::Fence`]).
+    pub duplicate: bool,
 }
 
-type AckFuture<T> = Pin<Box<dyn Future<Output = Result<Acked<T>, PublishError>> + Send>>;
+/// One event sent and not yet acked.
+struct Pending<T> {
+    tag: T,
+    id: String,
+    subject: Subject,
+    position: Position,
+    size: usize,
+    sent: Instant,
+    /// The stream sequence the fence expects it to get.
+    expected: Option<u64>,
+    reply: Option<Result<Stored, Refusal>>,
+}
 
 /// Publishes events to one stream, pipelined, in order.
 ///
 /// Contract:
-/// - **accepted**: [`Publisher::send`] returned `Ok`: the message is in the client's outgoing buffer and an ack
-///   future waits for it. Nothing is durable yet.
-/// - **acked**: [`Publisher::next_ack`] yielded it: JetStream stored it at exactly the sequence the fence expected.
-///   Only acked events may move the checkpoint.
-/// - **order**: every publish carries `Nats-Expected-Last-Sequence` = the sequence of the message sent before it, so
-///   the stream can never store a later event after a lost earlier one. Acks are yielded in send order.
-/// - **errors**: any error (timeout, broken connection, fence violation, duplicate) is returned once; the caller
-///   stops sending, [`drain`](Publisher::drain)s what is in flight, re-reads the stream's tail and resumes after the
-///   last stored message with a new publisher. A publisher that returned an error must not be used again.
-pub struct Publisher<T> {
-    js: jetstream::Context,
-    last_sequence: u64,
-    in_flight: FuturesOrdered<AckFuture<T>>,
-    sizes: VecDeque<usize>,
+/// - **accepted**: [`Publisher::send`] returned `Ok`: the message is in the client's outgoing buffer and waits for
+///   its ack. Nothing is durable yet.
+/// - **acked**: [`Publisher::next_ack`] yielded it: JetStream stored it (with the fence: at exactly the sequence the
+///   fence expected). Only acked events may move the checkpoint.
+/// - **order**: with the fence ([`Publisher::fenced`], `run`), every publish carries `Nats-Expected-Last-Sequence`
+///   = the sequence of the message sent before it, so the stream can never store a later event after a lost
+///   earlier one. Acks are yielded in send order, whatever order the replies come in.
+/// - **errors**: any error (no ack within the publish timeout, a closed connection, a refusal, a fence violation or
+///   duplicate) is returned once; the caller stops sending, [`drain`](Publisher::drain)s what is in flight, re-reads
+///   the stream's tail and resumes after the last stored message with a new publisher. A publisher that returned an
+///   error must not be used again.
+pub struct Publisher<T, X = NatsTransport> {
+    transport: X,
+    /// With the fence: the sequence of the last message sent.
+    fence: Option<u64>,
+    timeout: Duration,
+    in_flight: VecDeque<Pending<T>>,
+    /// The token of `in_flight[0]`; tokens count up from 0 per publisher.
+    first_token: u64,
     in_flight_bytes: usize,
+    /// Fires at the oldest event's deadline (reset lazily: when it fires early, to the new oldest's deadline).
+    timer: Pin<Box<Sleep>>,
 }
 
-impl<T: Send + 'static> Publisher<T> {
-    /// A publisher that expects the stream's last sequence to be `last_sequence`.
-    pub fn new(js: jetstream::Context, last_sequence: u64) -> Self {
-        Self { js, last_sequence, in_flight: FuturesOrdered::new(), sizes: VecDeque::new(), in_flight_bytes: 0 }
+impl<T> Publisher<T, NatsTransport> {
+    /// A publisher with the ordering fence over `client`, expecting the stream's last sequence to be `last_sequence`
+    /// (`run` and `skip`).
+    pub async fn fenced(
+        client: &async_nats::Client,
+        last_sequence: u64,
+        timeout: Duration,
+    ) -> Result<Self, PublishError> {
+        Ok(Self::new(NatsTransport::new(client).await?, Some(last_sequence), timeout))
+    }
+
+    /// A publisher without the fence over `client`: for a stream that others may write to (`replay`).
+    pub async fn unfenced(client: &async_nats::Client, timeout: Duration) -> Result<Self, PublishError> {
+        Ok(Self::new(NatsTransport::new(client).await?, None, timeout))
+    }
+}
+
+impl<T, X: Transport> Publisher<T, X> {
+    /// A publisher over `transport`; `fence` is the stream's last sequence when the ordering fence is on. An event
+    /// not acked within `timeout` of its send fails the publisher.
+    pub fn new(transport: X, fence: Option<u64>, timeout: Duration) -> Self {
+        Self {
+            transport,
+            fence,
+            timeout,
+            in_flight: VecDeque::new(),
+            first_token: 0,
+            in_flight_bytes: 0,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        }
     }
 
     /// Events sent and not yet acked.
@@ -200,78 +243,218 @@ impl<T: Send + 'static> Publisher<T> {
         self.in_flight_bytes
     }
 
+    /// The transport (for tests that look at what was sent).
+    pub fn transport(&self) -> &X {
+        &self.transport
+    }
+
     /// Sends one event; its ack arrives later through [`next_ack`](Self::next_ack).
     pub async fn send(&mut self, event: Event, tag: T) -> Result<(), PublishError> {
-        let expected_last = self.last_sequence;
-        let size = event.payload.len();
-        let Event { id, subject, headers, payload, position, .. } = event;
-        let message = PublishMessage::build().payload(payload).headers(headers).expected_last_sequence(expected_last);
-        let ack = match self.js.send_publish(subject.clone(), message).await {
-            Ok(ack) => ack,
-            Err(e) => {
-                let refused = refuses_the_message(e.kind());
-                let (subject, reason) = (subject.to_string(), e.to_string());
-                return Err(PublishError::Publish { id, subject, position, reason, refused });
-            }
-        };
-        self.last_sequence += 1;
-        let expected = self.last_sequence;
-        self.in_flight.push_back(Box::pin(async move {
-            match ack.await {
-                Ok(ack) if ack.duplicate => {
-                    Err(PublishError::Fence { id, expected, actual: format!("duplicate of sequence {}", ack.sequence) })
-                }
-                Ok(ack) if ack.sequence != expected => {
-                    Err(PublishError::Fence { id, expected, actual: ack.sequence.to_string() })
-                }
-                Ok(ack) => Ok(Acked { tag, sequence: ack.sequence }),
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    Err(PublishError::Fence { id, expected, actual: e.to_string() })
-                }
-                Err(e) => {
-                    let refused = refuses_the_message(e.kind());
-                    let (subject, reason) = (subject.to_string(), e.to_string());
-                    Err(PublishError::Publish { id, subject, position, reason, refused })
-                }
-            }
-        }));
-        self.sizes.push_back(size);
+        let Event { id, subject, mut headers, payload, position, .. } = event;
+        let expected = self.fence.map(|last| {
+            headers.insert(HeaderName::from_static(header::EXPECTED_LAST_SEQUENCE), HeaderValue::from(last));
+            last + 1
+        });
+        let size = payload.len();
+        let token = self.first_token + self.in_flight.len() as u64;
+        if let Err(e) = self.transport.publish(token, subject.clone(), headers, payload).await {
+            let subject = subject.to_string();
+            return Err(PublishError::Publish { id, subject, position, reason: e.reason, refused: e.refused });
+        }
+        if expected.is_some() {
+            self.fence = expected;
+        }
+        let sent = Instant::now();
+        if self.in_flight.is_empty() {
+            self.timer.as_mut().reset(sent + self.timeout);
+        }
+        self.in_flight.push_back(Pending { tag, id, subject, position, size, sent, expected, reply: None });
         self.in_flight_bytes += size;
         Ok(())
     }
 
-    /// The next ack in send order; pending forever when nothing is in flight (use it behind a guard).
+    /// The next ack in send order; pending forever when nothing is in flight (use it behind a guard). Cancel-safe.
     pub async fn next_ack(&mut self) -> Result<Acked<T>, PublishError> {
-        match self.in_flight.next().await {
-            Some(result) => {
-                if let Some(size) = self.sizes.pop_front() {
-                    self.in_flight_bytes -= size;
-                }
-                result
+        loop {
+            match self.in_flight.front() {
+                None => return std::future::pending().await,
+                Some(front) if front.reply.is_some() => return self.complete_front(),
+                Some(_) => {}
             }
-            None => std::future::pending().await,
+            tokio::select! {
+                biased;
+                reply = self.transport.next_reply() => match reply {
+                    Some(reply) => self.record(reply),
+                    None => return Err(self.fail_front("the NATS connection closed before the ack".into())),
+                },
+                () = &mut self.timer => {
+                    let Some(deadline) = self.in_flight.front().map(|p| p.sent + self.timeout) else { continue };
+                    if Instant::now() >= deadline {
+                        let reason = format!("no ack within {}", humantime::format_duration(self.timeout));
+                        return Err(self.fail_front(reason));
+                    }
+                    self.timer.as_mut().reset(deadline);
+                }
+            }
         }
     }
 
-    /// Waits (at most `timeout`) for everything in flight; returns the tags acked in order, stopping at the first
-    /// failure (later acks cannot be trusted to be contiguous).
-    pub async fn drain(&mut self, timeout: Duration) -> (Vec<T>, Option<PublishError>) {
+    /// Files a reply with its event; a reply for no event in flight (a late one) is dropped.
+    fn record(&mut self, reply: Reply) {
+        let slot = reply.token.checked_sub(self.first_token).and_then(|i| self.in_flight.get_mut(i as usize));
+        if let Some(pending) = slot {
+            pending.reply = Some(reply.outcome);
+        }
+    }
+
+    /// The front event failed without an answer about it (timeout, closed connection).
+    fn fail_front(&mut self, reason: String) -> PublishError {
+        match self.in_flight.pop_front() {
+            Some(p) => PublishError::Publish {
+                id: p.id,
+                subject: p.subject.to_string(),
+                position: p.position,
+                reason,
+                refused: false,
+            },
+            None => PublishError::Unacked { count: 0, timeout: self.timeout },
+        }
+    }
+
+    /// Takes the answered front event: an ack, or the error its reply means.
+    fn complete_front(&mut self) -> Result<Acked<T>, PublishError> {
+        let Some(p) = self.in_flight.pop_front() else {
+            return Err(PublishError::Unacked { count: 0, timeout: self.timeout });
+        };
+        self.first_token += 1;
+        self.in_flight_bytes -= p.size;
+        let Pending { tag, id, subject, position, expected, reply, .. } = p;
+        match (reply, expected) {
+            (Some(Ok(stored)), Some(expected)) if stored.duplicate => {
+                Err(PublishError::Fence { id, expected, actual: format!("duplicate of sequence {}", stored.sequence) })
+            }
+            (Some(Ok(stored)), Some(expected)) if stored.sequence != expected => {
+                Err(PublishError::Fence { id, expected, actual: stored.sequence.to_string() })
+            }
+            (Some(Ok(Stored { sequence, duplicate })), _) => Ok(Acked { tag, sequence, duplicate }),
+            (Some(Err(refusal)), Some(expected)) if refusal.code == WRONG_LAST_SEQUENCE => {
+                Err(PublishError::Fence { id, expected, actual: refusal.reason })
+            }
+            (Some(Err(refusal)), _) => {
+                let subject = subject.to_string();
+                Err(PublishError::Publish { id, subject, position, reason: refusal.reason, refused: true })
+            }
+            (None, _) => Err(PublishError::Unacked { count: 1, timeout: self.timeout }),
+        }
+    }
+
+    /// Waits (at most `timeout`) for everything in flight; returns the acks in order, stopping at the first failure
+    /// (later acks cannot be trusted to be contiguous). Nothing is in flight afterwards.
+    pub async fn drain(&mut self, timeout: Duration) -> (Vec<Acked<T>>, Option<PublishError>) {
         let mut acked = Vec::new();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
+        let mut failure = None;
         while !self.in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, self.next_ack()).await {
-                Ok(Ok(a)) => acked.push(a.tag),
+                Ok(Ok(a)) => acked.push(a),
                 Ok(Err(e)) => {
-                    self.in_flight = FuturesOrdered::new();
-                    return (acked, Some(e));
+                    failure = Some(e);
+                    break;
                 }
                 Err(_) => {
-                    let n = self.in_flight.len();
-                    self.in_flight = FuturesOrdered::new();
-                    return (acked, Some(PublishError::Unacked { count: n, timeout }));
+                    failure = Some(PublishError::Unacked { count: self.in_flight.len(), timeout });
+                    break;
                 }
             }
         }
-        (acked, None)
+        self.in_flight.clear();
+        self.in_flight_bytes = 0;
+        (acked, failure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::memory::MemoryStream;
+    use async_nats::HeaderMap;
+    use pgoutput::Lsn;
+
+    fn event(id: &str, index: u32) -> Event {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::MSG_ID, id);
+        Event {
+            id: id.into(),
+            subject: Subject::from("outbox.a.b"),
+            headers,
+            payload: bytes::Bytes::from_static(b"{}"),
+            position: Position { commit_lsn: Lsn(0x100), index },
+            table: "public.outbox".into(),
+            dead_letter: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn acks_come_out_in_send_order_whatever_order_the_replies_take() {
+        let stream = MemoryStream::default();
+        stream.state().reorder = true;
+        let mut p = Publisher::new(stream.transport(), Some(0), Duration::from_secs(5));
+        for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+            p.send(event(id, i as u32), i).await.expect("sent");
+        }
+        assert_eq!(p.in_flight(), 3);
+        let mut acks = Vec::new();
+        for _ in 0..3 {
+            let ack = p.next_ack().await.expect("acked");
+            acks.push((ack.tag, ack.sequence));
+        }
+        assert_eq!(acks, [(0, 1), (1, 2), (2, 3)]);
+        assert_eq!((p.in_flight(), p.in_flight_bytes()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_missing_ack_fails_after_the_publish_timeout() {
+        let stream = MemoryStream::default();
+        stream.state().answer = Some(1);
+        let mut p = Publisher::new(stream.transport(), Some(0), Duration::from_millis(100));
+        p.send(event("a", 0), ()).await.expect("sent");
+        p.send(event("b", 1), ()).await.expect("sent");
+        assert!(p.next_ack().await.is_ok());
+        let started = Instant::now();
+        match p.next_ack().await {
+            Err(PublishError::Publish { id, refused: false, .. }) => assert_eq!(id, "b"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_is_counted_without_the_fence_and_breaks_it_with() {
+        let stream = MemoryStream::default();
+        let mut p = Publisher::new(stream.transport(), None, Duration::from_secs(5));
+        p.send(event("a", 0), ()).await.expect("sent");
+        p.send(event("a", 0), ()).await.expect("sent");
+        assert!(!p.next_ack().await.expect("stored").duplicate);
+        let dup = p.next_ack().await.expect("duplicate");
+        assert!(dup.duplicate && dup.sequence == 1);
+        let mut fenced = Publisher::new(stream.transport(), Some(1), Duration::from_secs(5));
+        fenced.send(event("a", 0), ()).await.expect("sent");
+        assert!(matches!(fenced.next_ack().await, Err(PublishError::Fence { expected: 2, .. })));
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_names_the_event() {
+        let stream = MemoryStream::default();
+        stream.state().refuse_id = Some("b".into());
+        let mut p = Publisher::new(stream.transport(), None, Duration::from_secs(5));
+        p.send(event("a", 0), ()).await.expect("sent");
+        p.send(event("b", 1), ()).await.expect("sent");
+        let (acked, err) = p.drain(Duration::from_secs(5)).await;
+        assert_eq!(acked.len(), 1);
+        match err {
+            Some(e @ PublishError::Publish { refused: true, .. }) => assert_eq!(e.refused_event(), Some("b")),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(p.in_flight(), 0);
     }
 }

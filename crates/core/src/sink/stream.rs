@@ -11,8 +11,7 @@ use pgoutput::Lsn;
 
 use crate::{
     config::Settings,
-    mapping::event::header,
-    mapping::subject::SubjectTemplate,
+    mapping::event::{header, Position},
     sink::{connect::Rejection, publisher::PublishError},
 };
 
@@ -39,10 +38,7 @@ pub async fn connect_watched(
 
 /// The subjects the stream must cover: the template's filter and the dead-letter subject (unless already covered).
 pub fn stream_subjects(settings: &Settings) -> Vec<String> {
-    let mut subjects = Vec::new();
-    if let Ok(t) = SubjectTemplate::parse(&settings.subject) {
-        subjects.push(t.filter());
-    }
+    let mut subjects = vec![settings.subject.filter()];
     if !subjects.iter().any(|f| crate::mapping::subject::filter_matches(f, &settings.dead_letter_subject)) {
         subjects.push(settings.dead_letter_subject.clone());
     }
@@ -166,8 +162,16 @@ pub struct HighWater {
     pub last_sequence: u64,
     /// Number of messages in the stream.
     pub messages: u64,
-    /// Commit LSN and index of the last relayed event in the stream, if any.
-    pub position: Option<(Lsn, u32)>,
+    /// Position (commit LSN and index) of the last event `run` relayed into the stream, if any.
+    pub position: Option<Position>,
+}
+
+impl HighWater {
+    /// Whether the event at `p` is already in the stream: at or before the high-water mark. The one "already in
+    /// the stream" test, used by `run` (which skips such events after a restart, design.md rule 8) and `peek`.
+    pub fn holds(&self, p: Position) -> bool {
+        self.position.is_some_and(|hw| p <= hw)
+    }
 }
 
 /// Reads the stream's tail: its last sequence and the position of the last relayed event.
@@ -197,7 +201,7 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
                 let lsn = msg.headers.get(header::COMMIT_LSN).and_then(|v| v.as_str().parse::<Lsn>().ok());
                 let index = msg.headers.get(header::INDEX).and_then(|v| v.as_str().parse::<u32>().ok());
                 if let (Some(lsn), Some(index)) = (lsn, index) {
-                    hw.position = Some((lsn, index));
+                    hw.position = Some(Position { commit_lsn: lsn, index });
                     return Ok(hw);
                 }
                 foreign += 1;

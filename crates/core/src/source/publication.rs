@@ -224,11 +224,9 @@ async fn check_one_table(
     if !has(&settings.columns.payload) {
         return Err(missing(&settings.columns.payload, "the message data", "--payload-column"));
     }
-    if let Ok(t) = crate::mapping::subject::SubjectTemplate::parse(&settings.subject) {
-        for column in t.columns() {
-            if !has(column) {
-                return Err(missing(column, "the subject template", "--subject"));
-            }
+    for column in settings.subject.columns() {
+        if !has(column) {
+            return Err(missing(column, "the subject template", "--subject"));
         }
     }
     Ok(())

@@ -7,13 +7,36 @@
 
 use std::time::Duration;
 
+use std::future::Future;
+
 use pgoutput::Lsn;
-use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig};
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
 
 use crate::source::{
     sqlstate::{self, Doing},
     PgHost, PgUrl, SourceError,
 };
+
+/// What the relay's loop needs of a replication session: the next message, and a way to report the confirmed
+/// position (sent with the next standby status update). [`ReplicationClient`] in production; an in-memory script in
+/// the relay's unit tests.
+pub trait ReplicationStream: Send {
+    /// The next message; `None` when the stream ended. Cancel-safe.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<ReplicationEvent>, PgWireError>> + Send;
+
+    /// Reports `lsn` as flushed and applied.
+    fn update_applied_lsn(&self, lsn: Lsn);
+}
+
+impl ReplicationStream for ReplicationClient {
+    async fn recv(&mut self) -> Result<Option<ReplicationEvent>, PgWireError> {
+        ReplicationClient::recv(self).await
+    }
+
+    fn update_applied_lsn(&self, lsn: Lsn) {
+        ReplicationClient::update_applied_lsn(self, pgwire_replication::Lsn(lsn.0));
+    }
+}
 
 /// Where and how a session starts.
 #[derive(Debug, Clone, Copy)]

@@ -27,24 +27,27 @@ use std::{
 };
 
 use pgoutput::Lsn;
-use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 
 use crate::{
-    checkpoint::{Checkpoint, TxnTag},
+    checkpoint::Checkpoint,
     config::Settings,
-    mapping::event::{header, Position},
+    mapping::event::Position,
     mapping::outbox::InvalidEvent,
     sink::publisher::{PublishError, Publisher},
     sink::stream::{self, HighWater},
     source::publication,
-    source::replication::{self, StartAt},
+    source::replication::{self, ReplicationStream, StartAt},
     source::slot,
     source::standby,
-    source::transaction::{Assembled, Assembler},
+    source::transaction::Assembler,
     source::{self, SourceError},
     stats::Stats,
 };
+
+mod session;
+
+use session::{Session, SessionEnd};
 
 /// Why the relay stopped.
 #[derive(Debug, thiserror::Error)]
@@ -117,12 +120,6 @@ impl Repeats {
             other => other,
         }
     }
-}
-
-/// How a session ended without error.
-enum SessionEnd {
-    /// Shutdown was requested.
-    Stopped,
 }
 
 /// Everything a session needs that outlives it.
@@ -268,8 +265,11 @@ fn missing_slot(settings: &Settings, server: &slot::Server, hw: Option<&HighWate
         _ => String::new(),
     };
     let held = match hw.and_then(|hw| hw.position) {
-        Some((lsn, index)) => {
-            format!("stream {} already holds relayed events (up to commit LSN {lsn}, index {index})", settings.stream)
+        Some(Position { commit_lsn, index }) => {
+            format!(
+                "stream {} already holds relayed events (up to commit LSN {commit_lsn}, index {index})",
+                settings.stream
+            )
         }
         None => "walrelay read from it before".to_owned(),
     };
@@ -308,7 +308,7 @@ impl Relay<'_> {
             return Err(SourceError::SlotActive { slot: settings.slot.clone(), pid }.into());
         }
         let confirmed = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
-        let start = hw.position.map(|(lsn, _)| lsn).unwrap_or(Lsn::ZERO).max(confirmed);
+        let start = hw.position.map(|p| p.commit_lsn).unwrap_or(Lsn::ZERO).max(confirmed);
         let at = StartAt { start, ack: confirmed, status_interval: self.status_interval, stop: None };
         let mut repl = replication::open(&settings.pg_url, &host, &settings.slot, &settings.publication, at).await?;
         if self.standing_by {
@@ -327,7 +327,7 @@ impl Relay<'_> {
             start_lsn = %start,
             stream = %settings.stream,
             stream_last_sequence = hw.last_sequence,
-            high_water = %hw.position.map(|(l, i)| format!("{l}#{i}")).unwrap_or_else(|| "none".into()),
+            high_water = %hw.position.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
             postgres_version = %pg_version,
             nats_version = %client.server_info().version,
             standby = server.in_recovery,
@@ -335,9 +335,12 @@ impl Relay<'_> {
             "relay started"
         );
         self.log_resume(&server, confirmed, &hw);
+        drop(js);
         let mut session = Session {
-            relay: self,
-            publisher: Publisher::new(js, hw.last_sequence),
+            settings,
+            shutdown: self.shutdown.clone(),
+            stats: &self.stats,
+            publisher: Publisher::fenced(&client, hw.last_sequence, settings.publish_timeout).await?,
             checkpoint: Checkpoint::new(confirmed),
             assembler,
             open_tag: None,
@@ -347,7 +350,7 @@ impl Relay<'_> {
         let result = session.main_loop(&mut repl, &mut rejection).await;
         // Whatever happened: collect what is acked, confirm it, and end the replication session.
         let confirmed = session.settle().await;
-        repl.update_applied_lsn(pgwire_replication::Lsn(confirmed.0));
+        ReplicationStream::update_applied_lsn(&repl, confirmed);
         let _ = tokio::time::timeout(Duration::from_secs(5), repl.shutdown()).await;
         repl.abort();
         final_confirm(&control, &settings.slot, confirmed).await;
@@ -362,7 +365,7 @@ impl Relay<'_> {
     /// (they are stored), so a synchronized slot that lags the old primary's causes no duplicates.
     fn log_resume(&mut self, server: &slot::Server, confirmed: Lsn, hw: &HighWater) {
         if let Some(last) = self.server.as_ref().filter(|last| server_changed(last, server)) {
-            let high_water = hw.position.map(|(lsn, _)| lsn).unwrap_or(Lsn::ZERO);
+            let high_water = hw.position.map(|p| p.commit_lsn).unwrap_or(Lsn::ZERO);
             let relation = if confirmed < high_water {
                 "slot behind the stream: events up to the high-water mark are skipped"
             } else {
@@ -375,7 +378,7 @@ impl Relay<'_> {
                 previous_standby = last.in_recovery,
                 standby = server.in_recovery,
                 confirmed_flush_lsn = %confirmed,
-                high_water = %hw.position.map(|(l, i)| format!("{l}#{i}")).unwrap_or_else(|| "none".into()),
+                high_water = %hw.position.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
                 "postgres server changed since the last session (promotion or failover), resuming: {relation}"
             );
         }
@@ -386,194 +389,6 @@ impl Relay<'_> {
 /// Whether the relay now talks to another server or timeline than before (a promotion or failover).
 fn server_changed(last: &slot::Server, now: &slot::Server) -> bool {
     last.timeline != now.timeline || last.system_id != now.system_id || last.in_recovery != now.in_recovery
-}
-
-/// State of one session's main loop.
-struct Session<'r, 'a> {
-    relay: &'r mut Relay<'a>,
-    publisher: Publisher<TxnTag>,
-    checkpoint: Checkpoint,
-    assembler: Assembler,
-    open_tag: Option<TxnTag>,
-    hw: HighWater,
-    wal_end: Lsn,
-}
-
-/// While idle, the relay logs one line every this many progress intervals (and at the first idle one).
-const IDLE_LOG_TICKS: u32 = 30;
-
-/// Upper bound on payload bytes in flight, besides the event count.
-const MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
-
-impl Session<'_, '_> {
-    async fn main_loop(
-        &mut self,
-        repl: &mut ReplicationClient,
-        rejection: &mut crate::sink::connect::Rejection,
-    ) -> Result<SessionEnd, RelayError> {
-        let settings = self.relay.settings;
-        let mut shutdown = self.relay.shutdown.clone();
-        let mut progress = tokio::time::interval(settings.progress_interval);
-        progress.tick().await;
-        let mut last_acked = self.relay.stats.acked.load(Ordering::Relaxed);
-        let mut last_tick = Instant::now();
-        let mut idle_ticks = 0u32;
-        loop {
-            let has_room = self.publisher.in_flight() < settings.max_in_flight
-                && self.publisher.in_flight_bytes() < MAX_IN_FLIGHT_BYTES;
-            tokio::select! {
-                biased;
-                // 1. shutdown
-                _ = crate::stopped(&mut shutdown) => {
-                    self.relay.stats.health.stopping();
-                    if let Err(err) = self.finish_open_transaction(repl).await {
-                        tracing::warn!(error = %source::error_chain(&err), "stopping: could not read the open transaction's commit");
-                    }
-                    tracing::info!(in_flight = self.publisher.in_flight(), "stopping: waiting for in-flight acks");
-                    return Ok(SessionEnd::Stopped);
-                }
-                // 1b. NATS rejected the credentials of the open connection (revoked, expired): permanent
-                err = rejection.rejected() => return Err(err.into()),
-                // 2. completed acks
-                ack = self.publisher.next_ack(), if self.publisher.in_flight() > 0 => {
-                    let ack = ack?;
-                    self.relay.stats.acked();
-                    self.checkpoint.acked(ack.tag);
-                    self.report(repl);
-                }
-                // 3. progress / status deadline
-                _ = progress.tick() => {
-                    let acked = self.relay.stats.acked.load(Ordering::Relaxed);
-                    let rate = (acked - last_acked) as f64 / last_tick.elapsed().as_secs_f64().max(0.001);
-                    let moved = acked != last_acked || self.publisher.in_flight() > 0;
-                    last_acked = acked;
-                    last_tick = Instant::now();
-                    let confirmed = self.checkpoint.confirmed();
-                    let lag_bytes = self.wal_end.0.saturating_sub(confirmed.0);
-                    self.relay.stats.progress(self.publisher.in_flight(), lag_bytes);
-                    // Progress when something moved; while idle, one line every IDLE_LOG_TICKS intervals.
-                    idle_ticks = if moved { 0 } else { idle_ticks.saturating_add(1) };
-                    if !moved {
-                        if idle_ticks % IDLE_LOG_TICKS == 1 {
-                            tracing::info!(acked, confirmed_lsn = %confirmed, lag_bytes, "idle, no events");
-                        }
-                        continue;
-                    }
-                    tracing::info!(
-                        events_per_sec = rate.round(),
-                        acked,
-                        in_flight = self.publisher.in_flight(),
-                        confirmed_lsn = %confirmed,
-                        lag_bytes,
-                        "progress"
-                    );
-                }
-                // 4. next replication message, while the in-flight window has room
-                event = repl.recv(), if has_room => {
-                    let event = event.map_err(|e| replication::classify(e, &settings.slot, &settings.publication, &settings.pg_url))?;
-                    match event {
-                        Some(event) => self.on_event(event, repl).await?,
-                        None => {
-                            return Err(SourceError::Replication { reason: "replication stream ended".into(), transient: true }.into());
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// On a stop (design.md §4): when every event of the transaction being read is published, its Commit is what
-    /// comes next on the wire (changes of other tables may come before it); read on to it, bounded by
-    /// `--shutdown-timeout`, so the transaction is confirmed once its acks arrive and a clean stop leaves nothing to
-    /// re-decode. Another outbox row means it is not fully published: it stays unconfirmed (the next start
-    /// publishes it).
-    async fn finish_open_transaction(&mut self, repl: &mut ReplicationClient) -> Result<(), RelayError> {
-        let settings = self.relay.settings;
-        let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-        while let Some(tag) = self.open_tag {
-            let event = match tokio::time::timeout_at(deadline, repl.recv()).await {
-                Ok(event) => event
-                    .map_err(|e| replication::classify(e, &settings.slot, &settings.publication, &settings.pg_url))?,
-                Err(_) => return Ok(()),
-            };
-            let Some(event) = event else { return Ok(()) };
-            match self.assembler.push(event)? {
-                Assembled::Commit { end_lsn, .. } => {
-                    self.open_tag = None;
-                    self.wal_end = self.wal_end.max(end_lsn);
-                    self.checkpoint.commit(tag, end_lsn);
-                    tracing::info!(end_lsn = %end_lsn, "stopping: the open transaction is fully published");
-                    self.report(repl);
-                }
-                Assembled::Row { .. } => return Ok(()),
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Tells the replication session about a newly confirmed LSN.
-    fn report(&mut self, repl: &ReplicationClient) {
-        if let Some(lsn) = self.checkpoint.take_new_confirmed() {
-            repl.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
-            self.relay.stats.confirmed(lsn);
-        }
-    }
-
-    async fn on_event(&mut self, event: ReplicationEvent, repl: &ReplicationClient) -> Result<(), RelayError> {
-        match self.assembler.push(event)? {
-            Assembled::KeepAlive { wal_end, idle } => {
-                self.wal_end = self.wal_end.max(wal_end);
-                if idle && self.checkpoint.idle(wal_end) {
-                    self.report(repl);
-                }
-            }
-            Assembled::Begin { .. } => self.open_tag = Some(self.checkpoint.begin()),
-            Assembled::Commit { end_lsn, .. } => {
-                self.wal_end = self.wal_end.max(end_lsn);
-                if let Some(tag) = self.open_tag.take() {
-                    self.checkpoint.commit(tag, end_lsn);
-                    self.report(repl);
-                }
-            }
-            Assembled::Row { position, event } => {
-                let Some(tag) = self.open_tag else {
-                    return Ok(());
-                };
-                if self.hw.position.is_some_and(|(lsn, idx)| position <= Position { commit_lsn: lsn, index: idx }) {
-                    self.relay.stats.skipped();
-                    return Ok(());
-                }
-                let event = event.map_err(RelayError::Invalid)?;
-                if event.dead_letter {
-                    tracing::warn!(id = %event.id, commit_lsn = %position.commit_lsn, index = position.index, reason = %event.header(header::ERROR).unwrap_or_default(), "invalid event, publishing a dead-letter record");
-                    self.relay.stats.dead_lettered();
-                }
-                self.publisher.send(event, tag).await?;
-                self.checkpoint.published(tag);
-                self.relay.stats.published();
-            }
-            Assembled::Nothing | Assembled::Stopped { .. } => {}
-        }
-        Ok(())
-    }
-
-    /// Waits (bounded) for in-flight acks, credits them, forgets an unfinished transaction; returns the confirmable
-    /// LSN.
-    async fn settle(&mut self) -> Lsn {
-        let settings = self.relay.settings;
-        let timeout = settings.shutdown_timeout.min(settings.publish_timeout.max(Duration::from_secs(1)));
-        let (acked, err) = self.publisher.drain(timeout).await;
-        for tag in acked {
-            self.relay.stats.acked();
-            self.checkpoint.acked(tag);
-        }
-        if let Some(err) = err {
-            tracing::warn!(error = %err, "in-flight publishes not acked; they stay unconfirmed and are published after the next start");
-        }
-        self.checkpoint.abandon_open();
-        self.checkpoint.confirmed()
-    }
 }
 
 /// Makes sure the slot's `confirmed_flush_lsn` reaches `confirmed` after the walsender let go of it: the last
