@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use walrelay_core::{
     config::{RawSettings, Settings},
+    mapping::fixture::{outbox_relation, tuple, RELATION_ID},
     mapping::outbox::{OutboxMapper, TxnStamp},
     sink::publisher::{Publisher, ADDED_HEADERS_MAX},
 };
@@ -211,7 +212,7 @@ async fn what_the_mapper_accepts_nats_server_stores() {
     let (client, js) = walrelay_core::sink::stream::connect(&settings).await.unwrap();
     walrelay_core::sink::stream::ensure(&js, &settings, true).await.unwrap();
     let mut mapper = OutboxMapper::new(&settings).unwrap();
-    mapper.relation(&relation()).unwrap();
+    mapper.relation(&outbox_relation(pgoutput::oid::JSONB)).unwrap();
     mapper.set_max_payload(client.server_info().max_payload);
     let long = "é".repeat(1500);
     let headers = [
@@ -223,23 +224,15 @@ async fn what_the_mapper_accepts_nats_server_stores() {
     let mut sent = Vec::new();
     let mut publisher = Publisher::fenced(&client, 0, Duration::from_secs(10)).await.unwrap();
     for (i, (h, agg)) in headers.iter().zip(aggregate_ids).enumerate() {
-        let tuple = pgoutput::Tuple(
-            [
-                Some(format!("id-{i} ☕")),
-                Some("order".into()),
-                Some(agg.to_owned()),
-                Some("created".into()),
-                Some(format!(r#"{{"i": {i}, "s": "é\u0000"}}"#)),
-                Some((*h).to_owned()),
-            ]
-            .into_iter()
-            .map(|v| match v {
-                Some(s) => pgoutput::TupleValue::Text(bytes::Bytes::from(s)),
-                None => pgoutput::TupleValue::Null,
-            })
-            .collect(),
-        );
-        let event = mapper.map(1, &tuple, &TxnStamp::new(pgoutput::Lsn(0x10), 0), i as u32).expect("a message");
+        let t = tuple(&[
+            Some(format!("id-{i} ☕")),
+            Some("order".into()),
+            Some(agg.to_owned()),
+            Some("created".into()),
+            Some(format!(r#"{{"i": {i}, "s": "é\u0000"}}"#)),
+            Some((*h).to_owned()),
+        ]);
+        let event = mapper.map(RELATION_ID, &t, &TxnStamp::new(pgoutput::Lsn(0x10), 0), i as u32).expect("a message");
         sent.push(event.clone());
         publisher.send(event, ()).await.unwrap();
     }
@@ -255,30 +248,6 @@ async fn what_the_mapper_accepts_nats_server_stores() {
         let mut have = m.headers.clone();
         have.remove("Nats-Expected-Last-Sequence");
         assert_eq!(have, want);
-    }
-}
-
-fn relation() -> pgoutput::Relation {
-    let columns = ["id", "aggregate_type", "aggregate_id", "event_type", "payload", "headers"];
-    pgoutput::Relation {
-        xid: None,
-        id: 1,
-        namespace: "public".into(),
-        name: "outbox".into(),
-        replica_identity: b'd',
-        columns: columns
-            .iter()
-            .map(|name| pgoutput::RelationColumn {
-                flags: 0,
-                name: (*name).into(),
-                type_oid: if *name == "payload" || *name == "headers" {
-                    pgoutput::oid::JSONB
-                } else {
-                    pgoutput::oid::TEXT
-                },
-                type_modifier: -1,
-            })
-            .collect(),
     }
 }
 

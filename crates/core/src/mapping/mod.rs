@@ -5,6 +5,8 @@
 //! [`outbox::InvalidEvent`] naming why it cannot be published as is.
 
 pub mod event;
+#[cfg(any(test, feature = "testing"))]
+pub mod fixture;
 pub mod outbox;
 pub mod subject;
 

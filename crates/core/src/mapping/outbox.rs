@@ -610,52 +610,13 @@ fn user_headers(warned_keys: &mut HashSet<String>, json: &str, out: &mut HeaderM
 mod tests {
     use super::*;
     use crate::config::RawSettings;
-    use pgoutput::{oid, RelationColumn};
+    use crate::mapping::fixture::{relation, tuple, OUTBOX_COLUMNS, RELATION_ID};
+    use pgoutput::oid;
 
     fn settings(f: impl FnOnce(&mut RawSettings)) -> Settings {
         let mut raw = RawSettings::default();
         f(&mut raw);
         Settings::validate(raw).expect("valid settings")
-    }
-
-    fn relation(columns: &[(&str, u32)]) -> Relation {
-        Relation {
-            xid: None,
-            id: 42,
-            namespace: "public".into(),
-            name: "outbox".into(),
-            replica_identity: b'd',
-            columns: columns
-                .iter()
-                .map(|(name, type_oid)| RelationColumn {
-                    flags: 0,
-                    name: (*name).into(),
-                    type_oid: *type_oid,
-                    type_modifier: -1,
-                })
-                .collect(),
-        }
-    }
-
-    const DEFAULT: &[(&str, u32)] = &[
-        ("id", oid::UUID),
-        ("aggregate_type", oid::TEXT),
-        ("aggregate_id", oid::TEXT),
-        ("event_type", oid::TEXT),
-        ("payload", oid::JSONB),
-        ("headers", oid::JSONB),
-    ];
-
-    fn row(values: &[Option<&str>]) -> Tuple {
-        Tuple(
-            values
-                .iter()
-                .map(|v| match v {
-                    Some(s) => TupleValue::Text(Bytes::copy_from_slice(s.as_bytes())),
-                    None => TupleValue::Null,
-                })
-                .collect(),
-        )
     }
 
     fn mapper(s: &Settings, columns: &[(&str, u32)]) -> OutboxMapper {
@@ -676,8 +637,8 @@ mod tests {
     #[test]
     fn maps_a_row_to_subject_headers_and_payload() {
         let s = settings(|_| {});
-        let mut m = mapper(&s, DEFAULT);
-        let t = row(&[
+        let mut m = mapper(&s, &OUTBOX_COLUMNS);
+        let t = tuple(&[
             Some(ID),
             Some("order"),
             Some("1001"),
@@ -685,7 +646,7 @@ mod tests {
             Some(r#"{"a": 1}"#),
             Some(r#"{"trace": "x", "n": 2, "obj": {"k": true}, "big": 123456789012345678901234567890, "d": 1.50}"#),
         ]);
-        let e = m.map(42, &t, &TxnStamp::new(Lsn(0x1_0000_00AB), 0), 3).expect("event");
+        let e = m.map(RELATION_ID, &t, &TxnStamp::new(Lsn(0x1_0000_00AB), 0), 3).expect("event");
         assert_eq!(e.id, ID);
         assert_eq!(e.subject.as_str(), "outbox.order.created");
         assert_eq!(&e.payload[..], br#"{"a": 1}"#);
@@ -713,7 +674,9 @@ mod tests {
     fn table_without_id_headers_and_with_bytea_payload() {
         let s = settings(|r| r.subject = "events.{kind}".into());
         let mut m = mapper(&s, &[("kind", oid::TEXT), ("payload", oid::BYTEA)]);
-        let e = m.map(42, &row(&[Some("ping"), Some("\\x00ff10")]), &TxnStamp::new(Lsn(0x20), 0), 7).expect("event");
+        let e = m
+            .map(RELATION_ID, &tuple(&[Some("ping"), Some("\\x00ff10")]), &TxnStamp::new(Lsn(0x20), 0), 7)
+            .expect("event");
         assert_eq!(e.id, "0/20:7");
         assert_eq!(e.subject.as_str(), "events.ping");
         assert_eq!(&e.payload[..], &[0x00, 0xff, 0x10]);
@@ -723,9 +686,9 @@ mod tests {
     #[test]
     fn rows_that_cannot_be_messages_are_invalid_with_a_reason() {
         let s = settings(|_| {});
-        let mut m = mapper(&s, DEFAULT);
+        let mut m = mapper(&s, &OUTBOX_COLUMNS);
         let base = |id: Option<&'static str>, agg: &'static str, headers: Option<&'static str>| {
-            row(&[id, Some(agg), Some("1"), Some("created"), Some("{}"), headers])
+            tuple(&[id, Some(agg), Some("1"), Some("created"), Some("{}"), headers])
         };
         let cases: Vec<(Tuple, &str)> = vec![
             (base(None, "order", None), "NULL"),
@@ -744,14 +707,14 @@ mod tests {
             (base(Some(ID), "order", Some("[1, 2]")), "not a JSON object"),
         ];
         for (tuple, reason) in cases {
-            let i = invalid(m.map(42, &tuple, &TxnStamp::new(Lsn(0x30), 0), 0));
+            let i = invalid(m.map(RELATION_ID, &tuple, &TxnStamp::new(Lsn(0x30), 0), 0));
             assert!(i.reason.contains(reason), "{} does not mention {reason}", i.reason);
             assert_eq!(i.table, "public.outbox");
             assert_eq!(i.position, Position { commit_lsn: Lsn(0x30), index: 0 });
             assert!(i.headers.iter().any(|(k, v)| k == header::COMMIT_LSN && v == "0/30"));
         }
         // A NULL id falls back to the position for the dead-letter record.
-        let i = invalid(m.map(42, &base(None, "order", None), &TxnStamp::new(Lsn(0x30), 0), 4));
+        let i = invalid(m.map(RELATION_ID, &base(None, "order", None), &TxnStamp::new(Lsn(0x30), 0), 4));
         assert_eq!(i.id, "0/30:4");
         let dl = i.dead_letter(&Subject::from("outbox.dead-letter"), None);
         assert_eq!(dl.id, "dead-letter:0/30:4");
@@ -765,17 +728,17 @@ mod tests {
     #[test]
     fn oversize_and_reserved_header_keys() {
         let s = settings(|_| {});
-        let mut m = mapper(&s, DEFAULT);
+        let mut m = mapper(&s, &OUTBOX_COLUMNS);
         m.set_max_payload(100);
         let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(200));
-        let t = row(&[Some(ID), Some("order"), Some("1"), Some("created"), Some(&big), Some(r#"{"u": "1"}"#)]);
-        let i = invalid(m.map(42, &t, &TxnStamp::new(Lsn(1), 0), 0));
+        let t = tuple(&[Some(ID), Some("order"), Some("1"), Some("created"), Some(&big), Some(r#"{"u": "1"}"#)]);
+        let i = invalid(m.map(RELATION_ID, &t, &TxnStamp::new(Lsn(1), 0), 0));
         assert!(i.reason.contains("max_payload of 100"), "{}", i.reason);
         assert!(i.headers.contains(&("u".to_owned(), "1".to_owned())), "the record keeps the row's headers");
         assert!(i.dead_letter(&Subject::from("dl"), None).header("u") == Some("1"));
         assert!(i.size > 200);
-        let mut m = mapper(&s, DEFAULT);
-        let t = row(&[
+        let mut m = mapper(&s, &OUTBOX_COLUMNS);
+        let t = tuple(&[
             Some(ID),
             Some("order"),
             Some("1"),
@@ -783,7 +746,7 @@ mod tests {
             Some("{}"),
             Some(r#"{"Nats-Msg-Id": "x", "outbox-index": "9", "ok": "y"}"#),
         ]);
-        let e = m.map(42, &t, &TxnStamp::new(Lsn(1), 0), 0).expect("event");
+        let e = m.map(RELATION_ID, &t, &TxnStamp::new(Lsn(1), 0), 0).expect("event");
         assert_eq!(e.header("Nats-Msg-Id"), Some(ID));
         assert_eq!(e.header("Outbox-Index"), Some("0"));
         assert_eq!(e.header("ok"), Some("y"));
@@ -795,37 +758,44 @@ mod tests {
         let s = settings(|_| {});
         let row_with = |n: usize| {
             let payload = format!(r#"{{"p": "{}"}}"#, "x".repeat(n));
-            row(&[Some(ID), Some("order"), Some("1"), Some("created"), Some(&payload), Some(r#"{"k": "v"}"#)])
+            tuple(&[Some(ID), Some("order"), Some("1"), Some("created"), Some(&payload), Some(r#"{"k": "v"}"#)])
         };
-        let mut m = mapper(&s, DEFAULT);
-        let size = m.map(42, &row_with(0), &TxnStamp::new(Lsn(1), 0), 0).expect("event").wire_size();
+        let mut m = mapper(&s, &OUTBOX_COLUMNS);
+        let size = m.map(RELATION_ID, &row_with(0), &TxnStamp::new(Lsn(1), 0), 0).expect("event").wire_size();
         // A server whose max_payload this event hits exactly with the publisher's headers: it is published.
         let max = size + ADDED_HEADERS_MAX;
         m.set_max_payload(max);
-        let e = m.map(42, &row_with(0), &TxnStamp::new(Lsn(1), 0), 0).expect("fits exactly");
+        let e = m.map(RELATION_ID, &row_with(0), &TxnStamp::new(Lsn(1), 0), 0).expect("fits exactly");
         assert_eq!(e.wire_size() + ADDED_HEADERS_MAX, max);
         // One byte more is invalid, naming the sizes.
-        let i = invalid(m.map(42, &row_with(1), &TxnStamp::new(Lsn(1), 0), 0));
+        let i = invalid(m.map(RELATION_ID, &row_with(1), &TxnStamp::new(Lsn(1), 0), 0));
         assert_eq!(i.size, size + 1);
         assert!(i.reason.contains(&format!("max_payload of {max} bytes")), "{}", i.reason);
         // An event that hits max_payload exactly without the publisher's headers is invalid too.
-        let i = invalid(m.map(42, &row_with(ADDED_HEADERS_MAX), &TxnStamp::new(Lsn(1), 0), 0));
+        let i = invalid(m.map(RELATION_ID, &row_with(ADDED_HEADERS_MAX), &TxnStamp::new(Lsn(1), 0), 0));
         assert_eq!(i.size, max);
     }
 
     #[test]
     fn dead_letter_records_are_wire_ready_whatever_the_row_holds() {
         let s = settings(|r| r.on_invalid = "dead-letter".into());
-        let mut m = mapper(&s, DEFAULT);
+        let mut m = mapper(&s, &OUTBOX_COLUMNS);
         m.set_max_payload(1024);
         let long_id = "i".repeat(2000);
         let rows = [
-            row(&[Some("a\r\nb"), Some("or\rder"), Some("1"), Some("created"), Some("{}"), None]),
-            row(&[Some(ID), Some("or\nder"), Some("1\r"), Some("created"), Some("{}"), Some(r#"{"café": "x"}"#)]),
-            row(&[Some(&long_id), Some("order"), Some("1"), Some("created"), Some(&"x".repeat(5000)), None]),
+            tuple(&[Some("a\r\nb"), Some("or\rder"), Some("1"), Some("created"), Some("{}"), None]),
+            tuple(&[Some(ID), Some("or\nder"), Some("1\r"), Some("created"), Some("{}"), Some(r#"{"café": "x"}"#)]),
+            tuple(&[
+                Some(long_id.as_str()),
+                Some("order"),
+                Some("1"),
+                Some("created"),
+                Some("x".repeat(5000).as_str()),
+                None,
+            ]),
         ];
         for (n, t) in rows.iter().enumerate() {
-            let i = invalid(m.map(42, t, &TxnStamp::new(Lsn(0x40), 0), n as u32));
+            let i = invalid(m.map(RELATION_ID, t, &TxnStamp::new(Lsn(0x40), 0), n as u32));
             let record = m.on_invalid(Box::new(i.clone())).expect("a record");
             assert!(record.dead_letter);
             assert_eq!(record.subject.as_str(), "outbox.dead-letter");
@@ -836,21 +806,21 @@ mod tests {
                 assert!(values.iter().all(|v| !v.as_str().contains(['\r', '\n'])));
             }
         }
-        let stop = mapper(&settings(|_| {}), DEFAULT);
-        let i = invalid(m.map(42, &rows[0], &TxnStamp::new(Lsn(0x40), 0), 0));
+        let stop = mapper(&settings(|_| {}), &OUTBOX_COLUMNS);
+        let i = invalid(m.map(RELATION_ID, &rows[0], &TxnStamp::new(Lsn(0x40), 0), 0));
         assert!(stop.on_invalid(Box::new(i)).is_err(), "--on-invalid stop gives the event back");
     }
 
     #[test]
     fn wrong_relation_or_column_count_is_a_stream_error() {
         let s = settings(|_| {});
-        let mut m = mapper(&s, DEFAULT);
+        let mut m = mapper(&s, &OUTBOX_COLUMNS);
         assert!(matches!(
-            m.map(7, &row(&[]), &TxnStamp::new(Lsn(1), 0), 0),
+            m.map(7, &tuple::<&str>(&[]), &TxnStamp::new(Lsn(1), 0), 0),
             Err(MapError::Source(SourceError::Decode { .. }))
         ));
         assert!(matches!(
-            m.map(42, &row(&[Some(ID)]), &TxnStamp::new(Lsn(1), 0), 0),
+            m.map(RELATION_ID, &tuple(&[Some(ID)]), &TxnStamp::new(Lsn(1), 0), 0),
             Err(MapError::Source(SourceError::Decode { .. }))
         ));
         let mut m = OutboxMapper::new(&s).expect("mapper");

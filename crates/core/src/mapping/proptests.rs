@@ -3,16 +3,13 @@
 //! nesting, or not JSON at all) give either a message async-nats accepts as is, or an invalid event with a reason,
 //! whose dead-letter record async-nats accepts too. Never a panic.
 
-use async_nats::jetstream::message::PublishMessage;
-use bytes::Bytes;
-use pgoutput::{oid, Lsn, Relation, RelationColumn, Tuple, TupleValue};
+use pgoutput::{oid, Lsn};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 
 use crate::config::{RawSettings, Settings};
-use crate::mapping::event::{header_name, header_value, Event};
+use crate::mapping::fixture::{assert_wire_ready, outbox_relation, tuple, RELATION_ID};
 use crate::mapping::outbox::{MapError, OutboxMapper, TxnStamp};
-use crate::sink::publisher::ADDED_HEADERS_MAX;
 
 /// Strings that matter for headers and subjects: any unicode, ASCII with separators and controls, long runs.
 fn text() -> impl Strategy<Value = String> {
@@ -60,68 +57,9 @@ fn column() -> impl Strategy<Value = Option<Vec<u8>>> {
     ]
 }
 
-/// A default-layout outbox table (with a bytea payload when `bytea`).
-pub(crate) fn relation(bytea: bool) -> Relation {
-    let columns = [
-        ("id", oid::TEXT),
-        ("aggregate_type", oid::TEXT),
-        ("aggregate_id", oid::TEXT),
-        ("event_type", oid::TEXT),
-        ("payload", if bytea { oid::BYTEA } else { oid::JSONB }),
-        ("headers", oid::JSONB),
-    ];
-    Relation {
-        xid: None,
-        id: 1,
-        namespace: "public".into(),
-        name: "outbox".into(),
-        replica_identity: b'd',
-        columns: columns
-            .iter()
-            .map(|(name, type_oid)| RelationColumn {
-                flags: 0,
-                name: (*name).into(),
-                type_oid: *type_oid,
-                type_modifier: -1,
-            })
-            .collect(),
-    }
-}
-
-fn tuple(values: Vec<Option<Vec<u8>>>) -> Tuple {
-    Tuple(
-        values
-            .into_iter()
-            .map(|v| match v {
-                Some(b) => TupleValue::Text(Bytes::from(b)),
-                None => TupleValue::Null,
-            })
-            .collect(),
-    )
-}
-
 fn settings(dead_letter: bool) -> Settings {
     let raw = RawSettings { on_invalid: if dead_letter { "dead-letter" } else { "stop" }.into(), ..Default::default() };
     Settings::validate(raw).expect("valid settings")
-}
-
-/// What every message handed to async-nats must satisfy: it builds without a panic, every header is one async-nats
-/// accepts, and it fits `max_payload` with the most the publisher adds.
-fn check_wire_ready(event: &Event, max_payload: usize) {
-    assert!(!event.subject.is_empty() && !event.subject.contains([' ', '\t', '\r', '\n']), "{}", event.subject);
-    for (name, values) in event.headers.iter() {
-        let name: &str = name.as_ref();
-        assert!(header_name(name).is_some(), "header name {}", name.escape_debug());
-        for value in values {
-            assert!(header_value(value.as_str()).is_some(), "header value {}", value.as_str().escape_debug());
-        }
-    }
-    assert!(event.header("Nats-Msg-Id").is_some_and(|id| !id.is_empty()));
-    assert!(event.wire_size() + ADDED_HEADERS_MAX <= max_payload, "{} bytes", event.wire_size());
-    let _ = PublishMessage::build()
-        .payload(event.payload.clone())
-        .headers(event.headers.clone())
-        .expected_last_sequence(u64::MAX);
 }
 
 proptest! {
@@ -141,20 +79,20 @@ proptest! {
         let mut values = values;
         values.push(payload);
         values.push(headers);
-        let row = tuple(values);
+        let row = tuple(&values);
         let txn = TxnStamp::new(Lsn(commit_lsn), commit_time);
         for dead_letter in [false, true] {
             let mut mapper = OutboxMapper::new(&settings(dead_letter)).expect("mapper");
-            mapper.relation(&relation(bytea)).expect("relation");
+            mapper.relation(&outbox_relation(if bytea { oid::BYTEA } else { oid::JSONB })).expect("relation");
             mapper.set_max_payload(max_payload);
-            match mapper.map(1, &row, &txn, index) {
-                Ok(event) => check_wire_ready(&event, max_payload),
+            match mapper.map(RELATION_ID, &row, &txn, index) {
+                Ok(event) => assert_wire_ready(&event, max_payload),
                 Err(MapError::Invalid(invalid)) => {
                     prop_assert!(!invalid.reason.is_empty());
                     match mapper.on_invalid(invalid) {
                         Ok(record) => {
                             prop_assert!(dead_letter && record.dead_letter);
-                            check_wire_ready(&record, max_payload);
+                            assert_wire_ready(&record, max_payload);
                         }
                         Err(invalid) => prop_assert!(
                             !dead_letter || (max_payload < 1024 && invalid.reason.contains("dead-letter record")),
