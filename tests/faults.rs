@@ -519,12 +519,7 @@ async fn messages_by_get(js: &jetstream::Context, stream: &str) -> Vec<Stored> {
     while seq <= last && last > 0 {
         match s.get_raw_message(seq).await {
             Ok(msg) => {
-                let headers = msg
-                    .headers
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.to_string(), v.first()?.as_str().to_owned())))
-                    .collect();
-                out.push(Stored { sequence: seq, subject: msg.subject.to_string(), headers, payload: msg.payload });
+                out.push(Stored::new(seq, &msg.subject, Some(&msg.headers), msg.payload));
                 seq += 1;
             }
             Err(e) => retry(e.to_string()).await,

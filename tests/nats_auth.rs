@@ -8,8 +8,7 @@
 //! TLS mismatches (TLS to a plaintext server, plaintext to a TLS server, an unrelated CA, a missing client
 //! certificate) fail clearly; `--nats-tls-first` works against `handshake_first` (a current nats-server).
 
-#[path = "ops_support.rs"]
-mod support;
+use walrelay_tests::ops as support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

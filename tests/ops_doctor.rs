@@ -1,8 +1,7 @@
 //! `walrelay doctor` on real servers: each broken prerequisite fails with its exact remedy, and applying the remedy
 //! makes the check pass.
 
-#[path = "ops_support.rs"]
-mod support;
+use walrelay_tests::ops as support;
 
 use support::{Env, Output, TestResult};
 use walrelay_testkit::{free_port, Nats, Postgres};

@@ -4,17 +4,17 @@
 //! refuses an active slot unless forced. With `--message-prefix`, peek, run and replay show logical messages between
 //! the rows of their transactions, with the same ids, order and `Outbox-Index`.
 
-#[path = "ops_support.rs"]
-mod support;
+use walrelay_tests::ops as support;
 
 use std::time::Duration;
 
-use support::{stop_relay, Env, StoredMessage, TestResult};
+use support::{stop_relay, Env, TestResult};
 use walrelay_testkit::wait_until;
+use walrelay_tests::Stored;
 
 /// Asserts an NDJSON event line equals what the relay stored, and names `table` (`message:<prefix>` for a logical
 /// message).
-fn assert_same_event(line: &serde_json::Value, stored: &StoredMessage, table: &str) {
+fn assert_same_event(line: &serde_json::Value, stored: &Stored, table: &str) {
     assert_eq!(line["id"].as_str(), Some(stored.id()), "{line}");
     assert_eq!(line["table"], table, "{line}");
     assert_eq!(line["subject"].as_str(), Some(stored.subject.as_str()), "{line}");
@@ -31,7 +31,7 @@ fn assert_same_event(line: &serde_json::Value, stored: &StoredMessage, table: &s
 }
 
 /// Asserts a stream that replay wrote holds exactly `want` (what run stored), in order.
-fn assert_replayed(got: &[StoredMessage], want: &[StoredMessage]) {
+fn assert_replayed(got: &[Stored], want: &[Stored]) {
     assert_eq!(got.len(), want.len());
     for (got, want) in got.iter().zip(want) {
         // Replay marks what it publishes (so run's tail read skips it) and adds nothing else.
@@ -117,7 +117,7 @@ fn replay_resends_from_a_stored_commit_lsn_and_teardown_cleans_up() -> TestResul
         env.insert_txn(&[("closed", r#"{"n": 4}"#)])?,
     ];
     let stored = env.wait_for_messages("OUTBOX", 5)?;
-    let ids: Vec<&str> = stored.iter().map(StoredMessage::id).collect();
+    let ids: Vec<&str> = stored.iter().map(Stored::id).collect();
     assert_eq!(ids, txns.concat());
     stop_relay(relay)?;
     let main_confirmed = env.confirmed_flush("walrelay")?;

@@ -3,8 +3,7 @@
 //! stopped on, as its error says; separate streams never overlap on the dead-letter subject, and an overlap names
 //! the subject and the option; setup rejects a subject template naming a missing column; fatal errors print once.
 
-#[path = "ops_support.rs"]
-mod support;
+use walrelay_tests::ops as support;
 
 use std::time::Duration;
 

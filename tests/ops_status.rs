@@ -1,8 +1,7 @@
 //! `walrelay status` on real servers: lag while the relay is stopped and after it caught up, `--max-lag` exit codes,
 //! an absent slot, an unreachable NATS, and `--watch` on a pipe.
 
-#[path = "ops_support.rs"]
-mod support;
+use walrelay_tests::ops as support;
 
 use std::time::Duration;
 

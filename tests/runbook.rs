@@ -3,13 +3,13 @@
 //! drift from the binary. Procedures: monitoring, replay into a separate stream, rebuilding a stream, moving to a new
 //! stream, re-sending the gap after a lost slot.
 
-#[path = "ops_support.rs"]
-mod support;
+use walrelay_tests::ops as support;
 
 use std::{collections::BTreeMap, process::Command};
 
 use support::{stop_relay, Env, Output, TestResult};
 use walrelay_testkit::walrelay_bin;
+use walrelay_tests::ids;
 
 /// The runbook's shell blocks by name.
 fn blocks() -> Result<BTreeMap<String, String>, support::Error> {
@@ -46,10 +46,6 @@ fn run_block(env: &Env, name: &str, vars: &[(&str, &str)]) -> Result<Output, sup
         cmd.env(k, v);
     }
     support::run(cmd)
-}
-
-fn ids(messages: &[support::StoredMessage]) -> Vec<String> {
-    messages.iter().map(|m| m.id().to_owned()).collect()
 }
 
 #[test]

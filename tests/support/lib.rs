@@ -1,20 +1,24 @@
 //! Shared helpers for walrelay's integration tests: a PostgreSQL + NATS pair with an outbox table, the walrelay
-//! binary driven as users drive it, and readers that return the stream's exact content.
+//! binary driven as users drive it, and readers that return the stream's exact content. [`Env`] serves the async
+//! tests; [`ops`] the synchronous operator-command tests.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     future::Future,
     process::Command,
     time::{Duration, Instant},
 };
 
 use async_nats::jetstream::{self, consumer};
+use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
-use walrelay_testkit::{walrelay_bin, Nats, Postgres, Process};
+use walrelay_testkit::{walrelay_bin, KitError, Nats, Postgres, Process};
 
 pub use walrelay_testkit;
+
+pub mod ops;
 
 /// The default outbox table of design.md §4.
 pub use walrelay_core::mapping::outbox::DEFAULT_TABLE_DDL as OUTBOX_DDL;
@@ -45,13 +49,8 @@ impl Env {
 
     /// `walrelay <args>` with this environment's servers in `WALRELAY_*` variables.
     pub fn walrelay(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(walrelay_bin().expect("walrelay binary"));
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("WALRELAY_PG_URL", self.pg_url())
-            .env("WALRELAY_NATS_URL", self.nats.url())
-            .env("WALRELAY_STREAM", &self.stream)
+        let mut cmd = walrelay_command(args, &self.pg_url(), &self.nats.url()).expect("walrelay binary");
+        cmd.env("WALRELAY_STREAM", &self.stream)
             .env("WALRELAY_SLOT", &self.slot)
             .env("WALRELAY_LOG", "info,walrelay_core=debug")
             .env("WALRELAY_PROGRESS_INTERVAL", "1s");
@@ -83,16 +82,29 @@ impl Env {
 
     /// confirmed_flush_lsn of the slot as a number.
     pub fn confirmed_flush(&self) -> u64 {
-        let s = self
-            .pg
-            .psql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'", self.slot))
-            .expect("read slot");
-        lsn(&s)
+        lsn(&slot_confirmed_flush(&self.pg, &self.slot).expect("read slot"))
     }
 
     pub fn current_lsn(&self) -> u64 {
         lsn(&self.pg.psql("SELECT pg_current_wal_lsn()").expect("read wal lsn"))
     }
+}
+
+/// `walrelay <args>` against these servers, in a clean environment (only `PATH` and the `WALRELAY_PG_URL` and
+/// `WALRELAY_NATS_URL` variables).
+pub fn walrelay_command(args: &[&str], pg_url: &str, nats_url: &str) -> Result<Command, KitError> {
+    let mut cmd = Command::new(walrelay_bin()?);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("WALRELAY_PG_URL", pg_url)
+        .env("WALRELAY_NATS_URL", nats_url);
+    Ok(cmd)
+}
+
+/// The slot's `confirmed_flush_lsn` as psql prints it (empty when the slot does not exist).
+pub fn slot_confirmed_flush(pg: &Postgres, slot: &str) -> Result<String, KitError> {
+    pg.psql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"))
 }
 
 /// Parses `X/Y` into a number (0 for empty).
@@ -112,16 +124,29 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// A message as stored in the stream.
-#[derive(Debug, Clone)]
+/// A message as stored in the stream: its headers (the first value of each) without the `Nats-Expected-*`
+/// publish expectations (the relay's ordering fence), which are stored with the message but are not part of the
+/// event.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
     pub sequence: u64,
     pub subject: String,
-    pub headers: HashMap<String, String>,
+    pub headers: BTreeMap<String, String>,
     pub payload: Bytes,
 }
 
 impl Stored {
+    /// A stored message from what the server returned.
+    pub fn new(sequence: u64, subject: &str, headers: Option<&HeaderMap>, payload: Bytes) -> Stored {
+        let headers = headers
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .filter(|(name, _)| !name.to_string().starts_with("Nats-Expected-"))
+            .filter_map(|(name, values)| Some((name.to_string(), values.first()?.as_str().to_owned())))
+            .collect();
+        Stored { sequence, subject: subject.to_owned(), headers, payload }
+    }
+
     pub fn header(&self, name: &str) -> &str {
         self.headers.get(name).map(String::as_str).unwrap_or("")
     }
@@ -144,9 +169,9 @@ pub async fn stream_count(js: &jetstream::Context, stream: &str) -> u64 {
     }
 }
 
-/// Every message of the stream, in sequence order.
+/// Every message of the stream, in sequence order (empty when the stream does not exist).
 pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<Stored> {
-    let mut s = js.get_stream(stream).await.expect("get stream");
+    let Ok(mut s) = js.get_stream(stream).await else { return Vec::new() };
     let total = s.info().await.expect("stream info").state.messages;
     if total == 0 {
         return Vec::new();
@@ -166,17 +191,8 @@ pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<Store
             .expect("stream read timed out")
             .expect("stream ended")
             .expect("message");
-        let info = msg.info().expect("message info");
-        let sequence = info.stream_sequence;
-        let mut headers = HashMap::new();
-        if let Some(h) = &msg.headers {
-            for (k, v) in h.iter() {
-                if let Some(first) = v.first() {
-                    headers.insert(k.to_string(), first.as_str().to_owned());
-                }
-            }
-        }
-        out.push(Stored { sequence, subject: msg.subject.to_string(), headers, payload: msg.payload.clone() });
+        let sequence = msg.info().expect("message info").stream_sequence;
+        out.push(Stored::new(sequence, &msg.subject, msg.headers.as_ref(), msg.payload.clone()));
     }
     out
 }
@@ -225,8 +241,7 @@ pub async fn insert_events(client: &tokio_postgres::Client, producer: &str, from
     rows.iter().map(|r| r.get(0)).collect()
 }
 
-/// All outbox ids in commit order as Postgres sees them (by commit LSN is unknown to SQL, so by insertion order of
-/// a single producer): here simply the ids ordered by created_at, id — use only for single-producer tests.
+/// The `Nats-Msg-Id` of each message, in the messages' order.
 pub fn ids(messages: &[Stored]) -> Vec<String> {
     messages.iter().map(|m| m.id().to_owned()).collect()
 }

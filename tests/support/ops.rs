@@ -1,19 +1,17 @@
-//! Shared helpers of the operator-command tests (`ops_*.rs`): fresh servers with an outbox table, the real binary
-//! with a deadline, and the stream's messages read back with async-nats.
-#![allow(dead_code)]
+//! Helpers of the operator-command tests (`ops_*.rs`, `runbook.rs`, `nats_auth.rs`), which drive walrelay
+//! synchronously: fresh servers with an outbox table in database `app`, the real binary run to completion with a
+//! deadline, and the stream's messages read back (through the crate's one stream reader).
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use walrelay_testkit::{wait_until, walrelay_bin, Nats, Postgres, Process};
+use walrelay_testkit::{wait_until, Nats, Postgres, Process};
+
+use crate::{slot_confirmed_flush, walrelay_command, Stored, OUTBOX_DDL};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 pub type Error = Box<dyn std::error::Error>;
-
-/// The default outbox table of design.md §4.
-pub use walrelay_core::mapping::outbox::DEFAULT_TABLE_DDL as OUTBOX_DDL;
 
 /// How long one walrelay command may take.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
@@ -72,13 +70,8 @@ impl Env {
 
     /// A walrelay command with the servers' URLs in the environment.
     pub fn command(&self, args: &[&str]) -> Result<Command, Error> {
-        let mut cmd = Command::new(walrelay_bin()?);
-        cmd.args(args)
-            .env_remove("WALRELAY_CONFIG")
-            .env("WALRELAY_PG_URL", &self.pg_url)
-            .env("WALRELAY_NATS_URL", &self.nats_url)
-            .env("WALRELAY_LOG", "warn")
-            .env("WALRELAY_PROGRESS_INTERVAL", "1h");
+        let mut cmd = walrelay_command(args, &self.pg_url, &self.nats_url)?;
+        cmd.env("WALRELAY_LOG", "warn").env("WALRELAY_PROGRESS_INTERVAL", "1h");
         Ok(cmd)
     }
 
@@ -116,7 +109,7 @@ impl Env {
 
     /// The slot's `confirmed_flush_lsn`.
     pub fn confirmed_flush(&self, slot: &str) -> Result<String, Error> {
-        self.sql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"))
+        Ok(slot_confirmed_flush(&self.pg, slot)?)
     }
 
     /// Names of all replication slots, sorted.
@@ -126,15 +119,17 @@ impl Env {
     }
 
     /// Messages of a stream (empty when it does not exist), in sequence order.
-    pub fn stream_messages(&self, stream: &str) -> Result<Vec<StoredMessage>, Error> {
-        read_stream(&self.nats_url, stream)
+    pub fn stream_messages(&self, stream: &str) -> Result<Vec<Stored>, Error> {
+        self.with_js(|js| async move { Ok(crate::stream_messages(&js, stream).await) })
     }
 
-    /// Waits until the stream holds `n` messages.
-    pub fn wait_for_messages(&self, stream: &str, n: usize) -> Result<Vec<StoredMessage>, Error> {
-        Ok(wait_until(&format!("{n} messages in {stream}"), DELIVERY_TIMEOUT, || {
-            self.stream_messages(stream).ok().filter(|m| m.len() >= n)
-        })?)
+    /// Waits until the stream holds at least `n` messages; returns them all.
+    pub fn wait_for_messages(&self, stream: &str, n: usize) -> Result<Vec<Stored>, Error> {
+        wait_until(&format!("{n} messages in {stream}"), DELIVERY_TIMEOUT, || {
+            let count = self.with_js(|js| async move { Ok(crate::stream_count(&js, stream).await) }).ok()?;
+            (count >= n as u64).then_some(())
+        })?;
+        self.stream_messages(stream)
     }
 
     /// Starts `walrelay run --replay-retention 1h <extra>` and waits until it made the replay slot.
@@ -164,12 +159,22 @@ impl Env {
 
     /// Deletes a stream.
     pub fn delete_stream(&self, stream: &str) -> Result<(), Error> {
+        self.with_js(|js| async move {
+            js.delete_stream(stream).await?;
+            Ok(())
+        })
+    }
+
+    /// Runs `f` with a JetStream context on these servers, on a runtime of its own (these tests are synchronous).
+    fn with_js<'a, T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(async_nats::jetstream::Context) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>> + 'a,
+    {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
             let client = async_nats::connect(self.nats_url.as_str()).await?;
-            let js = async_nats::jetstream::new(client);
-            js.delete_stream(stream).await?;
-            Ok(())
+            f(async_nats::jetstream::new(client)).await
         })
     }
 }
@@ -180,62 +185,6 @@ pub fn stop_relay(relay: Process) -> TestResult {
     let status = relay.wait_timeout(Duration::from_secs(30))?.ok_or("relay did not stop")?;
     assert!(status.success(), "relay exited with {status}: {}", relay.output_tail(30));
     Ok(())
-}
-
-/// A message as the stream stored it (without `Nats-Expected-*` publish expectations).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredMessage {
-    pub sequence: u64,
-    pub subject: String,
-    pub headers: BTreeMap<String, String>,
-    pub payload: Vec<u8>,
-}
-
-impl StoredMessage {
-    pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map(String::as_str).unwrap_or("")
-    }
-    pub fn id(&self) -> &str {
-        self.header("Nats-Msg-Id")
-    }
-}
-
-fn read_stream(url: &str, stream: &str) -> Result<Vec<StoredMessage>, Error> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let client = async_nats::connect(url).await?;
-        let js = async_nats::jetstream::new(client);
-        let mut s = match js.get_stream(stream).await {
-            Ok(s) => s,
-            Err(_) => return Ok(Vec::new()),
-        };
-        let state = s.info().await?.state.clone();
-        let mut out = Vec::new();
-        if state.messages == 0 {
-            return Ok(out);
-        }
-        for seq in state.first_sequence..=state.last_sequence {
-            let msg = s.get_raw_message(seq).await?;
-            let mut headers = BTreeMap::new();
-            for (name, values) in msg.headers.iter() {
-                // Publish expectations (the relay's ordering fence) are stored with the message but are not part of
-                // the event.
-                if name.to_string().starts_with("Nats-Expected-") {
-                    continue;
-                }
-                if let Some(v) = values.first() {
-                    headers.insert(name.to_string(), v.as_str().to_owned());
-                }
-            }
-            out.push(StoredMessage {
-                sequence: msg.sequence,
-                subject: msg.subject.to_string(),
-                headers,
-                payload: msg.payload.to_vec(),
-            });
-        }
-        Ok(out)
-    })
 }
 
 /// Runs a command to completion with a deadline, capturing stdout and stderr separately.
