@@ -3,36 +3,21 @@
 //! nats-server stopping; live throughout.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::{
-    io::{Read, Write},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use walrelay_tests::{
-    ids, insert_events, stream_messages, wait_for, wait_stream_count,
+    http_get, ids, insert_events, stream_messages, wait_for, wait_stream_count,
     walrelay_testkit::{free_port, Process},
     Env,
 };
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// `GET path` over HTTP/1.0: (status code, body), or None when nothing answers.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).ok()?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((code, body))
-}
-
 /// Waits until `path` answers with `code`; returns the body.
 async fn wait_code(addr: &str, path: &str, code: u16, timeout: Duration) -> String {
     let mut body = String::new();
     wait_for(&format!("{path} on {addr} answers {code}"), timeout, || {
-        let got = get(addr, path);
+        let got = http_get(addr, path);
         if let Some((c, b)) = &got {
             body = b.clone();
             return std::future::ready(*c == code);
@@ -44,7 +29,7 @@ async fn wait_code(addr: &str, path: &str, code: u16, timeout: Duration) -> Stri
 }
 
 fn healthz(addr: &str) {
-    assert_eq!(get(addr, "/healthz"), Some((200, "ok\n".to_owned())), "/healthz on {addr}");
+    assert_eq!(http_get(addr, "/healthz"), Some((200, "ok\n".to_owned())), "/healthz on {addr}");
 }
 
 fn stop(relay: &Process) {
@@ -76,9 +61,9 @@ async fn readyz_follows_the_session_nats_and_standing_by() {
     // A second relay on the same slot stands by: live, not ready.
     let b = Process::spawn(env.walrelay(&["run", "--metrics-addr", &b_addr])).unwrap();
     b.wait_for_output("standing by", LONG).unwrap();
-    assert_eq!(get(&b_addr, "/readyz"), Some((503, "standing by: slot is in use\n".to_owned())));
+    assert_eq!(http_get(&b_addr, "/readyz"), Some((503, "standing by: slot is in use\n".to_owned())));
     healthz(&b_addr);
-    assert_eq!(get(&a_addr, "/readyz").map(|r| r.0), Some(200), "the active relay stays ready");
+    assert_eq!(http_get(&a_addr, "/readyz").map(|r| r.0), Some(200), "the active relay stays ready");
 
     // Relaying while ready; /metrics is still served next to the probes.
     let pg = env.client().await;
@@ -86,7 +71,7 @@ async fn readyz_follows_the_session_nats_and_standing_by() {
     let js = env.js().await;
     wait_stream_count(&js, &env.stream, 5, LONG).await;
     assert_eq!(ids(&stream_messages(&js, &env.stream).await), expected);
-    let (code, metrics) = get(&a_addr, "/metrics").unwrap();
+    let (code, metrics) = http_get(&a_addr, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(metrics.lines().any(|l| l == "walrelay_events_published_total 5"), "{metrics}");
 
@@ -110,5 +95,5 @@ async fn readyz_follows_the_session_nats_and_standing_by() {
     wait_stream_count(&js, &env.stream, 8, LONG).await;
     assert_eq!(ids(&stream_messages(&js, &env.stream).await), expected, "exactly once, in order");
     stop(&b);
-    assert!(get(&b_addr, "/healthz").is_none(), "nothing serves once the process ended");
+    assert!(http_get(&b_addr, "/healthz").is_none(), "nothing serves once the process ended");
 }

@@ -452,3 +452,48 @@ async fn slow_broker_never_lets_wal_sender_timeout_kill_the_session() {
     assert!(!relay.output().contains("relay interrupted"), "{}", relay.output_tail(30));
     stop(&relay);
 }
+
+/// When a relay log line was written (its leading RFC 3339 timestamp), for each line containing `needle`.
+fn logged_at(output: &str, needle: &str) -> Vec<std::time::SystemTime> {
+    output
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(|l| humantime::parse_rfc3339(l.split_whitespace().next().unwrap_or_default()).expect("timestamped line"))
+        .collect()
+}
+
+/// Idle progress logging: an idle relay logs "idle, no events" at its first idle progress interval, then once per
+/// 30 intervals, not at every one; an event ends the idle run (a "progress" line) and the next idle interval logs
+/// again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_progress_is_logged_at_the_first_idle_interval_then_once_per_30() {
+    const IDLE: &str = "idle, no events";
+    let env = Env::start();
+    env.setup();
+    let relay = env.spawn_run(&["--progress-interval", "100ms"]);
+    wait_for("two idle lines", LONG, || std::future::ready(logged_at(&relay.output(), IDLE).len() >= 2)).await;
+    let idle = logged_at(&relay.output(), IDLE);
+    let started = logged_at(&relay.output(), "relay started")[0];
+    let first = idle[0].duration_since(started).unwrap();
+    assert!(first < Duration::from_millis(1500), "first idle line {first:?} after the start");
+    let gap = idle[1].duration_since(idle[0]).unwrap();
+    // 30 intervals of 100 ms; a line at every interval (or every few) would come within a second.
+    assert!(gap >= Duration::from_millis(2500), "idle lines {gap:?} apart:\n{}", relay.output_tail(20));
+
+    let pg = env.client().await;
+    insert_events(&pg, "p", 0, 1).await;
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, 1, LONG).await;
+    wait_for("an idle line after the event", LONG, || {
+        let out = relay.output();
+        let progress = logged_at(&out, ": progress ");
+        std::future::ready(!progress.is_empty() && logged_at(&out, IDLE).iter().any(|t| t > &progress[0]))
+    })
+    .await;
+    let out = relay.output();
+    let progress = logged_at(&out, ": progress ")[0];
+    let after: Vec<_> = logged_at(&out, IDLE).into_iter().filter(|t| t > &progress).collect();
+    let wait = after[0].duration_since(progress).unwrap();
+    assert!(wait < Duration::from_millis(1500), "first idle line {wait:?} after the progress line:\n{out}");
+    stop(&relay);
+}

@@ -107,6 +107,19 @@ pub fn slot_confirmed_flush(pg: &Postgres, slot: &str) -> Result<String, KitErro
     pg.psql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"))
 }
 
+/// `GET path` over HTTP/1.0 from `addr` (`host:port`): the status code and the body, or None when it cannot be read.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((code, body))
+}
+
 /// Parses `X/Y` into a number (0 for empty).
 pub fn lsn(s: &str) -> u64 {
     let s = s.trim();

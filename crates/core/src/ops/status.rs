@@ -383,3 +383,107 @@ fn one_line(s: &Status) -> String {
         s.stream_messages.map(|n| format!(" stream_messages={n}")).unwrap_or_default(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A healthy sample of slot `walrelay` on a standby: every problem below comes from the fields a case sets.
+    fn sample() -> Status {
+        Status {
+            slot: "walrelay".into(),
+            plugin: Some("pgoutput".into()),
+            active: false,
+            active_pid: None,
+            confirmed_flush_lsn: Some("0/1000".into()),
+            restart_lsn: Some("0/1000".into()),
+            current_wal_lsn: "0/1000".into(),
+            lag_bytes: 0,
+            retained_bytes: 0,
+            wal_status: Some("reserved".into()),
+            safe_wal_size: None,
+            replay_slot: None,
+            stream: "OUTBOX".into(),
+            stream_messages: Some(0),
+            stream_last_commit_lsn: None,
+            stream_last_commit_time: None,
+            nats_error: None,
+            problems: Vec::new(),
+            in_recovery: true,
+            conflicting: Some(false),
+            invalidation_reason: None,
+            failover: Some(false),
+            synced: Some(false),
+        }
+    }
+
+    fn problems(f: impl FnOnce(&mut Status), max_lag: Option<u64>) -> Vec<String> {
+        let mut s = sample();
+        f(&mut s);
+        s.diagnose(max_lag);
+        s.problems
+    }
+
+    const CONFLICT: &str = "slot walrelay was invalidated by a recovery conflict (conflicting = true); keep \
+                            hot_standby_feedback = on and a physical slot to the primary, see docs/replicas.md";
+
+    #[test]
+    fn a_healthy_slot_has_no_problems() {
+        assert_eq!(problems(|_| {}, None), Vec::<String>::new());
+        assert_eq!(problems(|s| s.conflicting = None, Some(1)), Vec::<String>::new(), "PostgreSQL 15: null");
+    }
+
+    /// PostgreSQL 16 knows `conflicting` only; 17+ also names the reason (`rows_removed`, `wal_level_insufficient`,
+    /// `idle_timeout`), which then says it all; `wal_removed` is a lost slot, reported once as such.
+    #[test]
+    fn a_conflicting_or_invalidated_slot_is_a_problem_naming_the_slot_and_the_remedy() {
+        assert_eq!(problems(|s| s.conflicting = Some(true), None), [CONFLICT]);
+        for reason in ["rows_removed", "wal_level_insufficient", "idle_timeout"] {
+            let got = problems(
+                |s| {
+                    s.conflicting = Some(reason != "idle_timeout");
+                    s.invalidation_reason = Some(reason.into());
+                },
+                None,
+            );
+            assert_eq!(
+                got,
+                [format!("slot walrelay was invalidated ({reason}): it cannot be read any more; see docs/replicas.md")]
+            );
+        }
+        let lost = problems(
+            |s| {
+                s.wal_status = Some("lost".into());
+                s.invalidation_reason = Some("wal_removed".into());
+            },
+            None,
+        );
+        assert_eq!(
+            lost,
+            ["slot walrelay is lost (wal_status = lost): the WAL it needed was removed; see docs/operations.md \
+              \"a lost slot\""]
+        );
+    }
+
+    /// Every finding is listed, in a fixed order: the slot, NATS, the lag bound.
+    #[test]
+    fn problems_are_listed_together_in_order() {
+        let got = problems(
+            |s| {
+                s.conflicting = Some(true);
+                s.nats_error = Some("nats at nats://localhost:4222 did not answer within 3s".into());
+                s.lag_bytes = 2_000_000;
+            },
+            Some(1_000_000),
+        );
+        assert_eq!(
+            got,
+            [
+                CONFLICT,
+                "nats at nats://localhost:4222 did not answer within 3s",
+                "lag 2.0 MB exceeds --max-lag 1.0 MB: is the relay running (walrelay status shows active)?",
+            ]
+        );
+        assert_eq!(EXIT_CHECK, 3, "design.md §4: a failed check exits 3");
+    }
+}
