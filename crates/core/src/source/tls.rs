@@ -49,17 +49,15 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    const ALL: [SslMode; 5] = [Self::Disable, Self::Prefer, Self::Require, Self::VerifyCa, Self::VerifyFull];
+
     fn parse(value: &str) -> Result<Self, ConfigError> {
-        Ok(match value {
-            "disable" => Self::Disable,
-            "allow" | "prefer" => Self::Prefer,
-            "require" => Self::Require,
-            "verify-ca" => Self::VerifyCa,
-            "verify-full" => Self::VerifyFull,
-            other => {
-                return Err(invalid(other, "sslmode must be disable, prefer, require, verify-ca or verify-full".into()))
-            }
-        })
+        // libpq's `allow` (plaintext first, then TLS) is served as `prefer`.
+        let name = if value == "allow" { "prefer" } else { value };
+        Self::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == name)
+            .ok_or_else(|| invalid(value, "sslmode must be disable, prefer, require, verify-ca or verify-full".into()))
     }
 
     /// The libpq name.
@@ -146,6 +144,14 @@ fn read_file(param: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|err| {
         invalid(&format!("{param}={}", path.display()), format!("cannot read {param} file {}: {err}", path.display()))
     })
+}
+
+/// The certificates of the PEM file named by a URL parameter (`what` names the file's kind in the error).
+fn read_certs(param: &str, path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let pem = read_file(param, path)?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|err| invalid(param, format!("{} is not a {what}: {err}", path.display())))
 }
 
 impl PgTls {
@@ -272,15 +278,10 @@ fn build_config(
 ) -> Result<ClientConfig, ConfigError> {
     let mut roots = RootCertStore::empty();
     if let Some(anchors) = anchors {
-        let param = "sslrootcert";
-        let pem = read_file(param, anchors.path())?;
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|err| {
-                invalid(param, format!("{} is not a PEM certificate file: {err}", anchors.path().display()))
-            })?;
+        let certs = read_certs("sslrootcert", anchors.path(), "PEM certificate file")?;
         let (added, _ignored) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err(invalid(param, format!("{} holds no usable CA certificate", anchors.path().display())));
+            return Err(invalid("sslrootcert", format!("{} holds no usable CA certificate", anchors.path().display())));
         }
     }
     let builder = ClientConfig::builder_with_provider(provider())
@@ -302,11 +303,7 @@ fn build_config(
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     match client_cert {
         Some((cert_path, key_path)) => {
-            let pem = read_file("sslcert", cert_path)?;
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|err| {
-                    invalid("sslcert", format!("{} is not a PEM certificate: {err}", cert_path.display()))
-                })?;
+            let chain = read_certs("sslcert", cert_path, "PEM certificate")?;
             if chain.is_empty() {
                 return Err(invalid("sslcert", format!("{} holds no certificate", cert_path.display())));
             }

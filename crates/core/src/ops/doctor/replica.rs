@@ -23,41 +23,63 @@ pub(super) async fn checks(
     slot_info: Option<&slot::SlotInfo>,
     checks: &mut Checks,
 ) -> Result<(), SourceError> {
+    let target = Target { control, server, settings, slot_info };
     if server.in_recovery {
-        standby_checks(control, server, settings, slot_info, checks).await?;
+        standby_checks(&target, checks).await?;
     } else if settings.primary_url.is_some() {
         checks.ok("primary_url", "--pg-url is a primary, --primary-url is not needed");
     }
     let failover_wanted = settings.failover || slot_info.is_some_and(|s| s.failover == Some(true));
     if failover_wanted && !server.in_recovery {
-        failover_checks(control, server, settings, slot_info, checks).await?;
+        failover_checks(&target, checks).await?;
     }
     Ok(())
 }
 
-async fn standby_checks(
-    control: &Client,
-    server: &Server,
-    settings: &Settings,
-    slot_info: Option<&slot::SlotInfo>,
-    checks: &mut Checks,
-) -> Result<(), SourceError> {
-    if server.major() < 16 {
-        checks.fail(
-            "standby",
-            format!(
-                "--pg-url is a standby running PostgreSQL {}; logical decoding on a standby needs PostgreSQL 16 or later",
-                server.major()
-            ),
-            "point --pg-url at the primary, or upgrade primary and standby to PostgreSQL 16 or later",
-        );
+/// What every check here looks at: the server `control` reached, what it is, the settings and the slot's row.
+struct Target<'a> {
+    control: &'a Client,
+    server: &'a Server,
+    settings: &'a Settings,
+    slot_info: Option<&'a slot::SlotInfo>,
+}
+
+impl Target<'_> {
+    /// A server setting (`current_setting`).
+    async fn setting(&self, name: &str) -> Result<String, SourceError> {
+        slot::setting(self.control, name).await
+    }
+
+    /// Whether the server runs PostgreSQL `major` or later; if not, fails `check` (the detail and remedy say what
+    /// needs it) and the caller skips the checks that assume it.
+    fn requires(&self, major: u32, checks: &mut Checks, check: &str, detail: String, remedy: &str) -> bool {
+        if self.server.major() >= major {
+            return true;
+        }
+        checks.fail(check, detail, remedy);
+        false
+    }
+}
+
+async fn standby_checks(target: &Target<'_>, checks: &mut Checks) -> Result<(), SourceError> {
+    let Target { server, settings, slot_info, .. } = *target;
+    if !target.requires(
+        16,
+        checks,
+        "standby",
+        format!(
+            "--pg-url is a standby running PostgreSQL {}; logical decoding on a standby needs PostgreSQL 16 or later",
+            server.major()
+        ),
+        "point --pg-url at the primary, or upgrade primary and standby to PostgreSQL 16 or later",
+    ) {
         return Ok(());
     }
     checks.ok(
         "standby",
         format!("--pg-url is a standby (PostgreSQL {}), current_wal_lsn is its replay position", server.major()),
     );
-    if slot::setting(control, "hot_standby_feedback").await? == "on" {
+    if target.setting("hot_standby_feedback").await? == "on" {
         checks.ok("hot_standby_feedback", "on");
     } else {
         checks.fail(
@@ -66,7 +88,7 @@ async fn standby_checks(
             format!("on the standby: ALTER SYSTEM SET hot_standby_feedback = on; {RELOAD}"),
         );
     }
-    let primary_slot = slot::setting(control, "primary_slot_name").await?;
+    let primary_slot = target.setting("primary_slot_name").await?;
     if primary_slot.is_empty() {
         checks.fail(
             "primary_slot_name",
@@ -120,7 +142,7 @@ async fn standby_checks(
         );
     }
     if server.major() >= 17 {
-        let sync = slot::setting(control, "sync_replication_slots").await?;
+        let sync = target.setting("sync_replication_slots").await?;
         if sync == "on" {
             checks.ok("sync_replication_slots", "on: the primary's failover slots are synchronized here");
         }
@@ -128,19 +150,15 @@ async fn standby_checks(
     Ok(())
 }
 
-async fn failover_checks(
-    control: &Client,
-    server: &Server,
-    settings: &Settings,
-    slot_info: Option<&slot::SlotInfo>,
-    checks: &mut Checks,
-) -> Result<(), SourceError> {
-    if server.major() < 17 {
-        checks.fail(
-            "failover",
-            format!("--failover needs PostgreSQL 17 or later (failover slots), the server runs {}", server.major()),
-            "upgrade to PostgreSQL 17 or later, or run without --failover",
-        );
+async fn failover_checks(target: &Target<'_>, checks: &mut Checks) -> Result<(), SourceError> {
+    let Target { server, settings, slot_info, .. } = *target;
+    if !target.requires(
+        17,
+        checks,
+        "failover",
+        format!("--failover needs PostgreSQL 17 or later (failover slots), the server runs {}", server.major()),
+        "upgrade to PostgreSQL 17 or later, or run without --failover",
+    ) {
         return Ok(());
     }
     match slot_info.map(|s| s.failover) {
@@ -152,7 +170,7 @@ async fn failover_checks(
         ),
         None => {}
     }
-    let gate = slot::setting(control, "synchronized_standby_slots").await?;
+    let gate = target.setting("synchronized_standby_slots").await?;
     if gate.is_empty() {
         checks.warn(
             "synchronized_standby_slots",
