@@ -8,8 +8,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use pgoutput::{oid, Insert, Lsn, Message, Relation, RelationColumn, Tuple, TupleValue};
+use pgoutput::{oid, Insert, Lsn, Message, Relation};
 use pgwire_replication::{PgWireError, ReplicationEvent};
 use tokio::sync::watch;
 
@@ -17,7 +16,10 @@ use super::{Session, SessionEnd};
 use crate::{
     checkpoint::Checkpoint,
     config::{RawSettings, Settings},
-    mapping::event::{header, Position},
+    mapping::{
+        event::{header, Position},
+        fixture,
+    },
     relay::RelayError,
     sink::{
         connect::Rejection,
@@ -64,30 +66,14 @@ impl ReplicationStream for Script {
 const OUTBOX: u32 = 16384;
 const OTHER: u32 = 16999;
 
+/// A Relation message of the default outbox table's columns, under another id and name.
 fn relation(id: u32, name: &str) -> ReplicationEvent {
-    let column = |name: &str, type_oid| RelationColumn { flags: 0, name: name.into(), type_oid, type_modifier: -1 };
-    let relation = Relation {
-        xid: None,
-        id,
-        namespace: "public".into(),
-        name: name.into(),
-        replica_identity: b'd',
-        columns: vec![
-            column("id", oid::UUID),
-            column("aggregate_type", oid::TEXT),
-            column("aggregate_id", oid::TEXT),
-            column("event_type", oid::TEXT),
-            column("payload", oid::JSONB),
-            column("headers", oid::JSONB),
-        ],
-    };
+    let relation = Relation { id, name: name.into(), ..fixture::outbox_relation(oid::JSONB) };
     xlog(Message::Relation(relation))
 }
 
 fn insert(relation_id: u32, id: Option<&str>) -> ReplicationEvent {
-    let text = |s: &str| TupleValue::Text(Bytes::copy_from_slice(s.as_bytes()));
-    let id = id.map(text).unwrap_or(TupleValue::Null);
-    let new = Tuple(vec![id, text("order"), text("1"), text("created"), text(r#"{"n": 1}"#), TupleValue::Null]);
+    let new = fixture::tuple(&[id, Some("order"), Some("1"), Some("created"), Some(r#"{"n": 1}"#), None]);
     xlog(Message::Insert(Insert { xid: None, relation_id, new }))
 }
 
