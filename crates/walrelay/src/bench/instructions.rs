@@ -41,7 +41,7 @@ pub(super) async fn measure(lab: &Lab, args: &BenchArgs) -> anyhow::Result<Instr
         let out = args.callgrind_dir.as_ref().map_or_else(|| temp_path(&name), |dir| dir.join(&name));
         let wrapper = ["valgrind".into(), "--tool=callgrind".into(), format!("--callgrind-out-file={}", out.display())];
         let relay = lab.spawn_relay(MAIN_SLOT, &wrapper)?;
-        drain::watch(lab, &relay, MAIN_SLOT, before, events).await?;
+        drain::watch(lab, &relay, MAIN_SLOT, (before, events), drain::Poll::Backlog).await?;
         relay.stop().await?;
         let text = std::fs::read_to_string(&out);
         if args.callgrind_dir.is_none() {

@@ -29,6 +29,7 @@ mod workload;
 use clap::Args;
 use walrelay_core::config::ConfigError;
 
+use drain::Poll;
 use lab::{Lab, MAIN_SLOT, STREAM};
 use report::{Backlog, BigTxn, Environment, Live, Report};
 
@@ -123,12 +124,12 @@ async fn measure(lab: &Lab, args: &BenchArgs, report: &mut Report) -> anyhow::Re
 
     progress("backlog drain: relay started");
     let relay = lab.spawn_relay(MAIN_SLOT, &[])?;
-    report.drain = Some(drain::watch(lab, &relay, MAIN_SLOT, 0, events).await?);
+    report.drain = Some(drain::watch(lab, &relay, MAIN_SLOT, (0, events), Poll::Backlog).await?);
     if live_events > 0 {
         progress(&format!("live: {live_events} events at {}/s", args.latency_rate));
         let (offered, acked) = tokio::join!(
             writer.paced(events, live_events, args.latency_rate),
-            drain::watch(lab, &relay, MAIN_SLOT, events, live_events)
+            drain::watch(lab, &relay, MAIN_SLOT, (events, live_events), Poll::Live)
         );
         let live = stored::read(&lab.js, STREAM, events + 1, live_events).await?;
         report.live =
@@ -166,7 +167,7 @@ async fn big_txn(lab: &Lab, args: &BenchArgs) -> anyhow::Result<BigTxn> {
     progress("big transaction: relay started");
     let base = lab.stream_count(STREAM).await;
     let relay = lab.spawn_relay(BIG_TXN_SLOT, &[])?;
-    let drain = drain::watch(lab, &relay, BIG_TXN_SLOT, base, rows).await?;
+    let drain = drain::watch(lab, &relay, BIG_TXN_SLOT, (base, rows), Poll::Backlog).await?;
     let relay_peak_rss_kib = procfs::peak_rss_kib(relay.pid());
     relay.stop().await?;
     lab.drop_slot(BIG_TXN_SLOT).await?;
