@@ -136,7 +136,8 @@ impl Report {
     fn lines(&self) -> Vec<String> {
         let e = &self.environment;
         let mut lines = vec![format!(
-            "environment: {} cores (load average {} at start; other processes may share them), {} build, PostgreSQL {}, nats-server {}, {}",
+            "environment: {} cores (load average {} at start; other processes may share them), {} build, \
+             PostgreSQL {}, nats-server {}, {}",
             e.cores,
             e.load_average.as_deref().unwrap_or("unknown"),
             e.profile,
@@ -145,11 +146,16 @@ impl Report {
             e.date
         )];
         if e.profile != "release" {
-            lines.push("warning: not a release build: these figures say little; run `cargo build --release -p walrelay && target/release/walrelay bench`".into());
+            lines.push(
+                "warning: not a release build: these figures say little; run \
+                 `cargo build --release -p walrelay && target/release/walrelay bench`"
+                    .into(),
+            );
         }
         if let Some(b) = &self.backlog {
             lines.push(format!(
-                "backlog: {} events ({:.0}-byte payloads) in transactions of {}, committed in {:.1}s with no relay running",
+                "backlog: {} events ({:.0}-byte payloads) in transactions of {}, committed in {:.1}s with no relay \
+                 running",
                 b.written.events, b.payload_bytes, b.written.tx_size, b.written.write_secs
             ));
         }
@@ -160,14 +166,24 @@ impl Report {
         if let Some(c) = &self.jetstream_ceiling {
             let t = &c.throughput;
             lines.push(format!(
-                "JetStream ceiling: {} messages (after {} warm-up) with the relay's subjects, headers and ids, its publisher and window {}: {:.2}s = {:.0} msgs/s (CPU per message: {})",
-                t.events, c.warmup, c.window, t.secs, t.per_sec, t.cpu_text()
+                "JetStream ceiling: {} messages (after {} warm-up) with the relay's subjects, headers and ids, its \
+                 publisher and window {}: {:.2}s = {:.0} msgs/s (CPU per message: {})",
+                t.events,
+                c.warmup,
+                c.window,
+                t.secs,
+                t.per_sec,
+                t.cpu_text()
             ));
         }
         if let Some(w) = &self.walsender_ceiling {
             lines.push(format!(
-                "walsender ceiling: {} events of the same WAL read through a replication session, decoded, not published: {:.2}s = {:.0} events/s (CPU per event: {})",
-                w.events, w.secs, w.per_sec, w.cpu_text()
+                "walsender ceiling: {} events of the same WAL read through a replication session, decoded, not \
+                 published: {:.2}s = {:.0} events/s (CPU per event: {})",
+                w.events,
+                w.secs,
+                w.per_sec,
+                w.cpu_text()
             ));
         }
         if let Some(r) = &self.ratios {
@@ -179,7 +195,8 @@ impl Report {
         if let Some(l) = &self.live {
             let t = &l.latency;
             lines.push(format!(
-                "live: {} events at {:.0} events/s offered (one transaction each): commit→stored p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
+                "live: {} events at {:.0} events/s offered (one transaction each): commit→stored p50 {:.2} ms, \
+                 p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
                 t.events, l.offered_per_sec, t.p50_ms, t.p99_ms, t.p999_ms, t.max_ms
             ));
             lines.push(format!("live CPU per event: {}", l.acked.cpu_text()));
