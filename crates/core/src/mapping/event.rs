@@ -60,6 +60,11 @@ pub fn header_value(value: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(value).ok()
 }
 
+/// A number as a header value, without the formatting machinery (per event: the index, the fence).
+pub fn number_value(n: u64) -> HeaderValue {
+    header_value(itoa::Buffer::new().format(n)).unwrap_or_default()
+}
+
 /// Where an event sits in the WAL: its transaction's commit LSN and its index there. Orders events totally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {

@@ -23,7 +23,7 @@ use pgoutput::{Lsn, Relation, Tuple, TupleValue};
 
 use crate::{
     config::{Columns, OnInvalid, Settings, Tables},
-    mapping::event::{header, header_name, header_value, wire_size, Event, Position},
+    mapping::event::{header, header_name, header_value, number_value, wire_size, Event, Position},
     mapping::subject::SubjectTemplate,
     sink::publisher::ADDED_HEADERS_MAX,
     source::SourceError,
@@ -225,7 +225,8 @@ struct Layout {
     aggregate_type: Option<usize>,
     aggregate_id: Option<usize>,
     event_type: Option<usize>,
-    template: HashMap<String, usize>,
+    /// The template's columns and their positions (a handful: a list beats hashing them per row).
+    template: Vec<(String, usize)>,
     columns: usize,
     /// The relation's `schema.table`, as events name it.
     label: Arc<str>,
@@ -250,7 +251,11 @@ pub struct OutboxMapper {
 /// A column's text (`None` for NULL, unchanged TOAST or a missing column); borrowed when it is valid UTF-8.
 fn text(tuple: &Tuple, idx: Option<usize>) -> Option<Cow<'_, str>> {
     match tuple.0.get(idx?)? {
-        TupleValue::Text(b) | TupleValue::Binary(b) => Some(String::from_utf8_lossy(b)),
+        // The common case first: `from_utf8` is much cheaper than the lossy decoder's chunking.
+        TupleValue::Text(b) | TupleValue::Binary(b) => match std::str::from_utf8(b) {
+            Ok(s) => Some(Cow::Borrowed(s)),
+            Err(_) => Some(String::from_utf8_lossy(b)),
+        },
         _ => None,
     }
 }
@@ -329,10 +334,10 @@ impl OutboxMapper {
             Some(pgoutput::oid::BYTEA) => PayloadKind::Bytea,
             _ => PayloadKind::Text,
         };
-        let mut template = HashMap::new();
+        let mut template = Vec::new();
         for column in self.template.columns() {
             let idx = find(column).ok_or_else(|| missing(column, "the subject template", "--subject"))?;
-            template.insert(column.to_owned(), idx);
+            template.push((column.to_owned(), idx));
         }
         let layout = Layout {
             id: find(&self.columns.id),
@@ -368,7 +373,7 @@ impl OutboxMapper {
             (self.columns.headers.clone(), "headers"),
         ];
         let extra: Vec<String> = self.template.columns().into_iter().map(str::to_owned).collect();
-        let mut template = HashMap::new();
+        let mut template = Vec::new();
         for column in &extra {
             let idx = match names.iter().position(|(n, _)| n == column) {
                 Some(idx) => idx,
@@ -377,7 +382,7 @@ impl OutboxMapper {
                     names.len() - 1
                 }
             };
-            template.insert(column.clone(), idx);
+            template.push((column.clone(), idx));
         }
         let value = |(column, key): &(String, &str)| {
             let key = if key.is_empty() { column.as_str() } else { key };
@@ -479,14 +484,15 @@ impl OutboxMapper {
         }
         headers.insert(HeaderName::from_static(header::COMMIT_LSN), txn.commit_lsn_value.clone());
         headers.insert(HeaderName::from_static(header::COMMIT_TIME), txn.commit_time_value.clone());
-        headers.insert(HeaderName::from_static(header::INDEX), HeaderValue::from(index));
+        headers.insert(HeaderName::from_static(header::INDEX), number_value(u64::from(index)));
         // The row's own headers, so a record standing in for an invalid event can carry them.
         if let Some(json) = text(tuple, layout.headers) {
             if let Err(reason) = user_headers(&mut self.warned_keys, &json, &mut headers) {
                 return Err(invalid(reason, &headers, payload.len()));
             }
         }
-        let subject = match self.template.render(|c| text(tuple, layout.template.get(c).copied())) {
+        let column = |c: &str| layout.template.iter().find(|(name, _)| name == c).map(|&(_, idx)| idx);
+        let subject = match self.template.render(|c| text(tuple, column(c))) {
             Ok(s) => s,
             Err(reason) => return Err(invalid(reason, &headers, payload.len())),
         };

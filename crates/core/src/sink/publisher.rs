@@ -8,11 +8,11 @@
 
 use std::{collections::VecDeque, pin::Pin, time::Duration};
 
-use async_nats::{header::HeaderName, HeaderValue, Subject};
+use async_nats::{header::HeaderName, Subject};
 use tokio::time::{Instant, Sleep};
 
 use super::transport::{NatsTransport, Refusal, Reply, Stored, Transport, WRONG_LAST_SEQUENCE};
-use crate::mapping::event::{header, header_wire_len, Event, Position};
+use crate::mapping::event::{header, header_wire_len, number_value, Event, Position};
 
 /// A failure on the NATS side.
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +252,7 @@ impl<T, X: Transport> Publisher<T, X> {
     pub async fn send(&mut self, event: Event, tag: T) -> Result<(), PublishError> {
         let Event { id, subject, mut headers, payload, position, .. } = event;
         let expected = self.fence.map(|last| {
-            headers.insert(HeaderName::from_static(header::EXPECTED_LAST_SEQUENCE), HeaderValue::from(last));
+            headers.insert(HeaderName::from_static(header::EXPECTED_LAST_SEQUENCE), number_value(last));
             last + 1
         });
         let size = payload.len();

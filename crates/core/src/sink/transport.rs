@@ -101,7 +101,13 @@ impl Transport for NatsTransport {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<(), SendError> {
-        let reply = Subject::from(format!("{}.{token}", self.inbox));
+        let mut digits = itoa::Buffer::new();
+        let token = digits.format(token);
+        let mut reply = String::with_capacity(self.inbox.len() + 1 + token.len());
+        reply.push_str(&self.inbox);
+        reply.push('.');
+        reply.push_str(token);
+        let reply = Subject::from(reply);
         self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await.map_err(|e| SendError {
             reason: e.to_string(),
             refused: matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::InvalidSubject),

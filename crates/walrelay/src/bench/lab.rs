@@ -44,7 +44,7 @@ pub(super) struct Lab {
 impl Lab {
     /// Starts PostgreSQL and nats-server and creates the outbox, the publication, [`MAIN_SLOT`] and [`STREAM`]
     /// (the stream configuration `run` would create).
-    pub async fn start() -> anyhow::Result<Self> {
+    pub async fn start(max_in_flight: usize) -> anyhow::Result<Self> {
         let (pg, nats) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Postgres, Nats)> {
             Ok((Postgres::start().context("starting PostgreSQL")?, Nats::start().context("starting nats-server")?))
         })
@@ -55,6 +55,7 @@ impl Lab {
             nats_url: nats.url(),
             slot: MAIN_SLOT.into(),
             stream: STREAM.into(),
+            max_in_flight,
             ..RawSettings::default()
         };
         let settings = Settings::validate(raw)?;
@@ -142,6 +143,8 @@ impl Lab {
             &self.settings.publication,
             "--progress-interval",
             "1h",
+            "--max-in-flight",
+            &self.settings.max_in_flight.to_string(),
             "--log",
             "warn",
         ]);

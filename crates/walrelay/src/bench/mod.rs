@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// Rows of the single big transaction drained by a fresh relay (0 to skip)
     #[arg(long, default_value_t = 1_000_000)]
     big_txn_rows: u64,
+    /// The relay's --max-in-flight (also the JetStream ceiling's window)
+    #[arg(long, default_value_t = walrelay_core::config::RawSettings::default().max_in_flight)]
+    max_in_flight: usize,
     /// Print one JSON object instead of the human lines
     #[arg(long)]
     json: bool,
@@ -93,7 +96,7 @@ impl BenchArgs {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
-    let lab = Lab::start().await?;
+    let lab = Lab::start(args.max_in_flight).await?;
     let result = async {
         let mut report = Report::new(environment(&lab).await?);
         if args.instructions {
