@@ -5,18 +5,11 @@
 //! Against a standby (design.md §4b) the publication is created on the primary (`--primary-url`) and the slot on the
 //! standby; with `--failover` the slot is a failover slot (see [`slot::create`]).
 
-use crate::{
-    config::Settings, relay::RelayError, sink::stream, source, source::publication, source::slot, source::standby,
-};
+use crate::{config::Settings, relay::RelayError, sink::stream, source::slot, source::standby};
 
 /// Creates what is missing; running it twice changes nothing.
 pub async fn run(settings: &Settings) -> Result<(), RelayError> {
-    let (control, host) = source::connect_host(&settings.pg_url).await?;
-    let server = slot::server(&control).await?;
-    slot::check_versions(&server, settings.failover)?;
-    slot::check_wal_level(&control).await?;
-    let primary = standby::connect_primary(settings, &server).await?;
-    publication::check_table(&control, settings).await?;
+    let standby::Checked { control, host, server, primary } = standby::check_server(settings).await?;
     let created = standby::ensure_publication(settings, &control, &server, primary.as_ref(), true).await?;
     let place = if server.in_recovery { " (on the primary)" } else { "" };
     println!("publication {}: {}", settings.publication, if created { "created" } else { "exists" });

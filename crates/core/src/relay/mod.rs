@@ -36,7 +36,6 @@ use crate::{
     mapping::outbox::InvalidEvent,
     sink::publisher::{PublishError, Publisher},
     sink::stream::{self, HighWater},
-    source::publication,
     source::replication::{self, ReplicationStream, StartAt},
     source::slot,
     source::standby,
@@ -212,12 +211,7 @@ fn backoff(attempt: u32) -> Duration {
 
 /// One-time checks and creation of what is missing (unless `--no-create`). Returns the status-update interval.
 async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
-    let (control, host) = source::connect_host(&settings.pg_url).await?;
-    let server = slot::server(&control).await?;
-    slot::check_versions(&server, settings.failover)?;
-    slot::check_wal_level(&control).await?;
-    let primary = standby::connect_primary(settings, &server).await?;
-    publication::check_table(&control, settings).await?;
+    let standby::Checked { control, host, server, primary } = standby::check_server(settings).await?;
     if standby::ensure_publication(settings, &control, &server, primary.as_ref(), !settings.no_create).await? {
         tracing::info!(publication = %settings.publication, table = %settings.table, "publication created");
     }

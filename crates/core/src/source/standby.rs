@@ -86,3 +86,28 @@ pub async fn ensure_publication(
     }
     Ok(created)
 }
+
+/// What `setup` and the start of `run` need of Postgres, checked in one place in this order: the server (chosen by
+/// the URL's hosts), its version against `--failover` and a standby, `wal_level`, the primary (`--primary-url`, on
+/// a standby) and the outbox tables.
+pub struct Checked {
+    /// The SQL connection to the chosen server.
+    pub control: Client,
+    /// Which host it is.
+    pub host: source::PgHost,
+    /// Its version, role and timeline.
+    pub server: Server,
+    /// The primary, when the server is a standby and `--primary-url` is set.
+    pub primary: Option<Client>,
+}
+
+/// Connects and runs the checks of [`Checked`].
+pub async fn check_server(settings: &Settings) -> Result<Checked, SourceError> {
+    let (control, host) = source::connect_host(&settings.pg_url).await?;
+    let server = slot::server(&control).await?;
+    slot::check_versions(&server, settings.failover)?;
+    slot::check_wal_level(&control).await?;
+    let primary = connect_primary(settings, &server).await?;
+    publication::check_table(&control, settings).await?;
+    Ok(Checked { control, host, server, primary })
+}
