@@ -172,7 +172,8 @@ pub async fn run(
             (Ok(_), s) => s,
         };
         status.diagnose(opts.max_lag);
-        let failed = check && !status.problems.is_empty();
+        let code = exit_code(check, &status);
+        let failed = code == EXIT_CHECK;
         if opts.json {
             println!("{}", serde_json::to_string(&status).unwrap_or_default());
         } else if opts.watch && !tty {
@@ -191,7 +192,6 @@ pub async fn run(
                 eprintln!("problem: {problem}");
             }
         }
-        let code = if failed { EXIT_CHECK } else { 0 };
         if !opts.watch {
             return Ok(code);
         }
@@ -384,6 +384,16 @@ fn one_line(s: &Status) -> String {
     )
 }
 
+/// The exit code of `status`: [`EXIT_CHECK`] when a check was asked for (`--check` or `--max-lag`) and found a
+/// problem, 0 otherwise (design.md §4).
+fn exit_code(check: bool, status: &Status) -> u8 {
+    if check && !status.problems.is_empty() {
+        EXIT_CHECK
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,5 +495,15 @@ mod tests {
             ]
         );
         assert_eq!(EXIT_CHECK, 3, "design.md §4: a failed check exits 3");
+    }
+
+    #[test]
+    fn a_check_with_problems_exits_3_and_nothing_else_does() {
+        let mut status = sample();
+        status.diagnose(None);
+        assert_eq!(exit_code(true, &status), 0);
+        status.problems.push(CONFLICT.into());
+        assert_eq!(exit_code(true, &status), 3);
+        assert_eq!(exit_code(false, &status), 0, "without --check or --max-lag, problems are only shown");
     }
 }
