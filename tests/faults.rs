@@ -140,12 +140,7 @@ impl Producers {
 
     /// Waits until the producers have committed `n` rows in total.
     async fn wait_committed(&self, n: u64, timeout: Duration) {
-        let c = Arc::clone(&self.committed);
-        wait_for(&format!("producers to commit {n} rows"), timeout, || {
-            let c = Arc::clone(&c);
-            async move { c.load(Ordering::Relaxed) >= n }
-        })
-        .await;
+        walrelay_tests::wait_counter(&self.committed, n, timeout).await;
     }
 
     /// Stops the producers (or lets them finish their quota) and returns their logs.

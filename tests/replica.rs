@@ -20,7 +20,7 @@ use std::{
 use tokio::task::JoinHandle;
 use walrelay_testkit::{walrelay_bin, Nats};
 use walrelay_tests::{
-    stream_count, stream_messages, wait_for, walrelay_testkit::Postgres, walrelay_testkit::Process, Stored, OUTBOX_DDL,
+    stream_count, stream_messages, walrelay_testkit::Postgres, walrelay_testkit::Process, Stored, OUTBOX_DDL,
 };
 
 use walrelay_tests::walrelay_testkit;
@@ -157,12 +157,7 @@ impl Producers {
     }
 
     async fn wait_committed(&self, n: u64, timeout: Duration) {
-        let c = Arc::clone(&self.committed);
-        wait_for(&format!("producers to commit {n} rows"), timeout, || {
-            let c = Arc::clone(&c);
-            async move { c.load(Ordering::Relaxed) >= n }
-        })
-        .await;
+        walrelay_tests::wait_counter(&self.committed, n, timeout).await;
     }
 
     async fn finish(self) {

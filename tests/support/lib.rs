@@ -210,6 +210,16 @@ pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<Store
     out
 }
 
+/// Waits until `counter` (rows committed by a test's producers) reaches `n`.
+pub async fn wait_counter(counter: &std::sync::Arc<std::sync::atomic::AtomicU64>, n: u64, timeout: Duration) {
+    let c = std::sync::Arc::clone(counter);
+    wait_for(&format!("producers to commit {n} rows"), timeout, || {
+        let c = std::sync::Arc::clone(&c);
+        async move { c.load(std::sync::atomic::Ordering::Relaxed) >= n }
+    })
+    .await;
+}
+
 /// Polls `check` every 25 ms until it returns true, for at most `timeout`; panics naming `what`.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

@@ -246,6 +246,8 @@ pub struct OutboxMapper {
     warned_keys: HashSet<String>,
     on_invalid: OnInvalid,
     dead_letter_subject: Subject,
+    /// The JSON keys of a logical message, in the column order of its relation ([`MESSAGE_RELATION`]).
+    message_keys: Vec<String>,
 }
 
 /// A column's text (`None` for NULL, unchanged TOAST or a missing column); borrowed when it is valid UTF-8.
@@ -263,7 +265,7 @@ fn text(tuple: &Tuple, idx: Option<usize>) -> Option<Cow<'_, str>> {
 impl OutboxMapper {
     /// A mapper for the configured table, columns, subject template and `--on-invalid`.
     pub fn new(settings: &Settings) -> Result<Self, SourceError> {
-        Ok(Self {
+        let mut mapper = Self {
             tables: settings.table.clone(),
             columns: settings.columns.clone(),
             template: settings.subject.clone(),
@@ -272,7 +274,14 @@ impl OutboxMapper {
             warned_keys: HashSet::new(),
             on_invalid: settings.on_invalid,
             dead_letter_subject: Subject::from(settings.dead_letter_subject.as_str()),
-        })
+            message_keys: Vec::new(),
+        };
+        if let Some(prefix) = &settings.message_prefix {
+            let (keys, layout) = message_layout(&mapper.columns, &mapper.template, prefix);
+            mapper.message_keys = keys;
+            mapper.layouts.insert(MESSAGE_RELATION, layout);
+        }
+        Ok(mapper)
     }
 
     /// Sets the server's `max_payload`: an event whose wire size plus [`ADDED_HEADERS_MAX`] exceeds it is invalid.
@@ -359,55 +368,19 @@ impl OutboxMapper {
     /// same path as a row: the JSON object's fields `id`, `aggregate_type`, `aggregate_id`, `event_type`, `payload`
     /// (any JSON value, sent as its JSON text), `headers` and any column the subject template names become the
     /// columns of a row of the message "relation", which [`map`](Self::map) then maps like any outbox row.
-    pub fn map_message(&mut self, prefix: &str, content: &[u8], txn: &TxnStamp, index: u32) -> Result<Event, MapError> {
+    pub fn map_message(&mut self, content: &[u8], txn: &TxnStamp, index: u32) -> Result<Event, MapError> {
         let object = match serde_json::from_slice::<serde_json::Value>(content) {
             Ok(serde_json::Value::Object(object)) => Some(object),
             _ => None,
         };
-        let mut names: Vec<(String, &str)> = vec![
-            (self.columns.id.clone(), "id"),
-            (self.columns.aggregate_type.clone(), "aggregate_type"),
-            (self.columns.aggregate_id.clone(), "aggregate_id"),
-            (self.columns.event_type.clone(), "event_type"),
-            (self.columns.payload.clone(), "payload"),
-            (self.columns.headers.clone(), "headers"),
-        ];
-        let extra: Vec<String> = self.template.columns().into_iter().map(str::to_owned).collect();
-        let mut template = Vec::new();
-        for column in &extra {
-            let idx = match names.iter().position(|(n, _)| n == column) {
-                Some(idx) => idx,
-                None => {
-                    names.push((column.clone(), ""));
-                    names.len() - 1
-                }
-            };
-            template.push((column.clone(), idx));
-        }
-        let value = |(column, key): &(String, &str)| {
-            let key = if key.is_empty() { column.as_str() } else { key };
-            match object.as_ref().and_then(|o| o.get(key)) {
-                None | Some(serde_json::Value::Null) => TupleValue::Null,
-                Some(serde_json::Value::String(s)) if *key != *"payload" && *key != *"headers" => {
-                    TupleValue::Text(Bytes::from(s.clone()))
-                }
-                Some(other) => TupleValue::Text(Bytes::from(other.to_string())),
+        let value = |key: &String| match object.as_ref().and_then(|o| o.get(key.as_str())) {
+            None | Some(serde_json::Value::Null) => TupleValue::Null,
+            Some(serde_json::Value::String(s)) if key != "payload" && key != "headers" => {
+                TupleValue::Text(Bytes::from(s.clone()))
             }
+            Some(other) => TupleValue::Text(Bytes::from(other.to_string())),
         };
-        let tuple = Tuple(names.iter().map(value).collect());
-        let layout = Layout {
-            id: Some(0),
-            payload: 4,
-            payload_kind: PayloadKind::Text,
-            headers: Some(5),
-            aggregate_type: Some(1),
-            aggregate_id: Some(2),
-            event_type: Some(3),
-            template,
-            columns: names.len(),
-            label: Arc::from(format!("message:{prefix}")),
-        };
-        self.layouts.insert(MESSAGE_RELATION, layout);
+        let tuple = Tuple(self.message_keys.iter().map(value).collect());
         match self.map(MESSAGE_RELATION, &tuple, txn, index) {
             Err(MapError::Invalid(mut invalid)) if object.is_none() => {
                 invalid.reason = "message content is not a JSON object".into();
@@ -517,6 +490,47 @@ impl OutboxMapper {
             dead_letter: false,
         })
     }
+}
+
+/// The "relation" of logical messages (`--message-prefix`), built once: the JSON key of each of its columns and its
+/// layout. Its columns are the outbox columns (named as configured, filled from the fixed keys `id`,
+/// `aggregate_type`, ...) and any other column the subject template names (filled from the key of that name).
+fn message_layout(columns: &Columns, template: &SubjectTemplate, prefix: &str) -> (Vec<String>, Layout) {
+    let mut names: Vec<(String, String)> = [
+        (&columns.id, "id"),
+        (&columns.aggregate_type, "aggregate_type"),
+        (&columns.aggregate_id, "aggregate_id"),
+        (&columns.event_type, "event_type"),
+        (&columns.payload, "payload"),
+        (&columns.headers, "headers"),
+    ]
+    .into_iter()
+    .map(|(column, key)| (column.clone(), key.to_owned()))
+    .collect();
+    let mut positions = Vec::new();
+    for column in template.columns() {
+        let idx = match names.iter().position(|(n, _)| n == column) {
+            Some(idx) => idx,
+            None => {
+                names.push((column.to_owned(), column.to_owned()));
+                names.len() - 1
+            }
+        };
+        positions.push((column.to_owned(), idx));
+    }
+    let layout = Layout {
+        id: Some(0),
+        payload: 4,
+        payload_kind: PayloadKind::Text,
+        headers: Some(5),
+        aggregate_type: Some(1),
+        aggregate_id: Some(2),
+        event_type: Some(3),
+        template: positions,
+        columns: names.len(),
+        label: Arc::from(format!("message:{prefix}")),
+    };
+    (names.into_iter().map(|(_, key)| key).collect(), layout)
 }
 
 /// The invalid event for a row: its id (or position), the `Outbox-*` headers it would have had and the row's own
@@ -639,6 +653,25 @@ mod tests {
     }
 
     const ID: &str = "0b7d7d3e-6a43-4b5c-9b1e-1f6f9d0c2a11";
+
+    #[test]
+    fn maps_a_logical_message_through_the_row_path_with_its_own_template_columns() {
+        let s = settings(|r| {
+            r.message_prefix = Some("outbox".into());
+            r.subject = "events.{tenant}.{event_type}".into();
+        });
+        let mut m = OutboxMapper::new(&s).expect("mapper");
+        let content = br#"{"id": "m1", "event_type": "created", "tenant": "acme", "payload": {"a": 1}}"#;
+        for index in [4, 5] {
+            let e = m.map_message(content, &TxnStamp::new(Lsn(0x30), 0), index).expect("event");
+            assert_eq!((e.id.as_str(), e.subject.as_str()), ("m1", "events.acme.created"));
+            assert_eq!(&e.payload[..], br#"{"a":1}"#);
+            assert_eq!(e.header(header::INDEX), Some(index.to_string().as_str()));
+            assert_eq!(&*e.table, "message:outbox");
+        }
+        let not_json = m.map_message(b"nope", &TxnStamp::new(Lsn(0x30), 0), 6);
+        assert_eq!(invalid(not_json).reason, "message content is not a JSON object");
+    }
 
     #[test]
     fn maps_a_row_to_subject_headers_and_payload() {

@@ -329,7 +329,6 @@ impl Relay<'_> {
             "relay started"
         );
         self.log_resume(&server, confirmed, &hw);
-        drop(js);
         let mut session = Session {
             settings,
             shutdown: self.shutdown.clone(),

@@ -85,9 +85,10 @@ impl NatsTransport {
     /// Subscribes to a fresh inbox for the replies.
     pub async fn new(client: &async_nats::Client) -> Result<Self, PublishError> {
         let inbox = client.new_inbox();
-        let replies = client.subscribe(format!("{inbox}.*")).await.map_err(|e| PublishError::Connect {
-            url: "nats".into(),
-            reason: format!("subscribing to replies: {e}"),
+        let replies = client.subscribe(format!("{inbox}.*")).await.map_err(|e| {
+            let info = client.server_info();
+            let url = format!("nats://{}:{}", info.host, info.port);
+            PublishError::Connect { url, reason: format!("subscribing to the publish acks: {e}") }
         })?;
         Ok(Self { client: client.clone(), inbox, replies })
     }

@@ -152,7 +152,7 @@ impl Assembler {
         let index = open.next_index;
         open.next_index += 1;
         let commit_lsn = open.stamp.commit_lsn;
-        let event = match self.mapper.map_message(prefix, content, &open.stamp, index) {
+        let event = match self.mapper.map_message(content, &open.stamp, index) {
             Ok(event) => Ok(event),
             Err(MapError::Invalid(invalid)) => self.mapper.on_invalid(invalid),
             Err(MapError::Source(source)) => return Err(source),

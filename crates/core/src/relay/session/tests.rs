@@ -23,7 +23,7 @@ use crate::{
     relay::RelayError,
     sink::{
         connect::Rejection,
-        memory::MemoryStream,
+        memory::{MemoryStream, MemoryTransport},
         publisher::{PublishError, Publisher},
         stream::HighWater,
     },
@@ -129,8 +129,23 @@ impl Harness {
     async fn session(&self, script: Vec<ReplicationEvent>, stop_at: Option<usize>, confirmed: Lsn) -> Outcome {
         let (stop, shutdown) = watch::channel(false);
         let mut repl = Script { events: script.into(), played: 0, stop_at, stop, applied: self.applied.clone() };
-        let hw = self.high_water();
-        let mut session = Session {
+        let mut session = self.new_session(self.high_water(), confirmed, shutdown);
+        let mut rejection = Rejection::never();
+        let result = tokio::time::timeout(Duration::from_secs(10), session.main_loop(&mut repl, &mut rejection))
+            .await
+            .expect("the session ends");
+        let confirmed = session.settle().await;
+        Outcome { result, confirmed }
+    }
+
+    /// A session as `Relay::session` builds one: the publisher fenced at the tail `hw` read.
+    fn new_session(
+        &self,
+        hw: HighWater,
+        confirmed: Lsn,
+        shutdown: watch::Receiver<bool>,
+    ) -> Session<'_, MemoryTransport> {
+        Session {
             settings: &self.settings,
             shutdown,
             stats: &self.stats,
@@ -140,13 +155,7 @@ impl Harness {
             open_tag: None,
             hw,
             wal_end: confirmed,
-        };
-        let mut rejection = Rejection::never();
-        let result = tokio::time::timeout(Duration::from_secs(10), session.main_loop(&mut repl, &mut rejection))
-            .await
-            .expect("the session ends");
-        let confirmed = session.settle().await;
-        Outcome { result, confirmed }
+        }
     }
 
     /// The stream's tail as the relay reads it: last sequence and the last event's position.
@@ -228,17 +237,7 @@ async fn a_foreign_write_breaks_the_fence_and_nothing_is_confirmed() {
     let hw = h.high_water();
     h.stream.foreign_write("intruder");
     let mut repl = Script { events: events.into(), played: 0, stop_at: None, stop, applied: h.applied.clone() };
-    let mut session = Session {
-        settings: &h.settings,
-        shutdown,
-        stats: &h.stats,
-        publisher: Publisher::new(h.stream.transport(), Some(hw.last_sequence), h.settings.publish_timeout),
-        checkpoint: Checkpoint::new(Lsn(0x10)),
-        assembler: Assembler::new(&h.settings).expect("assembler"),
-        open_tag: None,
-        hw,
-        wal_end: Lsn(0x10),
-    };
+    let mut session = h.new_session(hw, Lsn(0x10), shutdown);
     let result = session.main_loop(&mut repl, &mut Rejection::never()).await;
     match result {
         Err(RelayError::Publish(PublishError::Fence { id, expected: 1, .. })) => assert_eq!(id, "a"),
