@@ -32,6 +32,9 @@ fn one_run_prints_every_phase_as_one_json_object() {
 
     assert_eq!(r["environment"]["profile"], if cfg!(debug_assertions) { "debug" } else { "release" });
     assert!(r["environment"]["cores"].as_u64().unwrap() >= 1);
+    // With no --relay, the relay measured is this executable.
+    let relay = std::path::PathBuf::from(r["environment"]["relay"].as_str().unwrap());
+    assert_eq!(relay.canonicalize().unwrap(), walrelay_bin().unwrap().canonicalize().unwrap());
     assert_eq!((&r["backlog"]["events"], &r["backlog"]["tx_size"]), (&Value::from(3000), &Value::from(100)));
     let payload = r["backlog"]["payload_bytes"].as_f64().unwrap();
     assert!((190.0..=210.0).contains(&payload), "payload {payload}");
@@ -74,4 +77,8 @@ fn zero_counts_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{option}");
         assert!(String::from_utf8_lossy(&out.stderr).contains(option), "{option}");
     }
+    let out = bench(&["--relay", "/nonexistent/walrelay"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--relay") && stderr.contains("/nonexistent/walrelay"), "{stderr}");
 }

@@ -4,7 +4,11 @@
 //! publication, slots, the stream `BENCH`, and [`Relay`]: `walrelay run` (this very executable) pointed at them, in
 //! its own process so that its CPU time and memory are its own (read from `/proc`, see [`super::procfs`]).
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -39,12 +43,14 @@ pub(super) struct Lab {
     pub nats_client: async_nats::Client,
     /// JetStream on that connection.
     pub js: jetstream::Context,
+    /// The walrelay executable run as the relay.
+    pub relay: PathBuf,
 }
 
 impl Lab {
     /// Starts PostgreSQL and nats-server and creates the outbox, the publication, [`MAIN_SLOT`] and [`STREAM`]
     /// (the stream configuration `run` would create).
-    pub async fn start(max_in_flight: usize) -> anyhow::Result<Self> {
+    pub async fn start(max_in_flight: usize, relay: PathBuf) -> anyhow::Result<Self> {
         let (pg, nats) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Postgres, Nats)> {
             Ok((Postgres::start().context("starting PostgreSQL")?, Nats::start().context("starting nats-server")?))
         })
@@ -63,7 +69,7 @@ impl Lab {
         publication::ensure(&control, &settings.publication, &settings.table).await?;
         let (nats_client, js) = stream::connect(&settings).await?;
         stream::ensure(&js, &settings, true).await?;
-        let lab = Self { pg, nats, control, host, settings, nats_client, js };
+        let lab = Self { pg, nats, control, host, settings, nats_client, js, relay };
         lab.create_slot(MAIN_SLOT).await?;
         Ok(lab)
     }
@@ -123,14 +129,14 @@ impl Lab {
     /// valgrind) when given. The child gets every option as a flag and none of this process's `WALRELAY_*`
     /// variables, so nothing from the caller's environment changes what is measured.
     pub fn spawn_relay(&self, slot: &str, wrapper: &[String]) -> anyhow::Result<Relay> {
-        let exe = std::env::current_exe().context("locating the walrelay executable")?;
+        let exe = &self.relay;
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(args).arg(&exe);
+                cmd.args(args).arg(exe);
                 cmd
             }
-            None => Command::new(&exe),
+            None => Command::new(exe),
         };
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("WALRELAY_") {

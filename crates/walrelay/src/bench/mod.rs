@@ -26,6 +26,7 @@ mod stored;
 mod walsender_ceiling;
 mod workload;
 
+use anyhow::Context as _;
 use clap::Args;
 use walrelay_core::config::ConfigError;
 
@@ -74,11 +75,24 @@ pub struct BenchArgs {
     /// Keep the callgrind files of --instructions in this directory (for callgrind_annotate)
     #[arg(long)]
     callgrind_dir: Option<std::path::PathBuf>,
+    /// The walrelay executable to measure as the relay (default: this one), e.g. an older build to compare with;
+    /// it must take `run` with the flags of design.md §4
+    #[arg(long, value_name = "PATH")]
+    relay: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
-    /// Checks the numbers before anything starts.
+    /// Checks the numbers and the relay executable before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(relay) = &self.relay {
+            if !relay.is_file() {
+                return Err(ConfigError::Invalid {
+                    option: "--relay",
+                    value: relay.display().to_string(),
+                    reason: "no such file: give the path of a walrelay executable".into(),
+                });
+            }
+        }
         let counts = [
             ("--events", self.events),
             ("--tx-size", self.tx_size),
@@ -96,7 +110,11 @@ impl BenchArgs {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<u8> {
-    let lab = Lab::start(args.max_in_flight).await?;
+    let relay = match &args.relay {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("locating the walrelay executable")?,
+    };
+    let lab = Lab::start(args.max_in_flight, relay).await?;
     let result = async {
         let mut report = Report::new(environment(&lab).await?);
         if args.instructions {
@@ -186,6 +204,7 @@ async fn environment(lab: &Lab) -> anyhow::Result<Environment> {
         load_average: procfs::load_average(),
         postgres,
         nats_server,
+        relay: lab.relay.display().to_string(),
     })
 }
 

@@ -23,6 +23,8 @@ pub(super) struct Environment {
     pub postgres: String,
     /// nats-server's version.
     pub nats_server: String,
+    /// The walrelay executable measured as the relay.
+    pub relay: String,
 }
 
 /// The backlog the drain starts from.
@@ -137,13 +139,14 @@ impl Report {
         let e = &self.environment;
         let mut lines = vec![format!(
             "environment: {} cores (load average {} at start; other processes may share them), {} build, \
-             PostgreSQL {}, nats-server {}, {}",
+             PostgreSQL {}, nats-server {}, {}, relay {}",
             e.cores,
             e.load_average.as_deref().unwrap_or("unknown"),
             e.profile,
             e.postgres,
             e.nats_server,
-            e.date
+            e.date,
+            e.relay
         )];
         if e.profile != "release" {
             lines.push(
