@@ -297,3 +297,37 @@ fn a_least_privilege_role_runs_setup_and_run() -> TestResult {
     assert_eq!(out.code, 0, "{out:?}");
     Ok(())
 }
+
+#[test]
+fn a_messages_only_setup_names_the_missing_create_privilege() -> TestResult {
+    let env = Env::start()?;
+    // A publication of no table needs only CREATE on the database, which a LOGIN REPLICATION role lacks.
+    env.sql("CREATE ROLE relay LOGIN REPLICATION")?;
+    let relay_url = env.pg_url.replacen("postgres@", "relay@", 1);
+    let as_relay = |args: &[&str]| -> Result<support::Output, support::Error> {
+        let mut cmd = env.command(&[args, &["--table", "", "--message-prefix", "outbox"][..]].concat())?;
+        cmd.env("WALRELAY_PG_URL", &relay_url);
+        support::run(cmd)
+    };
+    let out = as_relay(&["doctor"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    let line = out.stdout.lines().find(|l| l.starts_with("fail publication_privilege")).unwrap_or_default();
+    assert!(line.contains("relay cannot create it (no CREATE on database app)"), "{}", out.stdout);
+    assert!(!line.contains("owner"), "no table, so no owner to ask for: {line}");
+    assert!(out.stdout.contains("CREATE PUBLICATION \"walrelay\" WITH (publish = 'insert')"), "{}", out.stdout);
+    let out = as_relay(&["setup"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("no CREATE on database app"), "{}", out.stderr);
+    assert!(out.stderr.contains("GRANT CREATE ON DATABASE \"app\" TO \"relay\""), "{}", out.stderr);
+
+    env.sql("GRANT CREATE ON DATABASE app TO relay")?;
+    let out = as_relay(&["setup"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = as_relay(&["doctor"])?;
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with("ok") && l.ends_with("publication_table: no table: messages only")),
+        "{}",
+        out.stdout
+    );
+    Ok(())
+}

@@ -344,9 +344,9 @@ async fn one_table_checks(
 
 async fn publication_checks(control: &Client, settings: &Settings, checks: &mut Checks) -> Result<(), SourceError> {
     let (name, table) = (&settings.publication, &settings.table);
-    let mut all = Vec::new();
-    for one in table.iter() {
-        let rights = publication::rights(control, one).await?;
+    let all = publication::all_rights(control, table).await?;
+    for rights in &all {
+        let Some(one) = &rights.table else { continue };
         if rights.select {
             checks.ok("table_privilege", format!("{} may read {one}", rights.role));
         } else {
@@ -359,13 +359,9 @@ async fn publication_checks(control: &Client, settings: &Settings, checks: &mut 
                 format!("GRANT SELECT ON {} TO {};", one.quoted(), quote_ident(&rights.role)),
             );
         }
-        all.push(rights);
     }
-    // The rights that decide whether the publication can be created: those of a table that lacks them, if any
-    // (none without a table: creating a publication of no table needs only CREATE on the database).
-    let rights = all.iter().find(|r| !r.can_create_publication()).or(all.first());
     match publication::info(control, name, table).await? {
-        None => match rights.filter(|r| !r.can_create_publication()) {
+        None => match publication::lacking_for_create(&all) {
             Some(rights) => checks.fail(
                 "publication_privilege",
                 format!(

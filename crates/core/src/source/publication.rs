@@ -86,20 +86,17 @@ pub async fn ensure(client: &Client, publication: &str, tables: &Tables) -> Resu
             Ok(false)
         }
         None => {
-            for table in tables.iter() {
-                let rights = rights(client, table).await?;
-                if !rights.can_create_publication() {
-                    return Err(SourceError::Query {
-                        context: format!("creating publication {publication}"),
-                        reason: format!(
-                            "{} cannot create it ({} of {table}); {}",
-                            rights.role,
-                            rights.missing_for_publication().join(", "),
-                            create_remedy(publication, tables, &rights)
-                        ),
-                        code: Some("42501".into()),
-                    });
-                }
+            if let Some(rights) = lacking_for_create(&all_rights(client, tables).await?) {
+                return Err(SourceError::Query {
+                    context: format!("creating publication {publication}"),
+                    reason: format!(
+                        "{} cannot create it ({}); {}",
+                        rights.role,
+                        rights.missing_for_publication().join(", "),
+                        create_remedy(publication, tables, rights)
+                    ),
+                    code: Some("42501".into()),
+                });
             }
             let sql = create_statement(publication, &tables.quoted());
             client
@@ -125,13 +122,16 @@ pub struct Rights {
     pub role: String,
     /// The database.
     pub database: String,
+    /// The table these rights are on (`None`: the role's own, for a publication of no table).
+    pub table: Option<TableName>,
     /// The table's owner, when the table exists.
     pub owner: Option<String>,
     /// Superuser.
     pub superuser: bool,
     /// CREATE on the database (needed to create a publication).
     pub create_on_database: bool,
-    /// Owns the table, directly or through a role it is a member of (needed to add it to a publication).
+    /// Owns the table, directly or through a role it is a member of (needed to add it to a publication); true when
+    /// there is no table.
     pub owns_table: bool,
     /// SELECT on the table.
     pub select: bool,
@@ -156,38 +156,64 @@ impl Rights {
     }
 }
 
-/// Reads what the connected role may do with `table`.
-pub async fn rights(client: &Client, table: &TableName) -> Result<Rights, SourceError> {
-    let qualified = table.quoted();
+/// The role's rights on each outbox table, or its own rights once for a messages-only publication (no table).
+pub async fn all_rights(client: &Client, tables: &Tables) -> Result<Vec<Rights>, SourceError> {
+    if tables.is_empty() {
+        return Ok(vec![rights(client, None).await?]);
+    }
+    let mut all = Vec::new();
+    for table in tables.iter() {
+        all.push(rights(client, Some(table)).await?);
+    }
+    Ok(all)
+}
+
+/// Of [`all_rights`], those that keep `CREATE PUBLICATION` from being allowed, if any: the one decision of setup
+/// and doctor.
+pub fn lacking_for_create(all: &[Rights]) -> Option<&Rights> {
+    all.iter().find(|r| !r.can_create_publication())
+}
+
+/// Reads what the connected role may do with `table` (`None`: no table, only the role's own rights).
+pub async fn rights(client: &Client, table: Option<&TableName>) -> Result<Rights, SourceError> {
+    let (schema, name) = table.map_or(("", ""), |t| (t.schema.as_str(), t.name.as_str()));
+    let qualified = table.map(TableName::quoted).unwrap_or_default();
     let row = client
         .query_one(
-            "SELECT current_user::text, current_database()::text,                     (SELECT tableowner::text FROM pg_tables WHERE schemaname = $1 AND tablename = $2),                     (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),                     has_database_privilege(current_database(), 'CREATE'),                     COALESCE((SELECT pg_has_role(tableowner, 'USAGE') FROM pg_tables                               WHERE schemaname = $1 AND tablename = $2), false),                     COALESCE((SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c                               WHERE c.oid = to_regclass($3)), false)",
-            &[&table.schema, &table.name, &qualified],
+            "SELECT current_user::text, current_database()::text,                     (SELECT tableowner::text FROM pg_tables WHERE schemaname = $1 AND tablename = $2),                     (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),                     has_database_privilege(current_database(), 'CREATE'),                     COALESCE((SELECT pg_has_role(tableowner, 'USAGE') FROM pg_tables                               WHERE schemaname = $1 AND tablename = $2), false),                     COALESCE((SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c                               WHERE c.oid = to_regclass(NULLIF($3, ''))), false)",
+            &[&schema, &name, &qualified],
         )
         .await
         .map_err(|e| SourceError::query("reading the role's privileges", e))?;
     Ok(Rights {
         role: row.get(0),
         database: row.get(1),
+        table: table.cloned(),
         owner: row.get(2),
         superuser: row.get::<_, Option<bool>>(3).unwrap_or(false),
         create_on_database: row.get(4),
-        owns_table: row.get(5),
+        owns_table: table.is_none() || row.get::<_, bool>(5),
         select: row.get(6),
     })
 }
 
-/// How to get the publication created without giving the relay's role more rights: the table's owner creates it.
+/// How to get the publication created without giving the relay's role more rights: the table's owner creates it
+/// (with no table: a role with CREATE on the database).
 pub fn create_remedy(publication: &str, tables: &Tables, rights: &Rights) -> String {
-    format!(
-        "have the table's owner ({}) or a superuser run: {}; \
-         (or GRANT CREATE ON DATABASE {} TO {} and make {} the table's owner), then run walrelay setup again",
-        rights.owner.as_deref().unwrap_or("?"),
-        create_statement(publication, &tables.quoted()),
-        quote_ident(&rights.database),
-        quote_ident(&rights.role),
-        quote_ident(&rights.role),
-    )
+    let statement = create_statement(publication, &tables.quoted());
+    let (database, role) = (quote_ident(&rights.database), quote_ident(&rights.role));
+    match rights.table {
+        None => format!(
+            "have a superuser or a role with CREATE on database {} run: {statement}; (or GRANT CREATE ON DATABASE \
+             {database} TO {role}), then run walrelay setup again",
+            rights.database
+        ),
+        Some(_) => format!(
+            "have the table's owner ({}) or a superuser run: {statement}; (or GRANT CREATE ON DATABASE {database} \
+             TO {role} and make {role} the table's owner), then run walrelay setup again",
+            rights.owner.as_deref().unwrap_or("?"),
+        ),
+    }
 }
 
 /// Drops the publication if it exists.
