@@ -40,7 +40,8 @@ impl ReplicationStream for ReplicationClient {
 
 /// Messages the replication client may read ahead of the relay (its channel's capacity). Measured in
 /// docs/benchmarks.md: 256 to 16,384 give the same drain rate and CPU per event, while the relay's peak RSS grows
-/// with it (about 21.5 MiB at 1,024, up to 29 MiB at 16,384).
+/// with it (about 21.5 MiB at 1,024, up to 29 MiB at 16,384). It counts messages, not bytes: with wide rows its worst
+/// case is this many rows.
 const BUFFER_EVENTS: usize = 1024;
 
 /// Where and how a session starts.
