@@ -271,10 +271,12 @@ fn a_least_privilege_role_runs_setup_and_run() -> TestResult {
     let out = as_relay(&["doctor"])?;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.contains("fail publication_privilege"), "{}", out.stdout);
+    assert!(out.stdout.contains("not the owner of public.outbox (owned by postgres)"), "{}", out.stdout);
     assert!(out.stdout.contains("CREATE PUBLICATION \"walrelay\" FOR TABLE \"public\".\"outbox\""), "{}", out.stdout);
     let out = as_relay(&["setup"])?;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("CREATE PUBLICATION"), "the error gives the statement for the owner: {}", out.stderr);
+    assert!(out.stderr.contains("not the owner of public.outbox"), "the error names the table: {}", out.stderr);
 
     // The documented least-privilege setup: the table's owner creates the publication. Relaying needs no SELECT
     // on the table (pgoutput sends the rows); doctor warns about it with the GRANT.

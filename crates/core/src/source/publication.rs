@@ -150,7 +150,8 @@ impl Rights {
             missing.push(format!("no CREATE on database {}", self.database));
         }
         if !self.superuser && !self.owns_table {
-            missing.push(format!("not the owner of the table (owned by {})", self.owner.as_deref().unwrap_or("?")));
+            let table = self.table.as_ref().map_or_else(|| "the table".to_owned(), ToString::to_string);
+            missing.push(format!("not the owner of {table} (owned by {})", self.owner.as_deref().unwrap_or("?")));
         }
         missing
     }
