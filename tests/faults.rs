@@ -691,6 +691,37 @@ async fn nats_paused_longer_than_publish_timeout() {
     .await;
 }
 
+/// nats-server down while more events wait than async-nats' command channel holds by default (2,048), with a window
+/// above that: a publish must never hold the relay's loop, so the acks time out, the session ends, and SIGTERM stops
+/// the relay at once; with NATS back, a new relay delivers every event exactly once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_with_a_window_above_the_client_channel() {
+    let mut env = Env::start();
+    env.setup();
+    let js = env.js().await;
+    let args = run_args(&["--max-in-flight", "8192"]);
+    let relay = env.spawn_run(&args);
+    let client = env.client().await;
+    let mut ids = walrelay_tests::insert_events(&client, "p", 0, 1).await;
+    walrelay_tests::wait_stream_count(&js, &env.stream, 1, Duration::from_secs(30)).await;
+    drop(js);
+    blocking(|| env.nats.stop());
+    ids.extend(walrelay_tests::insert_events(&client, "p", 1, 10_000).await);
+    blocking(|| relay.wait_for_output("relay interrupted", Duration::from_secs(60)))
+        .unwrap_or_else(|e| panic!("{e}: the acks never timed out:\n{}", relay.output_tail(30)));
+    relay.sigterm().unwrap();
+    let status = blocking(|| relay.wait_timeout(Duration::from_secs(30))).unwrap();
+    assert!(status.is_some(), "SIGTERM did not stop the relay:\n{}", relay.output_tail(30));
+
+    blocking(|| env.nats.start_again()).expect("start nats again");
+    let js = env.js().await;
+    let relay = env.spawn_run(&args);
+    walrelay_tests::wait_stream_count(&js, &env.stream, 10_001, DRAIN_TIMEOUT).await;
+    let messages = stream_messages(&js, &env.stream).await;
+    assert_eq!(walrelay_tests::ids(&messages), ids, "every event once, in commit and insert order");
+    assert!(relay.exit_status().is_none(), "{}", relay.output_tail(30));
+}
+
 /// PostgreSQL restarted with `pg_ctl restart -m fast` (confirmed_flush may regress on 15/16, design rule 9).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_fast_mid_stream() {

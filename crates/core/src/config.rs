@@ -446,8 +446,8 @@ impl Settings {
             tls_key: raw.nats_tls_key.as_deref(),
             tls_first: raw.nats_tls_first,
         })?;
-        // Every ack of the publishes in flight arrives on one subscription, which must hold them all.
-        nats.subscription_capacity = nats.subscription_capacity.max(raw.max_in_flight.saturating_add(1024));
+        // Room for every publish in flight, in the command channel and in the one subscription their acks arrive on.
+        nats.capacity = nats.capacity.max(raw.max_in_flight.saturating_add(1024));
         let on_invalid = raw.on_invalid.parse().map_err(|reason| ConfigError::Invalid {
             option: "--on-invalid",
             value: raw.on_invalid.clone(),

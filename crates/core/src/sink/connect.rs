@@ -179,8 +179,8 @@ impl NatsTls {
     }
 }
 
-/// async-nats' default subscription capacity.
-pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 64 * 1024;
+/// async-nats' default subscription capacity (its command channel's default is 2,048).
+pub const DEFAULT_CAPACITY: usize = 64 * 1024;
 
 /// Everything needed to connect to NATS, validated before any connection is made.
 #[derive(Clone)]
@@ -191,9 +191,11 @@ pub struct NatsOptions {
     pub auth: NatsAuth,
     /// TLS settings.
     pub tls: NatsTls,
-    /// Messages a subscription buffers before the client drops them: must exceed the publishes in flight, whose
-    /// acks all arrive on one subscription (see [`crate::sink::transport`]).
-    pub subscription_capacity: usize,
+    /// Capacity of the client's command channel and of each subscription's buffer. Both must exceed the publishes
+    /// in flight: every ack arrives on one subscription, which drops what does not fit (see
+    /// [`crate::sink::transport`]), and while the client reconnects nothing drains its command channel, so a full
+    /// one would hold a publish, and with it the relay's loop, until NATS is back.
+    pub capacity: usize,
 }
 
 impl fmt::Debug for NatsOptions {
@@ -284,7 +286,7 @@ impl NatsOptions {
         }
         let auth = chosen.pop().map(|(_, auth)| auth).unwrap_or(NatsAuth::None);
         let tls = parse_tls(raw, tls_scheme)?;
-        Ok(Self { servers, url, auth, tls, subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY })
+        Ok(Self { servers, url, auth, tls, capacity: DEFAULT_CAPACITY })
     }
 
     /// The URL(s) with credentials masked, for messages.
@@ -322,7 +324,8 @@ impl NatsOptions {
             .connection_timeout(CONNECT_TIMEOUT)
             .max_reconnects(None)
             .ignore_discovered_servers()
-            .subscription_capacity(self.subscription_capacity)
+            .subscription_capacity(self.capacity)
+            .client_capacity(self.capacity)
             .require_tls(self.tls.required)
             .tls_client_config(tls_config)
             .event_callback(move |event| {

@@ -257,9 +257,18 @@ impl<T, X: Transport> Publisher<T, X> {
         });
         let size = payload.len();
         let token = self.first_token + self.in_flight.len() as u64;
-        if let Err(e) = self.transport.publish(token, subject.clone(), headers, payload).await {
-            let subject = subject.to_string();
-            return Err(PublishError::Publish { id, subject, position, reason: e.reason, refused: e.refused });
+        // Bounded like the ack: a connection that takes no message (a full command channel) must not hold the caller.
+        let handed =
+            tokio::time::timeout(self.timeout, self.transport.publish(token, subject.clone(), headers, payload));
+        let failed = match handed.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some((e.reason, e.refused)),
+            Err(_) => {
+                Some((format!("NATS took no message within {}", humantime::format_duration(self.timeout)), false))
+            }
+        };
+        if let Some((reason, refused)) = failed {
+            return Err(PublishError::Publish { id, subject: subject.to_string(), position, reason, refused });
         }
         if expected.is_some() {
             self.fence = expected;
@@ -307,9 +316,17 @@ impl<T, X: Transport> Publisher<T, X> {
         }
     }
 
+    /// Takes the front event out of flight: the next reply token belongs to the event after it.
+    fn pop_front(&mut self) -> Option<Pending<T>> {
+        let p = self.in_flight.pop_front()?;
+        self.first_token += 1;
+        self.in_flight_bytes -= p.size;
+        Some(p)
+    }
+
     /// The front event failed without an answer about it (timeout, closed connection).
     fn fail_front(&mut self, reason: String) -> PublishError {
-        match self.in_flight.pop_front() {
+        match self.pop_front() {
             Some(p) => PublishError::Publish {
                 id: p.id,
                 subject: p.subject.to_string(),
@@ -323,11 +340,9 @@ impl<T, X: Transport> Publisher<T, X> {
 
     /// Takes the answered front event: an ack, or the error its reply means.
     fn complete_front(&mut self) -> Result<Acked<T>, PublishError> {
-        let Some(p) = self.in_flight.pop_front() else {
+        let Some(p) = self.pop_front() else {
             return Err(PublishError::Unacked { count: 0, timeout: self.timeout });
         };
-        self.first_token += 1;
-        self.in_flight_bytes -= p.size;
         let Pending { tag, id, subject, position, expected, reply, .. } = p;
         match (reply, expected) {
             (Some(Ok(stored)), Some(expected)) if stored.duplicate => {
@@ -367,8 +382,8 @@ impl<T, X: Transport> Publisher<T, X> {
                 }
             }
         }
-        self.in_flight.clear();
-        self.in_flight_bytes = 0;
+        // What is left will not be waited for: a late reply to it must not be filed under a later event.
+        while self.pop_front().is_some() {}
         (acked, failure)
     }
 }
@@ -376,7 +391,7 @@ impl<T, X: Transport> Publisher<T, X> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::memory::MemoryStream;
+    use crate::sink::{memory::MemoryStream, transport::SendError};
     use async_nats::HeaderMap;
     use pgoutput::Lsn;
 
@@ -454,6 +469,101 @@ mod tests {
         match err {
             Some(e @ PublishError::Publish { refused: true, .. }) => assert_eq!(e.refused_event(), Some("b")),
             other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    /// A transport whose replies the test hands in, each when it likes.
+    #[derive(Clone, Default)]
+    struct Manual {
+        replies: std::sync::Arc<std::sync::Mutex<VecDeque<Reply>>>,
+        notify: std::sync::Arc<tokio::sync::Notify>,
+    }
+
+    impl Manual {
+        fn answer(&self, token: u64, outcome: Result<Stored, Refusal>) {
+            self.replies.lock().expect("replies").push_back(Reply { token, outcome });
+            self.notify.notify_one();
+        }
+    }
+
+    impl Transport for Manual {
+        async fn publish(&mut self, _: u64, _: Subject, _: HeaderMap, _: bytes::Bytes) -> Result<(), SendError> {
+            Ok(())
+        }
+
+        async fn next_reply(&mut self) -> Option<Reply> {
+            loop {
+                if let Some(reply) = self.replies.lock().expect("replies").pop_front() {
+                    return Some(reply);
+                }
+                self.notify.notified().await;
+            }
+        }
+    }
+
+    fn stored(sequence: u64) -> Result<Stored, Refusal> {
+        Ok(Stored { sequence, duplicate: false })
+    }
+
+    /// Tags and sequences of acks.
+    fn tagged(acked: &[Acked<usize>]) -> Vec<(usize, u64)> {
+        acked.iter().map(|a| (a.tag, a.sequence)).collect()
+    }
+
+    #[tokio::test]
+    async fn after_a_timeout_each_reply_is_still_filed_with_its_own_event() {
+        for fence in [Some(0), None] {
+            let t = Manual::default();
+            let mut p = Publisher::new(t.clone(), fence, Duration::from_millis(100));
+            for (i, id) in ["a", "b", "c", "d", "d2"].into_iter().enumerate() {
+                p.send(event(id, i as u32), i).await.expect("sent");
+            }
+            // a's ack is lost (it was stored at 1): the front times out, and leaves the flight.
+            assert!(matches!(p.next_ack().await, Err(PublishError::Publish { ref id, .. }) if id == "a"));
+            assert_eq!((p.in_flight(), p.in_flight_bytes()), (4, 8), "{fence:?}");
+            // a's late ack, b's and c's: each for its own event.
+            t.answer(0, stored(1));
+            t.answer(1, stored(2));
+            t.answer(2, stored(3));
+            assert_eq!(tagged(&[p.next_ack().await.expect("b"), p.next_ack().await.expect("c")]), [(1, 2), (2, 3)]);
+            // d times out in a drain, which gives up d2 too; their late acks must not be taken for e's.
+            let (acked, err) = p.drain(Duration::from_secs(1)).await;
+            assert!(acked.is_empty() && err.is_some_and(|e| e.to_string().contains("d")), "{fence:?}");
+            assert_eq!((p.in_flight(), p.in_flight_bytes()), (0, 0));
+            p.send(event("e", 5), 5).await.expect("sent");
+            t.answer(3, stored(4));
+            t.answer(4, stored(5));
+            t.answer(5, Err(Refusal { code: 10000, reason: "e refused".into() }));
+            match p.next_ack().await {
+                Err(e @ PublishError::Publish { refused: true, .. }) => assert_eq!(e.refused_event(), Some("e")),
+                other => panic!("{fence:?}: e's own reply is a refusal, got {other:?}"),
+            }
+        }
+    }
+
+    /// A connection that takes no message (async-nats' command channel full while it reconnects).
+    struct Stuck;
+
+    impl Transport for Stuck {
+        async fn publish(&mut self, _: u64, _: Subject, _: HeaderMap, _: bytes::Bytes) -> Result<(), SendError> {
+            std::future::pending().await
+        }
+
+        async fn next_reply(&mut self) -> Option<Reply> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_the_connection_does_not_take_fails_after_the_publish_timeout() {
+        let mut p = Publisher::new(Stuck, Some(0), Duration::from_millis(100));
+        let sent = tokio::time::timeout(Duration::from_secs(5), p.send(event("a", 0), 0)).await;
+        match sent.expect("send returns within the publish timeout") {
+            Err(PublishError::Publish { id, reason, refused: false, .. }) => {
+                assert_eq!((id.as_str(), reason.as_str()), ("a", "NATS took no message within 100ms"));
+            }
+            other => panic!("expected a publish error, got {other:?}"),
         }
         assert_eq!(p.in_flight(), 0);
     }
