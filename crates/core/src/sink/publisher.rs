@@ -258,9 +258,14 @@ impl<T, X: Transport> Publisher<T, X> {
         let size = payload.len();
         let token = self.first_token + self.in_flight.len() as u64;
         // Bounded like the ack: a connection that takes no message (a full command channel) must not hold the caller.
-        let handed =
-            tokio::time::timeout(self.timeout, self.transport.publish(token, subject.clone(), headers, payload));
-        let failed = match handed.await {
+        // The timer is set up only when the connection does not take the message at once (never, normally).
+        let publish = self.transport.publish(token, subject.clone(), headers, payload);
+        tokio::pin!(publish);
+        let handed = match futures::poll!(&mut publish) {
+            std::task::Poll::Ready(result) => Ok(result),
+            std::task::Poll::Pending => tokio::time::timeout(self.timeout, publish).await,
+        };
+        let failed = match handed {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some((e.reason, e.refused)),
             Err(_) => {
