@@ -157,6 +157,44 @@ fn walrelay(env: &Env, args: &[&str]) -> (Option<i32>, String, String) {
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
+/// Two messages with one id: the stream drops the second as a duplicate. Nothing is lost silently: with
+/// `--on-invalid dead-letter` a dead-letter record stands in for it and the relay goes on; with `stop` the relay
+/// exits 1 naming the event, the reason and `walrelay skip`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_message_id_is_an_invalid_event() {
+    let env = Env::start();
+    env.setup();
+    let client = env.client().await;
+    let emit = |id: &str| {
+        format!(
+            "SELECT pg_logical_emit_message(true, 'outbox', json_build_object('id', '{id}', 'aggregate_type', 'msg', \
+             'aggregate_id', 'a', 'event_type', 'sent', 'payload', 1)::text)"
+        )
+    };
+    for id in ["m1", "m1", "m2"] {
+        client.batch_execute(&emit(id)).await.unwrap();
+    }
+    let relay = env.spawn_run(&["--message-prefix", "outbox", "--on-invalid", "dead-letter"]);
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, 3, LONG).await;
+    let messages = stream_messages(&js, &env.stream).await;
+    let ids: Vec<&str> = messages.iter().map(|m| m.id()).collect();
+    assert_eq!(ids, ["m1", "dead-letter:m1", "m2"]);
+    assert!(messages[1].header("Outbox-Error").contains("already in the stream (sequence 1)"), "{:?}", messages[1]);
+    assert!(relay.exit_status().is_none(), "{}", relay.output_tail(20));
+    relay.sigterm().unwrap();
+    assert_eq!(relay.wait_timeout(Duration::from_secs(30)).unwrap().and_then(|s| s.code()), Some(0));
+
+    client.batch_execute(&emit("m2")).await.unwrap();
+    let relay = env.spawn_run(&["--message-prefix", "outbox", "--on-invalid", "stop"]);
+    let status = relay.wait_timeout(LONG).unwrap();
+    let output = relay.output();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{output}");
+    assert!(output.contains("invalid event m2") && output.contains("already in the stream (sequence 3)"), "{output}");
+    assert!(output.contains("walrelay skip --through"), "{output}");
+    assert_eq!(stream_messages(&js, &env.stream).await.len(), 3, "nothing more was stored");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_only_without_a_table() {
     let env = Env::start();

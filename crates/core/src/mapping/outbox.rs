@@ -124,6 +124,28 @@ pub struct InvalidEvent {
     pub size: usize,
 }
 
+impl InvalidEvent {
+    /// A mapped event that turned out invalid for `reason` (e.g. its id is already in the stream for another
+    /// message): what its dead-letter record needs, from the event's own headers.
+    pub fn from_event(event: &Event, reason: String) -> Self {
+        let headers = event
+            .sorted_headers()
+            .into_iter()
+            .filter(|(name, _)| *name != header::MSG_ID)
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        Self {
+            id: event.id.clone(),
+            table: event.table.to_string(),
+            position: event.position,
+            headers,
+            commit_time: event.commit_time().to_owned(),
+            reason,
+            size: event.wire_size(),
+        }
+    }
+}
+
 /// Longest id and reason a minimal dead-letter record carries.
 const MINIMAL_RECORD_TEXT: usize = 128;
 

@@ -130,6 +130,9 @@ struct Relay<'a> {
     standing_by: bool,
     /// The server the last session streamed from, to notice a promotion or failover on reconnect.
     server: Option<slot::Server>,
+    /// The last event whose id the stream already held for another message, and why it is invalid: the next
+    /// sessions hand it to `--on-invalid` when they reach it.
+    reused_id: Option<(Position, String)>,
 }
 
 /// Runs the relay until shutdown (Ok) or a permanent error.
@@ -156,7 +159,8 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
             }
         }
     };
-    let mut relay = Relay { settings, shutdown, stats, status_interval, standing_by: false, server: None };
+    let mut relay =
+        Relay { settings, shutdown, stats, status_interval, standing_by: false, server: None, reused_id: None };
     attempt = 0;
     let mut repeats = Repeats::default();
     loop {
@@ -169,6 +173,9 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
             }
             Err(err) => repeats.record(err),
         };
+        if let Some(reused) = reused_id(&err) {
+            relay.reused_id = Some(reused);
+        }
         if !err.is_transient() || *relay.shutdown.borrow() {
             relay.stats.health.stopping();
             return if err.is_transient() { Ok(()) } else { Err(err) };
@@ -200,6 +207,19 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
             _ = crate::stopped(&mut shutdown) => return Ok(()),
         }
     }
+}
+
+/// For a session that ended because the stream answered an event as a duplicate: where that event is, and why it is
+/// invalid (another message holds its id), for `--on-invalid` when the next session reaches it.
+pub(crate) fn reused_id(err: &RelayError) -> Option<(Position, String)> {
+    let RelayError::Publish(PublishError::Duplicate { position, sequence, .. }) = err else {
+        return None;
+    };
+    let reason = format!(
+        "its Nats-Msg-Id is already in the stream (sequence {sequence}) for another message: JetStream drops a \
+         message whose id it has seen within the stream's duplicate window, so ids must be unique"
+    );
+    Some((*position, reason))
 }
 
 /// Capped exponential backoff with full jitter: 200 ms doubling to 10 s.
@@ -314,6 +334,9 @@ impl Relay<'_> {
         let pg_version = slot::setting(&control, "server_version").await.unwrap_or_default();
         let mut assembler = Assembler::new(settings)?;
         assembler.set_max_payload(client.server_info().max_payload);
+        if let Some((position, reason)) = &self.reused_id {
+            assembler.reject(*position, reason.clone());
+        }
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             slot = %settings.slot,

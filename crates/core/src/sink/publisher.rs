@@ -93,8 +93,20 @@ pub enum PublishError {
         /// which say nothing about the message): the same publish is likely to be refused again.
         refused: bool,
     },
-    /// The stream's sequence is not what the fence expected: a message was lost, duplicated or written by someone
-    /// else. The relay re-reads the tail and resumes after it.
+    /// The stream answered a fenced publish as a duplicate: it holds another message with this event's
+    /// `Nats-Msg-Id` (the relay never re-sends what the stream holds, so two events share the id). The relay
+    /// resumes, and `--on-invalid` decides about the event when it comes again.
+    #[error("event {id} at {position}: the stream already holds a message with this Nats-Msg-Id (sequence {sequence}), so JetStream dropped this one as a duplicate")]
+    Duplicate {
+        /// Event id.
+        id: String,
+        /// Where the event is.
+        position: Position,
+        /// The stream sequence of the message that holds the id.
+        sequence: u64,
+    },
+    /// The stream's sequence is not what the fence expected: a message was lost or written by someone else. The
+    /// relay re-reads the tail and resumes after it.
     #[error("ordering fence: event {id} expected stream sequence {expected}, stream answered {actual}")]
     Fence {
         /// Event id.
@@ -124,7 +136,7 @@ impl PublishError {
     /// event as permanent ([`crate::relay`]).
     pub fn refused_event(&self) -> Option<&str> {
         match self {
-            Self::Publish { id, refused: true, .. } | Self::Fence { id, .. } => Some(id),
+            Self::Publish { id, refused: true, .. } | Self::Fence { id, .. } | Self::Duplicate { id, .. } => Some(id),
             _ => None,
         }
     }
@@ -350,8 +362,8 @@ impl<T, X: Transport> Publisher<T, X> {
         };
         let Pending { tag, id, subject, position, expected, reply, .. } = p;
         match (reply, expected) {
-            (Some(Ok(stored)), Some(expected)) if stored.duplicate => {
-                Err(PublishError::Fence { id, expected, actual: format!("duplicate of sequence {}", stored.sequence) })
+            (Some(Ok(stored)), Some(_)) if stored.duplicate => {
+                Err(PublishError::Duplicate { id, position, sequence: stored.sequence })
             }
             (Some(Ok(stored)), Some(expected)) if stored.sequence != expected => {
                 Err(PublishError::Fence { id, expected, actual: stored.sequence.to_string() })
@@ -449,7 +461,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_duplicate_is_counted_without_the_fence_and_breaks_it_with() {
+    async fn a_duplicate_is_counted_without_the_fence_and_is_an_error_with_it() {
         let stream = MemoryStream::default();
         let mut p = Publisher::new(stream.transport(), None, Duration::from_secs(5));
         p.send(event("a", 0), ()).await.expect("sent");
@@ -459,7 +471,10 @@ mod tests {
         assert!(dup.duplicate && dup.sequence == 1);
         let mut fenced = Publisher::new(stream.transport(), Some(1), Duration::from_secs(5));
         fenced.send(event("a", 0), ()).await.expect("sent");
-        assert!(matches!(fenced.next_ack().await, Err(PublishError::Fence { expected: 2, .. })));
+        match fenced.next_ack().await {
+            Err(e @ PublishError::Duplicate { sequence: 1, .. }) => assert_eq!(e.refused_event(), Some("a")),
+            other => panic!("expected a duplicate, got {other:?}"),
+        }
     }
 
     #[tokio::test]

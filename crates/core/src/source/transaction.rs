@@ -72,6 +72,8 @@ pub struct Assembler {
     /// `--message-prefix`.
     message_prefix: Option<String>,
     warned_non_transactional: bool,
+    /// An event found invalid downstream, and why ([`reject`](Self::reject)).
+    rejected: Option<(Position, String)>,
 }
 
 impl Assembler {
@@ -84,7 +86,32 @@ impl Assembler {
             other_relations: HashSet::new(),
             message_prefix: settings.message_prefix.clone(),
             warned_non_transactional: false,
+            rejected: None,
         })
+    }
+
+    /// Treats the event at `position` as invalid for `reason`, found after it was mapped (its id is already in the
+    /// stream for another message): when it comes, `--on-invalid` decides, as for any invalid event.
+    pub fn reject(&mut self, position: Position, reason: String) {
+        self.rejected = Some((position, reason));
+    }
+
+    /// A mapped row or message with `--on-invalid` applied: the one path for both.
+    fn decide(
+        &self,
+        mapped: Result<Event, MapError>,
+        position: Position,
+    ) -> Result<Result<Event, Box<InvalidEvent>>, SourceError> {
+        match mapped {
+            Ok(event) => match &self.rejected {
+                Some((at, reason)) if *at == position => {
+                    Ok(self.mapper.on_invalid(Box::new(InvalidEvent::from_event(&event, reason.clone()))))
+                }
+                _ => Ok(Ok(event)),
+            },
+            Err(MapError::Invalid(invalid)) => Ok(self.mapper.on_invalid(invalid)),
+            Err(MapError::Source(source)) => Err(source),
+        }
     }
 
     /// Events larger than the NATS server's `max_payload` are invalid.
@@ -151,13 +178,9 @@ impl Assembler {
         };
         let index = open.next_index;
         open.next_index += 1;
-        let commit_lsn = open.stamp.commit_lsn;
-        let event = match self.mapper.map_message(content, &open.stamp, index) {
-            Ok(event) => Ok(event),
-            Err(MapError::Invalid(invalid)) => self.mapper.on_invalid(invalid),
-            Err(MapError::Source(source)) => return Err(source),
-        };
-        Ok(Assembled::Row { position: Position { commit_lsn, index }, event })
+        let position = Position { commit_lsn: open.stamp.commit_lsn, index };
+        let mapped = self.mapper.map_message(content, &open.stamp, index);
+        Ok(Assembled::Row { position, event: self.decide(mapped, position)? })
     }
 
     fn message(&mut self, message: Message, at: Lsn) -> Result<Assembled, SourceError> {
@@ -188,13 +211,9 @@ impl Assembler {
                 };
                 let index = open.next_index;
                 open.next_index += 1;
-                let commit_lsn = open.stamp.commit_lsn;
-                let event = match self.mapper.map(insert.relation_id, &insert.new, &open.stamp, index) {
-                    Ok(event) => Ok(event),
-                    Err(MapError::Invalid(invalid)) => self.mapper.on_invalid(invalid),
-                    Err(MapError::Source(source)) => return Err(source),
-                };
-                Ok(Assembled::Row { position: Position { commit_lsn, index }, event })
+                let position = Position { commit_lsn: open.stamp.commit_lsn, index };
+                let mapped = self.mapper.map(insert.relation_id, &insert.new, &open.stamp, index);
+                Ok(Assembled::Row { position, event: self.decide(mapped, position)? })
             }
             Message::Update(_)
             | Message::Delete(_)

@@ -303,3 +303,47 @@ async fn under_stop_an_invalid_row_ends_the_session_before_it_is_published() {
     assert_eq!(h.stream.ids(), ["a", "b"]);
     assert_eq!(out.confirmed, Lsn(0x108));
 }
+
+#[tokio::test]
+async fn an_id_the_stream_already_holds_goes_to_on_invalid_when_the_next_session_reaches_it() {
+    for on_invalid in ["dead-letter", "stop"] {
+        let h = Harness::new(|raw| raw.on_invalid = on_invalid.into());
+        // Two events share the id "a" (e.g. two logical messages with one id).
+        let events = script(&[(0x100, &[Some("a")]), (0x200, &[Some("a")]), (0x300, &[Some("b")])]);
+        let out = h.session(events.clone(), None, Lsn(0x10)).await;
+        let err = out.result.err().expect("the duplicate ends the session");
+        assert!(matches!(&err, RelayError::Publish(PublishError::Duplicate { sequence: 1, .. })), "{err}");
+        assert!(err.is_transient(), "the relay resumes: {err}");
+        assert_eq!((h.stream.ids(), out.confirmed), (vec!["a".to_owned()], Lsn(0x108)));
+
+        let (position, reason) = crate::relay::reused_id(&err).expect("a reused id");
+        assert_eq!(position, Position { commit_lsn: Lsn(0x200), index: 0 });
+        let (stop, shutdown) = watch::channel(false);
+        let mut repl = Script { events: events.into(), played: 0, stop_at: None, stop, applied: h.applied.clone() };
+        let mut session = h.new_session(h.high_water(), out.confirmed, shutdown);
+        session.assembler.reject(position, reason);
+        let mut rejection = Rejection::never();
+        let run = session.main_loop(&mut repl, &mut rejection);
+        let result = tokio::time::timeout(Duration::from_millis(1500), run).await;
+        let confirmed = session.settle().await;
+        match on_invalid {
+            "dead-letter" => {
+                assert!(result.is_err(), "the session goes on after the dead-letter record");
+                assert_eq!(h.stream.ids(), ["a", "dead-letter:a", "b"]);
+                let state = h.stream.state();
+                let record = &state.messages[1];
+                assert!(record.header(header::ERROR).is_some_and(|e| e.contains("already in the stream")));
+                assert_eq!(record.header(header::COMMIT_LSN), Some("0/200"));
+                drop(state);
+                assert_eq!(confirmed, Lsn(0x308));
+            }
+            _ => {
+                let err = result.expect("the session ends").err().expect("an invalid event");
+                assert!(matches!(&err, RelayError::Invalid(invalid) if invalid.id == "a"), "{err}");
+                let text = err.to_string();
+                assert!(text.contains("already in the stream (sequence 1)") && text.contains("skip --through 0/200:0"));
+                assert_eq!((h.stream.ids(), confirmed), (vec!["a".to_owned()], Lsn(0x108)));
+            }
+        }
+    }
+}
