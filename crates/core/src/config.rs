@@ -607,13 +607,19 @@ fn at_least(option: &'static str, value: &str, min: Duration) -> Result<Duration
     Ok(d)
 }
 
-/// Parses a duration like `90s`, `10m`, `1h`, `500ms`.
+/// The longest duration any option takes (100 years of 365.25 days, as humantime counts `100y`): far beyond it a
+/// deadline would overflow the clock.
+const MAX_DURATION: Duration = Duration::from_secs(36_525 * 24 * 3600);
+
+/// Parses a duration like `90s`, `10m`, `1h`, `500ms` (at most 100 years).
 pub fn parse_duration(option: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value.trim()).map_err(|err| ConfigError::Invalid {
-        option,
-        value: value.to_owned(),
-        reason: format!("{err}; expected a duration like 90s, 10m or 1h"),
-    })
+    let invalid = |reason: String| ConfigError::Invalid { option, value: value.to_owned(), reason };
+    let d = humantime::parse_duration(value.trim())
+        .map_err(|err| invalid(format!("{err}; expected a duration like 90s, 10m or 1h")))?;
+    if d > MAX_DURATION {
+        return Err(invalid("must be at most 100 years".into()));
+    }
+    Ok(d)
 }
 
 /// Parses a size: `KB/MB/GB` are powers of 1000, `KiB/MiB/GiB` powers of 1024, a bare number is bytes.
@@ -676,6 +682,11 @@ mod tests {
         assert_eq!(parse_duration("--x", "10m").ok(), Some(Duration::from_secs(600)));
         assert_eq!(parse_duration("--x", "1h").ok(), Some(Duration::from_secs(3600)));
         assert!(parse_duration("--x", "soon").is_err());
+        assert_eq!(parse_duration("--x", "100y").ok(), Some(Duration::from_secs(3_155_760_000)));
+        for too_long in ["101y", "500000000000y"] {
+            let err = parse_duration("--publish-timeout", too_long).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("--publish-timeout") && err.contains("at most 100 years"), "{too_long}: {err}");
+        }
     }
 
     #[test]
