@@ -256,18 +256,21 @@ fn stream_names(env: &Env) -> Result<Vec<String>, support::Error> {
     })
 }
 
+/// `walrelay <args>` connecting to Postgres as `role` (which trusts it: no password).
+fn as_role(env: &Env, role: &str, args: &[&str]) -> Result<support::Output, support::Error> {
+    let url = env.pg_url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, env.pg_url, "{}", env.pg_url);
+    let mut cmd = env.command(args)?;
+    cmd.env("WALRELAY_PG_URL", &url);
+    support::run(cmd)
+}
+
 #[test]
 fn a_least_privilege_role_runs_setup_and_run() -> TestResult {
     let env = Env::start()?;
     // LOGIN and REPLICATION only: doctor names what is missing for setup, with the statements that fix it.
     env.sql("CREATE ROLE relay LOGIN REPLICATION")?;
-    let relay_url = env.pg_url.replacen("postgres@", "relay@", 1);
-    assert_ne!(relay_url, env.pg_url, "{}", env.pg_url);
-    let as_relay = |args: &[&str]| -> Result<support::Output, support::Error> {
-        let mut cmd = env.command(args)?;
-        cmd.env("WALRELAY_PG_URL", &relay_url);
-        support::run(cmd)
-    };
+    let as_relay = |args: &[&str]| as_role(&env, "relay", args);
     let out = as_relay(&["doctor"])?;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.contains("fail publication_privilege"), "{}", out.stdout);
@@ -289,7 +292,7 @@ fn a_least_privilege_role_runs_setup_and_run() -> TestResult {
     let out = as_relay(&["setup"])?;
     assert_eq!(out.code, 0, "{out:?}");
     let mut cmd = env.command(&["run"])?;
-    cmd.env("WALRELAY_PG_URL", &relay_url).env("WALRELAY_LOG", "info");
+    cmd.env("WALRELAY_PG_URL", env.pg_url.replacen("postgres@", "relay@", 1)).env("WALRELAY_LOG", "info");
     let relay = walrelay_testkit::Process::spawn(cmd)?;
     let ids = env.insert_txn(&[("created", r#"{"n": 0}"#), ("paid", r#"{"n": 1}"#)])?;
     let messages = env.wait_for_messages("OUTBOX", 2)?;
@@ -305,12 +308,8 @@ fn a_messages_only_setup_names_the_missing_create_privilege() -> TestResult {
     let env = Env::start()?;
     // A publication of no table needs only CREATE on the database, which a LOGIN REPLICATION role lacks.
     env.sql("CREATE ROLE relay LOGIN REPLICATION")?;
-    let relay_url = env.pg_url.replacen("postgres@", "relay@", 1);
-    let as_relay = |args: &[&str]| -> Result<support::Output, support::Error> {
-        let mut cmd = env.command(&[args, &["--table", "", "--message-prefix", "outbox"][..]].concat())?;
-        cmd.env("WALRELAY_PG_URL", &relay_url);
-        support::run(cmd)
-    };
+    let as_relay =
+        |args: &[&str]| as_role(&env, "relay", &[args, &["--table", "", "--message-prefix", "outbox"]].concat());
     let out = as_relay(&["doctor"])?;
     assert_eq!(out.code, 1, "{out:?}");
     let line = out.stdout.lines().find(|l| l.starts_with("fail publication_privilege")).unwrap_or_default();
