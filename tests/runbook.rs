@@ -72,7 +72,14 @@ fn monitor_replay_rebuild_and_move_as_written() -> TestResult {
     let out = run_block(&env, "monitor", &[])?;
     assert_eq!(out.code, 0, "{out:?}");
 
-    // Replay into a separate stream: exactly the events, in order, under its own subjects.
+    // Replay into a separate stream: exactly the events, in order, under its own subjects, once the slot confirmed
+    // them (replay takes only what run relayed).
+    let last = stored.last().map(|m| m.commit_lsn()).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while walrelay_tests::lsn(&env.confirmed_flush("walrelay")?) <= last {
+        assert!(std::time::Instant::now() < deadline, "the slot did not confirm the events");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let out = run_block(&env, "replay-separate", &[("FROM_LSN", &from)])?;
     assert_eq!(out.code, 0, "{out:?}");
     let replayed = env.stream_messages("REPLAY_X")?;

@@ -122,9 +122,28 @@ pub struct InvalidEvent {
     pub reason: String,
     /// Its size in bytes (payload plus headers), as far as known.
     pub size: usize,
+    /// Whether mapping the row again shows it invalid, so that `walrelay skip` can pass it. Not so for an id found
+    /// taken only when the event was published.
+    pub skippable: bool,
 }
 
 impl InvalidEvent {
+    /// What an operator can do about it (after the reason in run's error).
+    pub fn remedy(&self) -> String {
+        if self.skippable {
+            format!(
+                "the insert is in the WAL, so changing the row does not help: publish a dead-letter record for just \
+                 this event with `walrelay skip --through {}` and start run again, or run with --on-invalid \
+                 dead-letter to do so for every invalid event",
+                self.position
+            )
+        } else {
+            "start run once with --on-invalid dead-letter: it publishes a dead-letter record for this event and goes \
+             on (`walrelay skip` cannot pass it: the row itself is valid)"
+                .to_owned()
+        }
+    }
+
     /// A mapped event that turned out invalid for `reason` (e.g. its id is already in the stream for another
     /// message): what its dead-letter record needs, from the event's own headers.
     pub fn from_event(event: &Event, reason: String) -> Self {
@@ -142,6 +161,7 @@ impl InvalidEvent {
             commit_time: event.commit_time().to_owned(),
             reason,
             size: event.wire_size(),
+            skippable: false,
         }
     }
 }
@@ -607,6 +627,7 @@ fn invalid_event(
         commit_time: txn.commit_time.clone(),
         reason,
         size,
+        skippable: true,
     }
 }
 

@@ -19,7 +19,7 @@ use async_nats::{header::HeaderName, HeaderValue};
 use pgoutput::Lsn;
 
 use crate::{
-    config::Settings,
+    config::{OnInvalid, Settings},
     mapping::event::{header, header_value, Event, Position},
     mapping::outbox::{commit_time_rfc3339, pg_micros},
     relay::RelayError,
@@ -81,7 +81,9 @@ async fn replay(
     stdout: bool,
 ) -> Result<(), RelayError> {
     let end = history::end_marker(control).await?;
-    let mut assembler = Assembler::new(settings)?;
+    // An invalid event reached the stream as its dead-letter record (`run --on-invalid dead-letter` or `skip`
+    // published it): replay sends that record, whatever this invocation's --on-invalid says.
+    let mut assembler = Assembler::new(&Settings { on_invalid: OnInvalid::DeadLetter, ..settings.clone() })?;
     // Into a stream `run` writes, replay re-sends only what run already relayed: events the stream holds from run
     // (its high-water mark, replayed copies skipped) or that the main slot confirmed. Later ones are run's to publish;
     // a replayed copy of one would be dropped as a duplicate of run's publish and wedge its ordering fence.
@@ -139,8 +141,9 @@ async fn replay(
     let bound = to.map(|t| format!(" to {t}")).unwrap_or_default();
     if let Some(at) = pending_from {
         eprintln!(
-            "replay stopped at event {at}: it and later events are not relayed yet; `walrelay run` publishes them \
-             (replay only re-sends what run already relayed)"
+            "replay stopped at event {at}: it and later events are not relayed yet (not in this stream from run, nor \
+             confirmed by slot {}); `walrelay run` publishes them (replay only re-sends what run already relayed)",
+            settings.slot
         );
     }
     match &sink {
@@ -162,11 +165,13 @@ struct Relayed {
 }
 
 impl Relayed {
-    /// Whether `p` may be replayed: always into a stream `run` has not published to (a separate or rebuilt one);
-    /// into one it has, only what it relayed.
+    /// Whether `p` may be replayed: only what `run` relayed (the stream's high-water mark, or the main slot's
+    /// confirmed position), never what it has still to publish.
     fn covers(&self, p: Position) -> bool {
         match self.hw {
-            None => true,
+            // No message of run's in the stream (new, purged or aged out, or only replayed copies): what the main
+            // slot confirmed, or everything when there is no main slot (no run to publish anything).
+            None => self.confirmed.is_none_or(|c| p.commit_lsn < c),
             Some(hw) => p <= hw || self.confirmed.is_some_and(|c| p.commit_lsn < c),
         }
     }

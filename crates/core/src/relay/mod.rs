@@ -59,7 +59,7 @@ pub enum RelayError {
     #[error(transparent)]
     Publish(#[from] PublishError),
     /// An event cannot be published and `--on-invalid stop` is set.
-    #[error("invalid event {} in table {} at commit LSN {} (index {}): {}; the insert is in the WAL, so changing the row does not help: publish a dead-letter record for just this event with `walrelay skip --through {}` and start run again, or run with --on-invalid dead-letter to do so for every invalid event", .0.id, .0.table, .0.position.commit_lsn, .0.position.index, .0.reason, .0.position)]
+    #[error("invalid event {} in table {} at commit LSN {} (index {}): {}; {}", .0.id, .0.table, .0.position.commit_lsn, .0.position.index, .0.reason, .0.remedy())]
     Invalid(Box<InvalidEvent>),
     /// The publish of one event failed the same way on consecutive attempts: retrying will not help.
     #[error("{error}; the publish of this event failed the same way {attempts} times in a row, so walrelay stops instead of retrying it for ever: check that the stream covers its subject and accepts its size")]
