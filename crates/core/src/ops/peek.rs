@@ -42,7 +42,7 @@ async fn show(
 ) -> Result<(), RelayError> {
     let mut shown = 0usize;
     if limit > 0 {
-        pending(settings, control, copy, |item| {
+        pending(settings, control, copy, Stream::IfReachable, |item| {
             print_item(item, json);
             shown += 1;
             shown < limit
@@ -61,13 +61,25 @@ async fn show(
     Ok(())
 }
 
+/// How [`pending`] treats NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stream {
+    /// Checks what the stream holds when NATS answers; an unreachable server or a failed tail read only skips
+    /// that check (`peek`, `teardown`).
+    IfReachable,
+    /// What the stream holds must be known: any NATS failure ends the command (`skip`, which must not pass an
+    /// event the stream already holds a record for).
+    Required,
+}
+
 /// Visits the pending events of a slot copy in commit order, up to the WAL position of the call, until `visit`
 /// returns false. Like `run`: events the stream already holds are not pending, and the server's max_payload
-/// applies (both only when NATS answers).
+/// applies (both only when NATS answers, unless `stream` is [`Stream::Required`]).
 pub(super) async fn pending(
     settings: &Settings,
     control: &tokio_postgres::Client,
     copy: &SlotCopy,
+    stream_check: Stream,
     mut visit: impl FnMut(Item) -> bool,
 ) -> Result<(), RelayError> {
     let end = history::end_marker(control).await?;
@@ -80,10 +92,17 @@ pub(super) async fn pending(
     match stream::connect(settings).await {
         Ok((client, js)) => {
             assembler.set_max_payload(client.server_info().max_payload);
-            stored = stream::high_water(&js, &settings.stream).await.unwrap_or_default();
+            stored = match stream::high_water(&js, &settings.stream).await {
+                Ok(hw) => hw,
+                Err(err) if stream_check == Stream::Required => return Err(err.into()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the stream's tail: not checking what it already holds");
+                    stream::HighWater::default()
+                }
+            };
         }
         // Rejected credentials or a failed TLS handshake end the command; an unreachable server only this check.
-        Err(err) if !err.is_transient() => return Err(err.into()),
+        Err(err) if !err.is_transient() || stream_check == Stream::Required => return Err(err.into()),
         Err(err) => tracing::warn!(error = %err, "nats not connected: not checking what the stream already holds"),
     }
     let mut reader = HistoryReader::open(settings, copy, range, assembler).await?;

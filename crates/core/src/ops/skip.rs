@@ -39,7 +39,7 @@ pub async fn run(settings: &Settings, through: Position) -> Result<(), RelayErro
     let mut first = None;
     // The event run stops on is the one `--on-invalid stop` stops on, whatever this command's setting.
     let stop = Settings { on_invalid: OnInvalid::Stop, ..settings.clone() };
-    let found = super::peek::pending(&stop, &control, &copy, |item| {
+    let found = super::peek::pending(&stop, &control, &copy, super::peek::Stream::Required, |item| {
         first = Some(item);
         false
     })

@@ -115,7 +115,7 @@ async fn refuse_pending(settings: &Settings, control: &Client, host: &PgHost) ->
     }
     let copy = SlotCopy::create(control, host, &settings.slot, "teardown").await?;
     let mut events = 0u64;
-    let counted = super::peek::pending(settings, control, &copy, |_| {
+    let counted = super::peek::pending(settings, control, &copy, super::peek::Stream::IfReachable, |_| {
         events += 1;
         true
     })
