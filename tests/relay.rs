@@ -497,3 +497,38 @@ async fn idle_progress_is_logged_at_the_first_idle_interval_then_once_per_30() {
     assert!(wait < Duration::from_millis(1500), "first idle line {wait:?} after the progress line:\n{out}");
     stop(&relay);
 }
+
+/// The stream holds a pending event's message behind more than 1000 foreign ones, where the tail read gives up, so
+/// `run` re-sends it and JetStream answers "duplicate". That message is this very event: the relay counts it as
+/// relayed and goes on (no dead-letter record, no stop), and the next event follows it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_stream_holds_behind_foreign_messages_is_not_taken_for_a_reused_id() {
+    let env = Env::start();
+    env.setup();
+    let pg = connect(&env.pg_url()).await;
+    let c = insert_events(&pg, "c", 0, 1).await;
+    // c as run would publish it, then 1001 messages of another writer.
+    let out = env.walrelay(&["peek", "--json"]).output().unwrap();
+    let peeked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nats = async_nats::connect(env.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in peeked["headers"].as_object().unwrap() {
+        headers.insert(name.as_str(), value.as_str().unwrap());
+    }
+    let subject = peeked["subject"].as_str().unwrap().to_owned();
+    js.publish_with_headers(subject.clone(), headers, "{}".into()).await.unwrap().await.unwrap();
+    for i in 0..1001 {
+        let mut foreign = async_nats::HeaderMap::new();
+        foreign.insert("Nats-Msg-Id", format!("foreign-{i}").as_str());
+        js.publish_with_headers(subject.clone(), foreign, "{}".into()).await.unwrap().await.unwrap();
+    }
+    let relay = env.spawn_run(&["--on-invalid", "dead-letter"]);
+    relay.wait_for_output("the stream already holds this event", LONG).unwrap();
+    let d = insert_events(&pg, "d", 0, 1).await;
+    wait_stream_count(&js, &env.stream, 1 + 1001 + 1, LONG).await;
+    stop(&relay);
+    let ids: Vec<String> = stream_messages(&js, &env.stream).await.iter().map(|m| m.id().to_owned()).collect();
+    assert_eq!((&ids[0], &ids[1002..]), (&c[0], &d[..]), "c once (the copy already there), then d; nothing else");
+    assert!(!ids.iter().any(|id| id.starts_with("dead-letter:")), "no dead-letter record");
+}

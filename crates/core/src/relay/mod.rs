@@ -133,6 +133,10 @@ struct Relay<'a> {
     /// The last event whose id the stream already held for another message, and why it is invalid: the next
     /// sessions hand it to `--on-invalid` when they reach it.
     reused_id: Option<(Position, String)>,
+    /// An event the stream was found to hold (the message at this sequence) although its tail read did not show it
+    /// (e.g. behind more than 1000 foreign messages): later sessions count it as relayed while the stream still
+    /// reaches that sequence.
+    held: Option<(Position, u64)>,
 }
 
 /// Runs the relay until shutdown (Ok) or a permanent error.
@@ -159,8 +163,16 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
             }
         }
     };
-    let mut relay =
-        Relay { settings, shutdown, stats, status_interval, standing_by: false, server: None, reused_id: None };
+    let mut relay = Relay {
+        settings,
+        shutdown,
+        stats,
+        status_interval,
+        standing_by: false,
+        server: None,
+        reused_id: None,
+        held: None,
+    };
     attempt = 0;
     let mut repeats = Repeats::default();
     loop {
@@ -173,9 +185,6 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
             }
             Err(err) => repeats.record(err),
         };
-        if let Some(reused) = reused_id(&err) {
-            relay.reused_id = Some(reused);
-        }
         if !err.is_transient() || *relay.shutdown.borrow() {
             relay.stats.health.stopping();
             return if err.is_transient() { Ok(()) } else { Err(err) };
@@ -317,7 +326,11 @@ impl Relay<'_> {
         info.check()?;
         let (client, js, mut rejection) = stream::connect_watched(settings).await?;
         stream::ensure(&js, settings, !settings.no_create).await?;
-        let hw = stream::high_water(&js, &settings.stream).await?;
+        let mut hw = stream::high_water(&js, &settings.stream).await?;
+        if let Some((position, sequence)) = self.held.filter(|&(_, sequence)| hw.last_sequence >= sequence) {
+            hw.position = hw.position.max(Some(position));
+            tracing::debug!(held = %position, sequence, "counting an event the stream holds behind its tail as relayed");
+        }
         if let (true, Some(pid)) = (info.active, info.active_pid) {
             return Err(SourceError::SlotActive { slot: settings.slot.clone(), pid }.into());
         }
@@ -371,11 +384,29 @@ impl Relay<'_> {
         repl.abort();
         final_confirm(&control, &settings.slot, confirmed).await;
         self.stats.confirmed(confirmed);
+        if let Err(err) = &result {
+            self.note_reused_id(&js, err).await;
+        }
         result
     }
 }
 
 impl Relay<'_> {
+    /// After a session ended on a duplicate answer: unless the message holding the id is this very event (the
+    /// stream has it, and the relay re-sent it because the tail read could not see it), another message holds the
+    /// id, and the next sessions hand the event to `--on-invalid`.
+    async fn note_reused_id(&mut self, js: &async_nats::jetstream::Context, err: &RelayError) {
+        let Some((position, reason)) = reused_id(err) else { return };
+        let RelayError::Publish(PublishError::Duplicate { sequence, .. }) = err else { return };
+        match stream::position_at(js, &self.settings.stream, *sequence).await {
+            Ok(Some(held)) if held == position => {
+                tracing::warn!(position = %position, sequence, "the stream already holds this event; resuming after it");
+                self.held = Some((position, *sequence));
+            }
+            _ => self.reused_id = Some((position, reason)),
+        }
+    }
+
     /// After a promotion or failover (another server, or a new timeline), says where the relay resumes: the
     /// slot's position on the new server against the stream's high-water mark. Events up to the mark are skipped
     /// (they are stored), so a synchronized slot that lags the old primary's causes no duplicates.

@@ -174,6 +174,29 @@ impl HighWater {
     }
 }
 
+/// Where the event a stream message carries sits in the WAL (its `Outbox-Commit-Lsn` and `Outbox-Index`), if it
+/// carries both.
+fn message_position(headers: &async_nats::HeaderMap) -> Option<Position> {
+    let commit_lsn = headers.get(header::COMMIT_LSN)?.as_str().parse::<Lsn>().ok()?;
+    let index = headers.get(header::INDEX)?.as_str().parse::<u32>().ok()?;
+    Some(Position { commit_lsn, index })
+}
+
+/// The position of the event stream message `sequence` carries: `Ok(None)` when it carries none or is gone.
+pub async fn position_at(
+    js: &jetstream::Context,
+    stream_name: &str,
+    sequence: u64,
+) -> Result<Option<Position>, PublishError> {
+    let failed = |e: String| PublishError::Stream { stream: stream_name.to_owned(), reason: e };
+    let s = js.get_stream(stream_name).await.map_err(|e| failed(e.to_string()))?;
+    match s.get_raw_message(sequence).await {
+        Ok(msg) => Ok(message_position(&msg.headers)),
+        Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(err) => Err(failed(err.to_string())),
+    }
+}
+
 /// Reads the stream's tail: its last sequence and the position of the last relayed event.
 pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<HighWater, PublishError> {
     let mut s = js
@@ -198,10 +221,8 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
         match s.get_raw_message(seq).await {
             Ok(msg) if msg.headers.get(header::REPLAYED_AT).is_some() => {}
             Ok(msg) => {
-                let lsn = msg.headers.get(header::COMMIT_LSN).and_then(|v| v.as_str().parse::<Lsn>().ok());
-                let index = msg.headers.get(header::INDEX).and_then(|v| v.as_str().parse::<u32>().ok());
-                if let (Some(lsn), Some(index)) = (lsn, index) {
-                    hw.position = Some(Position { commit_lsn: lsn, index });
+                if let Some(position) = message_position(&msg.headers) {
+                    hw.position = Some(position);
                     return Ok(hw);
                 }
                 foreign += 1;
