@@ -532,3 +532,43 @@ async fn an_event_the_stream_holds_behind_foreign_messages_is_not_taken_for_a_re
     assert_eq!((&ids[0], &ids[1002..]), (&c[0], &d[..]), "c once (the copy already there), then d; nothing else");
     assert!(!ids.iter().any(|id| id.starts_with("dead-letter:")), "no dead-letter record");
 }
+
+/// A stream written from another WAL history (here: another cluster, whose WAL is behind the stream's newest event)
+/// would make `run` count every new event up to that position as stored: it exits 1 naming the stream and both
+/// positions instead, and publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ahead_of_the_servers_wal_stops_run_instead_of_skipping() {
+    let env = Env::start();
+    env.setup();
+    // Move cluster A's WAL well past where a new cluster starts.
+    for _ in 0..3 {
+        env.pg
+            .psql("CREATE TABLE IF NOT EXISTS filler (x int); INSERT INTO filler VALUES (1); SELECT pg_switch_wal()")
+            .unwrap();
+    }
+    let relay = env.spawn_run(&[]);
+    let pg = connect(&env.pg_url()).await;
+    insert_events(&pg, "a", 0, 1).await;
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, 1, LONG).await;
+    stop(&relay);
+
+    // Cluster B: a fresh server with the same table, whose WAL is behind the stream's newest event.
+    let b = Postgres::start().unwrap();
+    b.psql(walrelay_tests::OUTBOX_DDL).unwrap();
+    let on_b = |args: &[&str]| {
+        let mut cmd = env.walrelay(args);
+        cmd.env("WALRELAY_PG_URL", b.url("postgres"));
+        cmd
+    };
+    let out = on_b(&["setup"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "setup on b: {}", String::from_utf8_lossy(&out.stderr));
+    let b_pg = connect(&b.url("postgres")).await;
+    insert_events(&b_pg, "b", 0, 1).await;
+    let relay = Process::spawn(on_b(&["run"])).unwrap();
+    let status = relay.wait_timeout(LONG).unwrap();
+    let output = relay.output();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{output}");
+    assert!(output.contains("beyond this server's WAL position") && output.contains("stream OUTBOX"), "{output}");
+    assert_eq!(stream_count(&js, &env.stream).await, 1, "nothing published");
+}

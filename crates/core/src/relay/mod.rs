@@ -334,6 +334,11 @@ impl Relay<'_> {
         if let (true, Some(pid)) = (info.active, info.active_pid) {
             return Err(SourceError::SlotActive { slot: settings.slot.clone(), pid }.into());
         }
+        let wal = slot::current_wal_lsn(&control).await?;
+        if let Some(p) = hw.position.filter(|p| wal > Lsn::ZERO && p.commit_lsn > wal) {
+            let (stream, high_water) = (settings.stream.clone(), p.commit_lsn);
+            return Err(SourceError::StreamAhead { stream, high_water, wal }.into());
+        }
         let confirmed = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
         let start = hw.position.map(|p| p.commit_lsn).unwrap_or(Lsn::ZERO).max(confirmed);
         let at = StartAt { start, ack: confirmed, status_interval: self.status_interval, stop: None };

@@ -129,6 +129,18 @@ pub enum SourceError {
         /// Extra facts (e.g. the stream's high-water mark).
         detail: String,
     },
+    /// The stream's newest relayed event lies beyond this server's WAL: the stream was written from another WAL
+    /// history (a restored or rebuilt cluster, or a failover that lost the old primary's last WAL). Resuming would
+    /// count every new event up to that position as already relayed.
+    #[error("stream {stream} holds events up to commit LSN {high_water}, beyond this server's WAL position {wal}: the stream was written from another WAL history (a restored or rebuilt cluster, or a failover that lost the old primary's last WAL), so relaying would skip every new event up to {high_water} as already stored; relay into a new stream (`walrelay setup --stream NEW --subject ...`, docs/operations.md \"Moving the relay\"), or delete this one if its events are not needed")]
+    StreamAhead {
+        /// The stream.
+        stream: String,
+        /// The commit LSN of the stream's newest relayed event.
+        high_water: Lsn,
+        /// This server's WAL position.
+        wal: Lsn,
+    },
     /// The slot exists but is unusable.
     #[error("replication slot {slot} is lost (wal_status = {wal_status}): the WAL it needed was removed; drop it (walrelay teardown) and run `walrelay setup`; events in the lost range must be re-sent from the source")]
     SlotLost {
