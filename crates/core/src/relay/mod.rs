@@ -401,14 +401,13 @@ impl Relay<'_> {
     /// stream has it, and the relay re-sent it because the tail read could not see it), another message holds the
     /// id, and the next sessions hand the event to `--on-invalid`.
     async fn note_reused_id(&mut self, js: &async_nats::jetstream::Context, err: &RelayError) {
-        let Some((position, reason)) = reused_id(err) else { return };
-        let RelayError::Publish(PublishError::Duplicate { sequence, .. }) = err else { return };
+        let RelayError::Publish(PublishError::Duplicate { position, sequence, .. }) = err else { return };
         match stream::position_at(js, &self.settings.stream, *sequence).await {
-            Ok(Some(held)) if held == position => {
+            Ok(Some(held)) if held == *position => {
                 tracing::warn!(position = %position, sequence, "the stream already holds this event; resuming after it");
-                self.held = Some((position, *sequence));
+                self.held = Some((held, *sequence));
             }
-            _ => self.reused_id = Some((position, reason)),
+            _ => self.reused_id = reused_id(err),
         }
     }
 
