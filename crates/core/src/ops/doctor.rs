@@ -486,11 +486,11 @@ fn nats_security_checks(settings: &Settings, info: &async_nats::ServerInfo, chec
     }
     let method = nats.auth.method();
     match &nats.auth {
-        crate::sink::connect::NatsAuth::None => checks.ok("nats_auth", "none"),
-        crate::sink::connect::NatsAuth::UserPassword { user, .. } => {
+        crate::config::nats::NatsAuth::None => checks.ok("nats_auth", "none"),
+        crate::config::nats::NatsAuth::UserPassword { user, .. } => {
             checks.ok("nats_auth", format!("{method} (user {user})"))
         }
-        crate::sink::connect::NatsAuth::Nkey { public, .. } => checks.ok("nats_auth", format!("{method} ({public})")),
+        crate::config::nats::NatsAuth::Nkey { public, .. } => checks.ok("nats_auth", format!("{method} ({public})")),
         _ => checks.ok("nats_auth", method),
     }
 }

@@ -221,13 +221,22 @@ impl<T> Publisher<T, NatsTransport> {
         last_sequence: u64,
         timeout: Duration,
     ) -> Result<Self, PublishError> {
-        Ok(Self::new(NatsTransport::new(client).await?, Some(last_sequence), timeout))
+        Ok(Self::new(transport(client).await?, Some(last_sequence), timeout))
     }
 
     /// A publisher without the fence over `client`: for a stream that others may write to (`replay`).
     pub async fn unfenced(client: &async_nats::Client, timeout: Duration) -> Result<Self, PublishError> {
-        Ok(Self::new(NatsTransport::new(client).await?, None, timeout))
+        Ok(Self::new(transport(client).await?, None, timeout))
     }
+}
+
+/// The transport over `client`; a failed subscription to the acks is a connection error naming the server.
+async fn transport(client: &async_nats::Client) -> Result<NatsTransport, PublishError> {
+    NatsTransport::new(client).await.map_err(|e| {
+        let info = client.server_info();
+        let url = format!("nats://{}:{}", info.host, info.port);
+        PublishError::Connect { url, reason: format!("subscribing to the publish acks: {e}") }
+    })
 }
 
 impl<T, X: Transport> Publisher<T, X> {

@@ -17,7 +17,7 @@ use crate::{
 
 /// Connects to NATS (comma-separated URLs for a cluster) with the configured authentication and TLS, and returns a
 /// JetStream context. Every command connects through here; a failure is classified by
-/// [`NatsOptions::connect`](crate::sink::connect::NatsOptions::connect).
+/// [`NatsOptions::connect`](crate::config::nats::NatsOptions::connect).
 pub async fn connect(settings: &Settings) -> Result<(async_nats::Client, jetstream::Context), PublishError> {
     connect_watched(settings).await.map(|(client, js, _)| (client, js))
 }

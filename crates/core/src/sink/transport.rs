@@ -17,8 +17,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 
-use super::publisher::PublishError;
-
 /// JetStream's error code for a failed `Nats-Expected-Last-Sequence` check.
 pub const WRONG_LAST_SEQUENCE: u64 = 10071;
 
@@ -83,13 +81,9 @@ pub struct NatsTransport {
 
 impl NatsTransport {
     /// Subscribes to a fresh inbox for the replies.
-    pub async fn new(client: &async_nats::Client) -> Result<Self, PublishError> {
+    pub async fn new(client: &async_nats::Client) -> Result<Self, async_nats::SubscribeError> {
         let inbox = client.new_inbox();
-        let replies = client.subscribe(format!("{inbox}.*")).await.map_err(|e| {
-            let info = client.server_info();
-            let url = format!("nats://{}:{}", info.host, info.port);
-            PublishError::Connect { url, reason: format!("subscribing to the publish acks: {e}") }
-        })?;
+        let replies = client.subscribe(format!("{inbox}.*")).await?;
         Ok(Self { client: client.clone(), inbox, replies })
     }
 }

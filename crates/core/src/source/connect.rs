@@ -12,12 +12,11 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::{
-    conninfo::{PgHost, PgUrl, SessionAttrs},
     error_chain,
     sqlstate::{self, Doing},
-    tls::is_tls_error,
     SourceError,
 };
+use crate::config::postgres::{tls::is_tls_error, PgHost, PgUrl, SessionAttrs};
 
 /// How long one host may take to accept a connection unless the URL says (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

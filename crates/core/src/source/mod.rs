@@ -6,19 +6,17 @@
 //! server-side objects; [`transaction`] assembles decoded messages into outbox transactions.
 
 mod connect;
-pub mod conninfo;
 pub mod publication;
 pub mod replication;
 pub mod slot;
 pub(crate) mod sqlstate;
 pub mod standby;
-pub mod tls;
 pub mod transaction;
 
 use pgoutput::Lsn;
 
+pub use crate::config::postgres::{PgHost, PgUrl, SessionAttrs};
 pub use connect::{connect, connect_host};
-pub use conninfo::{PgHost, PgUrl, SessionAttrs};
 
 /// A failure on the Postgres side.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,11 @@
 //! Codes: <https://www.postgresql.org/docs/current/errcodes-appendix.html>.
 
 use crate::{
-    config::quote_ident,
-    source::{conninfo::PgUrl, tls::SslMode, SourceError},
+    config::{
+        postgres::{tls::SslMode, PgUrl},
+        quote_ident,
+    },
+    source::SourceError,
 };
 
 /// What walrelay was doing when the server refused.

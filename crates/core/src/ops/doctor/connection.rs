@@ -9,8 +9,8 @@ use tokio_postgres::Client;
 
 use super::Checks;
 use crate::{
-    config::Settings,
-    source::{tls::SslMode, PgHost, PgUrl, SessionAttrs, SourceError},
+    config::{postgres::tls::SslMode, Settings},
+    source::{PgHost, PgUrl, SessionAttrs, SourceError},
 };
 
 /// What the server says about this session's TLS (`pg_stat_ssl`).

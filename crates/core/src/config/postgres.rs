@@ -7,15 +7,15 @@
 //! then applies them identically to its SQL and replication connections. See
 //! <https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING>.
 
+pub mod tls;
+
 use std::{fmt, str::FromStr};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::config::Host;
 
-use crate::{
-    config::{redact_url, ConfigError},
-    source::tls::{PgTls, TlsParams},
-};
+use super::{redact_url, ConfigError};
+use tls::{PgTls, TlsParams};
 
 /// `target_session_attrs`: which of several hosts qualifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,6 +1,6 @@
 //! TLS for every Postgres connection: libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`.
 //!
-//! In: those parameters, read from `--pg-url` by [`super::conninfo`]. Out: one [`PgTls`], built once when the
+//! In: those parameters, read from `--pg-url` by [`super`] ([`PgUrl`](super::PgUrl)). Out: one [`PgTls`], built once when the
 //! settings are validated (so a missing or unreadable file is a usage error, exit 2), from which both kinds of
 //! connection take their TLS: the SQL connections get its rustls `ClientConfig` through [`PgTls::connector`], the
 //! replication connection gets the same mode, trust anchors and client identity as a `pgwire_replication::TlsConfig`

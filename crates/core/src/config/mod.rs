@@ -5,6 +5,9 @@
 //! connection is made, so every usage error ends the process with exit code 2 before it touches a server.
 //! Precedence, per `design.md` §4: flag > env > file > default. Layering is done with `figment`.
 
+pub mod nats;
+pub mod postgres;
+
 use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use figment::{
@@ -153,7 +156,7 @@ impl Default for RawSettings {
     }
 }
 
-pub use crate::source::conninfo::PgUrl;
+pub use postgres::PgUrl;
 
 /// Removes a password from a URL or `key=value` connection string, for logs and errors.
 pub fn redact_url(url: &str) -> String {
@@ -328,7 +331,7 @@ pub struct Settings {
     /// `--table`: the outbox tables.
     pub table: Tables,
     /// `--nats-url` and the NATS authentication and TLS options, validated (credentials are secret).
-    pub nats: crate::sink::connect::NatsOptions,
+    pub nats: nats::NatsOptions,
     pub stream: String,
     /// `--subject`, parsed once.
     pub subject: crate::mapping::subject::SubjectTemplate,
@@ -436,7 +439,7 @@ impl Settings {
         crate::mapping::subject::validate_literal_subject(&dead_letter_subject).map_err(|reason| {
             ConfigError::Invalid { option: "--dead-letter-subject", value: dead_letter_subject.clone(), reason }
         })?;
-        let mut nats = crate::sink::connect::NatsOptions::parse(&crate::sink::connect::RawNats {
+        let mut nats = nats::NatsOptions::parse(&nats::RawNats {
             url: &raw.nats_url,
             creds: raw.nats_creds.as_deref(),
             nkey: raw.nats_nkey.as_deref(),
