@@ -420,7 +420,8 @@ async fn held_since(settings: &Settings, probe: &StreamProbe, hw: &HighWater) ->
     }
     let Some(held) = probe.message_at(hw.sequence).await? else {
         // Gone since the tail read: the stream is changing under us; read it again.
-        let reason = format!("the message at sequence {} disappeared while the relay read the stream's tail", hw.sequence);
+        let reason =
+            format!("the message at sequence {} disappeared while the relay read the stream's tail", hw.sequence);
         return Err(PublishError::Stream { stream: settings.stream.clone(), reason }.into());
     };
     // The server's clock says when it stored the message; as an age on our clock (a time in the future: now).

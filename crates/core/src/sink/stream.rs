@@ -214,7 +214,10 @@ pub struct HeldMessage {
 pub trait Probe: Send + Sync {
     /// The message at `sequence`: `Ok(None)` when the stream holds none there (deleted, or beyond its last
     /// sequence).
-    fn message_at(&self, sequence: u64) -> futures::future::BoxFuture<'static, Result<Option<HeldMessage>, PublishError>>;
+    fn message_at(
+        &self,
+        sequence: u64,
+    ) -> futures::future::BoxFuture<'static, Result<Option<HeldMessage>, PublishError>>;
 }
 
 /// [`Probe`] over a JetStream stream: one `STREAM.MSG.GET` request per check.
@@ -230,7 +233,10 @@ impl StreamProbe {
 }
 
 impl Probe for StreamProbe {
-    fn message_at(&self, sequence: u64) -> futures::future::BoxFuture<'static, Result<Option<HeldMessage>, PublishError>> {
+    fn message_at(
+        &self,
+        sequence: u64,
+    ) -> futures::future::BoxFuture<'static, Result<Option<HeldMessage>, PublishError>> {
         let s = self.stream.clone();
         Box::pin(async move {
             match s.get_raw_message(sequence).await {

@@ -119,8 +119,11 @@ struct Outcome {
 impl Harness {
     fn new(configure: impl FnOnce(&mut RawSettings)) -> Self {
         // Confirm on the ack unless a test sets an interval (design.md §4d).
-        let mut raw =
-            RawSettings { publish_timeout: "300ms".into(), nats_sync_interval: "always".into(), ..RawSettings::default() };
+        let mut raw = RawSettings {
+            publish_timeout: "300ms".into(),
+            nats_sync_interval: "always".into(),
+            ..RawSettings::default()
+        };
         configure(&mut raw);
         let settings = Settings::validate(raw).expect("valid settings");
         Self { settings, stats: Stats::default(), stream: MemoryStream::default(), applied: Arc::default() }
