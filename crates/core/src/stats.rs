@@ -78,6 +78,7 @@ impl Stats {
         {
             counter.absolute(0);
         }
+        metrics.durability_pending.set(0.0);
         Self {
             published: AtomicU64::new(0),
             acked: AtomicU64::new(0),
