@@ -474,23 +474,28 @@ impl Relay<'_> {
         let replay = slot::info(control, &settings.replay_slot()).await?.and_then(|i| i.confirmed_flush_lsn);
         let remedy = match (replay, from) {
             (Some(oldest), Some(from)) if oldest <= from => format!(
-                "re-send them with `walrelay replay --from {from}` (the replay slot {} still holds that WAL), then check                  the stream with `walrelay verify`",
+                "re-send them with `walrelay replay --from {from}` (the replay slot {} still holds that WAL), then check \
+                 the stream with `walrelay verify`",
                 settings.replay_slot()
             ),
             (Some(oldest), None) => format!(
-                "the stream holds no event of run's any more; `walrelay replay --from {oldest}` re-sends what the replay                  slot {} still holds, then check the stream with `walrelay verify`",
+                "the stream holds no event of run's any more; `walrelay replay --from {oldest}` re-sends what the replay \
+                 slot {} still holds, then check the stream with `walrelay verify`",
                 settings.replay_slot()
             ),
             (Some(oldest), Some(_)) => format!(
-                "the replay slot {} reaches back only to {oldest}: re-send what it holds with `walrelay replay --from                  {oldest}` and restore the older events from a backup of the stream or from the outbox table",
+                "the replay slot {} reaches back only to {oldest}: re-send what it holds with `walrelay replay --from \
+                 {oldest}` and restore the older events from a backup of the stream or from the outbox table",
                 settings.replay_slot()
             ),
-            (None, _) => "no replay slot holds their WAL (run with --replay-retention to keep one): restore them from a                           backup of the stream or from the outbox table"
+            (None, _) => "no replay slot holds their WAL (run with --replay-retention to keep one): restore them from a \
+                 backup of the stream or from the outbox table"
                 .to_owned(),
         };
         tracing::error!(
             stream = %settings.stream,
-            lost_sequences = %format!("{}..={}", hw.last_sequence + 1, mark.sequence),
+            stream_last_sequence = hw.last_sequence,
+            lost_sequence = mark.sequence,
             surviving_tail = %tail,
             last_lost_id = %mark.id,
             slot_confirmed_flush_lsn = %confirmed,
