@@ -1110,3 +1110,48 @@ async fn relay_killed_twice_under_a_30s_sync_interval() {
     verify(label, &messages, &logs, &sentinel, Expect::All);
     assert!(relay.output().contains("relay started"), "{label}");
 }
+
+/// A loss larger than the slot holds: the stream loses events the slot had already passed (here: its store goes back
+/// to a copy older than events confirmed after the interval). They cannot come from the slot again; the relay says
+/// so, naming the lost sequence and the remedy (the replay slot of `--replay-retention` still holds their WAL), and
+/// relays what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_beyond_the_slot_is_reported_with_its_remedy() {
+    let label = "lost_beyond_slot";
+    let mut env = Env::start();
+    env.setup();
+    let js = env.js().await;
+    let client = env.client().await;
+    // The store as it is before any event: the stream exists and is empty.
+    let snapshot = tempfile::tempdir().expect("snapshot dir");
+    let copy = snapshot.path().join("store");
+    blocking(|| {
+        env.nats.stop();
+        copy_tree(env.nats.store_dir(), &copy);
+        env.nats.start_again()
+    })
+    .expect("nats up again");
+    let relay = env.spawn_run(&run_args(&["--nats-sync-interval", "1s", "--replay-retention", "1h"]));
+    let a = walrelay_tests::insert_events(&client, "a", 0, 10).await;
+    let stored = messages_once(&js, &env.stream, 10, Duration::from_secs(60), &relay).await;
+    let commit = stored[0].commit_lsn();
+    wait_for(&format!("{label}: the slot to pass A"), Duration::from_secs(60), || async {
+        env.confirmed_flush() > commit
+    })
+    .await;
+    blocking(|| {
+        env.nats.kill9();
+        std::fs::remove_dir_all(env.nats.store_dir()).expect("remove store");
+        copy_tree(&copy, env.nats.store_dir());
+        env.nats.start_again()
+    })
+    .expect("nats restarted from the older store");
+    // The next event finds the stream shorter (the fence), the next session finds A gone.
+    let b = walrelay_tests::insert_events(&client, "b", 0, 3).await;
+    let after = messages_once(&js, &env.stream, 3, Duration::from_secs(60), &relay).await;
+    assert_eq!(walrelay_tests::ids(&after), b, "{label}");
+    let out = relay.output();
+    assert!(out.contains("the stream lost events that the slot had already passed"), "{label}:\n{out}");
+    assert!(out.contains("lost_sequence=10") && out.contains("walrelay replay --from"), "{label}:\n{out}");
+    assert!(!a.is_empty());
+}
