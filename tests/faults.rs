@@ -964,3 +964,194 @@ async fn slot_dropped_while_stopped_is_not_recreated() {
     assert_eq!(client_rows, 5);
     verify(label, &messages, &logs, &sentinel, Expect::All);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Durable beyond the broker's ack (design.md §4d, issue 18).
+
+/// The stream's messages once it answers with exactly `n` of them (retrying while the server recovers).
+async fn messages_once(
+    js: &jetstream::Context,
+    stream: &str,
+    n: usize,
+    timeout: Duration,
+    relay: &Process,
+) -> Vec<Stored> {
+    let started = Instant::now();
+    loop {
+        let messages = messages_by_get(js, stream).await;
+        if messages.len() == n {
+            return messages;
+        }
+        assert!(
+            messages.len() < n && started.elapsed() < timeout,
+            "stream {stream} holds {} messages, waiting for {n}; relay output:\n{}",
+            messages.len(),
+            relay.output_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Copies a directory tree (`cp -a`).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let ok = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp").success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
+/// A NATS server loses acked messages the way an OS crash before its sync does: its store goes back to a copy
+/// older than the acks. With `--nats-sync-interval 10s` the slot has not passed them; the relay notices on its own
+/// (no new event is written) and publishes them again from the slot after the surviving tail, so the stream is exact
+/// again within the interval plus a few seconds; then new events follow exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_losing_acked_messages_is_healed_from_the_slot() {
+    const INTERVAL: Duration = Duration::from_secs(10);
+    let label = "lost_acked_tail";
+    let mut env = Env::start();
+    env.setup();
+    let js = env.js().await;
+    let client = env.client().await;
+    let relay = env.spawn_run(&run_args(&["--nats-sync-interval", "10s"]));
+    // A: 3 transactions, relayed; then a consistent copy of the store holding exactly A (a clean stop flushes).
+    let mut a = Vec::new();
+    for t in 0..3 {
+        a.extend(walrelay_tests::insert_events(&client, "a", t * 10, 10).await);
+    }
+    walrelay_tests::wait_stream_count(&js, &env.stream, 30, Duration::from_secs(60)).await;
+    let snapshot = tempfile::tempdir().expect("snapshot dir");
+    let copy = snapshot.path().join("store");
+    blocking(|| {
+        env.nats.stop();
+        copy_tree(env.nats.store_dir(), &copy);
+        env.nats.start_again()
+    })
+    .expect("nats up again");
+    // B: 4 more transactions, acked by the server, which then crashes and comes back with the older store.
+    let mut b = Vec::new();
+    for t in 0..4 {
+        b.extend(walrelay_tests::insert_events(&client, "b", t * 5, 5).await);
+    }
+    let before = messages_once(&js, &env.stream, 50, Duration::from_secs(60), &relay).await;
+    let first_b = before[30].commit_lsn();
+    let confirmed = env.confirmed_flush();
+    assert!(confirmed < first_b, "{label}: the slot passed B ({confirmed:X} >= {first_b:X}) before its interval");
+    blocking(|| {
+        env.nats.kill9();
+        std::fs::remove_dir_all(env.nats.store_dir()).expect("remove store");
+        copy_tree(&copy, env.nats.store_dir());
+        env.nats.start_again()
+    })
+    .expect("nats restarted from the older store");
+    let lost_at = Instant::now();
+    assert_eq!(count(&js, &env.stream).await, 30, "{label}: the restored store holds A only");
+    // Nothing more is written. Until the stream holds B again, the slot must not pass B.
+    let healed = loop {
+        let messages = messages_by_get(&js, &env.stream).await;
+        let confirmed = env.confirmed_flush();
+        let ids = walrelay_tests::ids(&messages);
+        if ids.len() == 50 && ids[..] == walrelay_tests::ids(&before)[..] {
+            break messages;
+        }
+        assert!(confirmed < first_b, "{label}: the slot passed lost events ({confirmed:X} >= {first_b:X})");
+        assert!(ids.len() <= 50, "{label}: the stream holds {} messages: {ids:?}", ids.len());
+        assert!(
+            lost_at.elapsed() < INTERVAL + Duration::from_secs(30),
+            "{label}: not healed after {:?}; stream holds {}; relay output:\n{}",
+            lost_at.elapsed(),
+            ids.len(),
+            relay.output_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("{label}: stream exact again {:?} after the loss", lost_at.elapsed());
+    assert!(relay.output().contains("lost acked messages"), "{label}: the relay did not notice the loss itself");
+    // Exact content: the healed stream is the stream before the loss, message for message (headers, payload).
+    for (was, is) in before.iter().zip(&healed) {
+        assert_eq!((&was.subject, &was.headers, &was.payload), (&is.subject, &is.headers, &is.payload), "{label}");
+    }
+    assert_eq!(walrelay_tests::ids(&healed), [a.clone(), b.clone()].concat());
+    // New events follow exactly, and the slot passes everything once the interval is over (an idle outbox never
+    // pins WAL).
+    let c = walrelay_tests::insert_events(&client, "c", 0, 7).await;
+    let all = messages_once(&js, &env.stream, 57, Duration::from_secs(60), &relay).await;
+    assert_eq!(walrelay_tests::ids(&all), [a, b, c].concat());
+    let current = env.current_lsn();
+    wait_for(&format!("{label}: the slot to confirm past {current:X}"), INTERVAL + Duration::from_secs(60), || async {
+        env.confirmed_flush() >= current
+    })
+    .await;
+    assert!(relay.exit_status().is_none(), "{label}: the relay exited:\n{}", relay.output_tail(40));
+}
+
+/// kill -9 of the relay twice under a 30 s interval while producers run: each restart re-reads up to the interval
+/// of WAL and skips what the stream holds; every event is in the stream once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_twice_under_a_30s_sync_interval() {
+    let label = "relay_kill9_sync_interval";
+    let mut rng = Rng::seeded(label);
+    let env = Env::start();
+    env.setup();
+    let js = env.js().await;
+    let args = run_args(&["--nats-sync-interval", "30s"]);
+    let mut relay = env.spawn_run(&args);
+    let producers = Producers::start(&env.pg_url(), &light_load(), &mut rng);
+    wait_growth(&js, &env.stream, 0, 300, Duration::from_secs(60), &relay).await;
+    for kill in 1..=2 {
+        tokio::time::sleep(rng.millis(500..=2000)).await;
+        blocking(|| relay.kill9()).expect("kill -9 relay");
+        let held = stream_count(&js, &env.stream).await;
+        eprintln!("{label}: kill {kill}, stream holds {held}, slot at {:X}", env.confirmed_flush());
+        relay = blocking(|| env.spawn_run(&args));
+        wait_growth(&js, &env.stream, held, 300, Duration::from_secs(60), &relay).await;
+    }
+    let logs = producers.finish(true).await;
+    let sentinel = commit_sentinel_and_drain(&env.pg_url(), &js, &env.stream, &[&relay]).await;
+    assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
+    let messages = stream_messages(&js, &env.stream).await;
+    verify(label, &messages, &logs, &sentinel, Expect::All);
+    assert!(relay.output().contains("relay started"), "{label}");
+}
+
+/// A loss larger than the slot holds: the stream loses events the slot had already passed (here: its store goes back
+/// to a copy older than events confirmed after the interval). They cannot come from the slot again; the relay says
+/// so, naming the lost sequence and the remedy (the replay slot of `--replay-retention` still holds their WAL), and
+/// relays what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_beyond_the_slot_is_reported_with_its_remedy() {
+    let label = "lost_beyond_slot";
+    let mut env = Env::start();
+    env.setup();
+    let js = env.js().await;
+    let client = env.client().await;
+    // The store as it is before any event: the stream exists and is empty.
+    let snapshot = tempfile::tempdir().expect("snapshot dir");
+    let copy = snapshot.path().join("store");
+    blocking(|| {
+        env.nats.stop();
+        copy_tree(env.nats.store_dir(), &copy);
+        env.nats.start_again()
+    })
+    .expect("nats up again");
+    let relay = env.spawn_run(&run_args(&["--nats-sync-interval", "1s", "--replay-retention", "1h"]));
+    let a = walrelay_tests::insert_events(&client, "a", 0, 10).await;
+    let stored = messages_once(&js, &env.stream, 10, Duration::from_secs(60), &relay).await;
+    let commit = stored[0].commit_lsn();
+    wait_for(&format!("{label}: the slot to pass A"), Duration::from_secs(60), || async {
+        env.confirmed_flush() > commit
+    })
+    .await;
+    blocking(|| {
+        env.nats.kill9();
+        std::fs::remove_dir_all(env.nats.store_dir()).expect("remove store");
+        copy_tree(&copy, env.nats.store_dir());
+        env.nats.start_again()
+    })
+    .expect("nats restarted from the older store");
+    // The next event finds the stream shorter (the fence), the next session finds A gone.
+    let b = walrelay_tests::insert_events(&client, "b", 0, 3).await;
+    let after = messages_once(&js, &env.stream, 3, Duration::from_secs(60), &relay).await;
+    assert_eq!(walrelay_tests::ids(&after), b, "{label}");
+    let out = relay.output();
+    assert!(out.contains("the stream lost events that the slot had already passed"), "{label}:\n{out}");
+    assert!(out.contains("lost_sequence=10") && out.contains("walrelay replay --from"), "{label}:\n{out}");
+    assert!(!a.is_empty());
+}

@@ -96,6 +96,7 @@ impl<'a> Case<'a> {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("WALRELAY_PG_URL", url)
             .env("WALRELAY_NATS_URL", self.nats.url())
+            .env("WALRELAY_NATS_SYNC_INTERVAL", "always")
             .env("WALRELAY_SLOT", &self.db)
             .env("WALRELAY_LOG", "info,walrelay_core=debug")
             .env("WALRELAY_PROGRESS_INTERVAL", "1s");

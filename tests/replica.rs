@@ -60,6 +60,7 @@ impl Replicas {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("WALRELAY_PG_URL", pg_url)
             .env("WALRELAY_NATS_URL", self.nats.url())
+            .env("WALRELAY_NATS_SYNC_INTERVAL", "always")
             .env("WALRELAY_LOG", "info,walrelay_core=debug")
             .env("WALRELAY_PROGRESS_INTERVAL", "1s");
         cmd

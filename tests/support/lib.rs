@@ -90,15 +90,18 @@ impl Env {
     }
 }
 
-/// `walrelay <args>` against these servers, in a clean environment (only `PATH` and the `WALRELAY_PG_URL` and
-/// `WALRELAY_NATS_URL` variables).
+/// `walrelay <args>` against these servers, in a clean environment (only `PATH` and the `WALRELAY_PG_URL`,
+/// `WALRELAY_NATS_URL` variables, and `WALRELAY_NATS_SYNC_INTERVAL=always`: most tests assert that the slot confirms
+/// right after the ack; a test of the interval passes `--nats-sync-interval`, which wins over the variable).
 pub fn walrelay_command(args: &[&str], pg_url: &str, nats_url: &str) -> Result<Command, KitError> {
     let mut cmd = Command::new(walrelay_bin()?);
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("WALRELAY_PG_URL", pg_url)
-        .env("WALRELAY_NATS_URL", nats_url);
+        .env("WALRELAY_NATS_URL", nats_url)
+        // The tests assert confirmation right after the ack; those of --nats-sync-interval pass the flag.
+        .env("WALRELAY_NATS_SYNC_INTERVAL", "always");
     Ok(cmd)
 }
 

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgoutput::Lsn;
 
+/// `walrelay_durability_pending_events`.
+const DURABILITY_PENDING: &str = "walrelay_durability_pending_events";
+
 /// Counters shared with the caller, and the metric handles they feed.
 ///
 /// The handles are registered once, when the stats are made (after the metrics exporter is installed), so every
@@ -42,6 +45,8 @@ struct Handles {
     confirmed_lsn: metrics::Gauge,
     in_flight: metrics::Gauge,
     lag_bytes: metrics::Gauge,
+    // Durability (design.md §4d).
+    durability_pending: metrics::Gauge,
 }
 
 impl Default for Stats {
@@ -62,11 +67,18 @@ impl Stats {
             confirmed_lsn: metrics::gauge!("walrelay_confirmed_lsn"),
             in_flight: metrics::gauge!("walrelay_in_flight_events"),
             lag_bytes: metrics::gauge!("walrelay_lag_bytes"),
+            durability_pending: metrics::gauge!(DURABILITY_PENDING),
         };
+        metrics::describe_gauge!(
+            DURABILITY_PENDING,
+            "Events JetStream acked that wait for --nats-sync-interval (and a check that the stream still holds \
+             them) before the slot passes them"
+        );
         for counter in [&metrics.published, &metrics.acked, &metrics.skipped, &metrics.dead_lettered, &metrics.sessions]
         {
             counter.absolute(0);
         }
+        metrics.durability_pending.set(0.0);
         Self {
             published: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -113,6 +125,11 @@ impl Stats {
     pub fn session_started(&self) {
         self.sessions.fetch_add(1, Ordering::Relaxed);
         self.metrics.sessions.increment(1);
+    }
+
+    /// Acked events waiting for `--nats-sync-interval`.
+    pub fn durability_pending(&self, events: u64) {
+        self.metrics.durability_pending.set(events as f64);
     }
 
     /// Periodic gauges: events in flight and bytes between the server's WAL end and the confirmed LSN.

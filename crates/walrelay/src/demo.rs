@@ -77,6 +77,9 @@ pub async fn run() -> anyhow::Result<u8> {
         stream: "DEMO".into(),
         progress_interval: "1h".into(),
         message_prefix: Some(MESSAGE_PREFIX.into()),
+        // The demo shows the slot confirming right behind the acks, on a throwaway nats-server whose loss costs
+        // nothing; a production relay keeps the default (design.md §4d).
+        nats_sync_interval: "always".into(),
         ..RawSettings::default()
     };
     let settings = Settings::validate(raw)?;

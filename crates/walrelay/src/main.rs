@@ -209,6 +209,18 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_CREATED_AT_COLUMN", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at_column: Option<String>,
+    // Durability (design.md §4d).
+    /// The slot passes an event only once JetStream acked it at least this long ago and the stream still holds it
+    /// (nats-server's jetstream.sync_interval); `always` confirms on the ack [default: 2m]
+    #[arg(
+        long,
+        value_name = "DURATION|always",
+        env = "WALRELAY_NATS_SYNC_INTERVAL",
+        global = true,
+        help_heading = "NATS"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_sync_interval: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -30,12 +30,12 @@ use pgoutput::Lsn;
 use tokio::sync::watch;
 
 use crate::{
-    checkpoint::Checkpoint,
+    checkpoint::{Checkpoint, Mark},
     config::Settings,
     mapping::event::Position,
     mapping::outbox::InvalidEvent,
     sink::publisher::{PublishError, Publisher},
-    sink::stream::{self, HighWater},
+    sink::stream::{self, HighWater, Probe, StreamProbe},
     source::replication::{self, ReplicationStream, StartAt},
     source::slot,
     source::standby,
@@ -137,6 +137,9 @@ struct Relay<'a> {
     /// (e.g. behind more than 1000 foreign messages): later sessions count it as relayed while the stream still
     /// reaches that sequence.
     held: Option<(Position, u64)>,
+    /// The newest message a session confirmed after a durability check (`--nats-sync-interval`): a later session
+    /// that finds the stream without it reports events lost beyond what the slot holds.
+    durable: Option<Mark>,
 }
 
 /// Runs the relay until shutdown (Ok) or a permanent error.
@@ -172,6 +175,7 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
         server: None,
         reused_id: None,
         held: None,
+        durable: None,
     };
     attempt = 0;
     let mut repeats = Repeats::default();
@@ -325,9 +329,13 @@ impl Relay<'_> {
         };
         info.check()?;
         let (client, js, mut rejection) = stream::connect_watched(settings).await?;
-        stream::ensure(&js, settings, !settings.no_create).await?;
+        let (handle, _) = stream::ensure(&js, settings, !settings.no_create).await?;
+        let probe = StreamProbe::new(handle);
         let mut hw = stream::high_water(&js, &settings.stream).await?;
         if let Some((position, sequence)) = self.held.filter(|&(_, sequence)| hw.last_sequence >= sequence) {
+            if Some(position) > hw.position {
+                hw.sequence = sequence;
+            }
             hw.position = hw.position.max(Some(position));
             tracing::debug!(held = %position, sequence, "counting an event the stream holds behind its tail as relayed");
         }
@@ -340,6 +348,8 @@ impl Relay<'_> {
             return Err(SourceError::StreamAhead { stream, high_water, wal }.into());
         }
         let confirmed = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+        self.check_durable(&control, &probe, &hw, confirmed).await?;
+        let checkpoint = held_since(settings, &probe, &hw).await?;
         let start = hw.position.map(|p| p.commit_lsn).unwrap_or(Lsn::ZERO).max(confirmed);
         let at = StartAt { start, ack: confirmed, status_interval: self.status_interval, stop: None };
         let mut repl = replication::open(&settings.pg_url, &host, &settings.slot, &settings.publication, at).await?;
@@ -375,15 +385,19 @@ impl Relay<'_> {
             shutdown: self.shutdown.clone(),
             stats: &self.stats,
             publisher: Publisher::fenced(&client, hw.last_sequence, settings.publish_timeout).await?,
-            checkpoint: Checkpoint::new(confirmed),
+            checkpoint: checkpoint.confirmed_from(confirmed),
             assembler,
             open_tag: None,
             hw,
             wal_end: start,
+            probe: &probe,
         };
         let result = session.main_loop(&mut repl, &mut rejection).await;
         // Whatever happened: collect what is acked, confirm it, and end the replication session.
         let confirmed = session.settle().await;
+        if let Some(mark) = session.checkpoint.durable() {
+            self.durable = Some(mark.clone());
+        }
         ReplicationStream::update_applied_lsn(&repl, confirmed);
         let _ = tokio::time::timeout(Duration::from_secs(5), repl.shutdown()).await;
         repl.abort();
@@ -396,7 +410,102 @@ impl Relay<'_> {
     }
 }
 
+/// The tracker of a session starting at the stream's tail `hw`: with `--nats-sync-interval`, events the session
+/// skips because the stream holds them count as acked when the stream stored its tail message (design.md §4d), so a
+/// restart neither waits the interval again nor confirms before it. (Use [`HeldSince::confirmed_from`].)
+async fn held_since(settings: &Settings, probe: &StreamProbe, hw: &HighWater) -> Result<HeldSince, RelayError> {
+    let Some(interval) = settings.nats_sync_interval else { return Ok(HeldSince(None)) };
+    if hw.position.is_none() {
+        return Ok(HeldSince(Some((interval, None))));
+    }
+    let Some(held) = probe.message_at(hw.sequence).await? else {
+        // Gone since the tail read: the stream is changing under us; read it again.
+        let reason =
+            format!("the message at sequence {} disappeared while the relay read the stream's tail", hw.sequence);
+        return Err(PublishError::Stream { stream: settings.stream.clone(), reason }.into());
+    };
+    // The server's clock says when it stored the message; as an age on our clock (a time in the future: now).
+    let age = std::time::SystemTime::now().duration_since(held.stored_at).unwrap_or_default();
+    let now = tokio::time::Instant::now().into_std();
+    let stored_at = now.checked_sub(age).unwrap_or(now);
+    let mark = Mark { sequence: hw.sequence, id: held.id.unwrap_or_default() };
+    Ok(HeldSince(Some((interval, Some((mark, stored_at))))))
+}
+
+/// The interval and the stream's tail message with its stored time, for a session's [`Checkpoint`].
+struct HeldSince(Option<(Duration, Option<(Mark, Instant)>)>);
+
+impl HeldSince {
+    /// The tracker, confirmed at `confirmed` (the slot's position).
+    fn confirmed_from(self, confirmed: Lsn) -> Checkpoint {
+        match self.0 {
+            None => Checkpoint::new(confirmed, None),
+            Some((interval, None)) => Checkpoint::new(confirmed, Some(interval)),
+            Some((interval, Some((mark, at)))) => Checkpoint::new(confirmed, Some(interval)).with_held(mark, at),
+        }
+    }
+}
+
 impl Relay<'_> {
+    /// A loss the slot cannot heal: the stream no longer holds a message whose event an earlier session confirmed
+    /// after its durability check (the NATS server lost more than `--nats-sync-interval` of acked writes, or its
+    /// store was restored from an older backup). The slot has passed those events; where the replay slot of
+    /// `--replay-retention` still holds them, the error names the `walrelay replay` that re-sends them. Reported
+    /// once, as an error; the relay goes on with what the slot holds.
+    async fn check_durable(
+        &mut self,
+        control: &tokio_postgres::Client,
+        probe: &StreamProbe,
+        hw: &HighWater,
+        confirmed: Lsn,
+    ) -> Result<(), RelayError> {
+        let Some(mark) = self.durable.clone() else { return Ok(()) };
+        let held = match probe.message_at(mark.sequence).await? {
+            Some(held) => held.id.as_deref() == Some(mark.id.as_str()),
+            None => false,
+        };
+        if held {
+            return Ok(());
+        }
+        self.durable = None;
+        let settings = self.settings;
+        let tail = hw.position.map(|p| p.to_string()).unwrap_or_else(|| "none".into());
+        let from = hw.position.map(|p| p.commit_lsn);
+        let replay = slot::info(control, &settings.replay_slot()).await?.and_then(|i| i.confirmed_flush_lsn);
+        let remedy = match (replay, from) {
+            (Some(oldest), Some(from)) if oldest <= from => format!(
+                "re-send them with `walrelay replay --from {from}` (the replay slot {} still holds that WAL), then check \
+                 the stream with `walrelay verify`",
+                settings.replay_slot()
+            ),
+            (Some(oldest), None) => format!(
+                "the stream holds no event of run's any more; `walrelay replay --from {oldest}` re-sends what the replay \
+                 slot {} still holds, then check the stream with `walrelay verify`",
+                settings.replay_slot()
+            ),
+            (Some(oldest), Some(_)) => format!(
+                "the replay slot {} reaches back only to {oldest}: re-send what it holds with `walrelay replay --from \
+                 {oldest}` and restore the older events from a backup of the stream or from the outbox table",
+                settings.replay_slot()
+            ),
+            (None, _) => "no replay slot holds their WAL (run with --replay-retention to keep one): restore them from a \
+                 backup of the stream or from the outbox table"
+                .to_owned(),
+        };
+        tracing::error!(
+            stream = %settings.stream,
+            stream_last_sequence = hw.last_sequence,
+            lost_sequence = mark.sequence,
+            surviving_tail = %tail,
+            last_lost_id = %mark.id,
+            slot_confirmed_flush_lsn = %confirmed,
+            remedy = %remedy,
+            "the stream lost events that the slot had already passed (more than --nats-sync-interval of acked writes, \
+             or a store restored from an older backup): walrelay cannot publish them again from the slot"
+        );
+        Ok(())
+    }
+
     /// After a session ended on a duplicate answer: unless the message holding the id is this very event (the
     /// stream has it, and the relay re-sent it because the tail read could not see it), another message holds the
     /// id, and the next sessions hand the event to `--on-invalid`.

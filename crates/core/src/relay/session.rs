@@ -18,10 +18,15 @@ use tokio::sync::watch;
 
 use super::RelayError;
 use crate::{
-    checkpoint::{Checkpoint, TxnTag},
+    checkpoint::{Checkpoint, Mark, TxnTag},
     config::Settings,
     mapping::event::header,
-    sink::{connect::Rejection, publisher::Publisher, stream::HighWater, transport::Transport},
+    sink::{
+        connect::Rejection,
+        publisher::{PublishError, Publisher},
+        stream::{HeldMessage, HighWater, Probe},
+        transport::Transport,
+    },
     source::{
         self,
         replication::{self, ReplicationStream},
@@ -48,6 +53,18 @@ pub(super) struct Session<'a, X> {
     pub(super) open_tag: Option<TxnTag>,
     pub(super) hw: HighWater,
     pub(super) wal_end: Lsn,
+    /// Reads the stream for the durability checks of `--nats-sync-interval`.
+    pub(super) probe: &'a dyn Probe,
+}
+
+/// A durability check in flight: the message looked for, when the check was issued, and what the stream holds.
+type Check = futures::future::BoxFuture<'static, (Mark, std::time::Instant, Result<Option<HeldMessage>, PublishError>)>;
+
+/// How often the loop checks, while acked events wait for `interval`, that the stream still holds them: often
+/// enough that a due transaction is confirmed (and a lost tail noticed) within a small part of the interval, at
+/// most one request per second.
+pub(super) fn check_period(interval: Duration) -> Duration {
+    (interval / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 /// While idle, the relay logs one line every this many progress intervals (and at the first idle one).
@@ -70,6 +87,9 @@ impl<X: Transport> Session<'_, X> {
         let mut last_acked = self.stats.acked.load(Ordering::Relaxed);
         let mut last_tick = Instant::now();
         let mut idle_ticks = 0u32;
+        let mut durability = tokio::time::interval(check_period(settings.nats_sync_interval.unwrap_or_default()));
+        durability.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check: Option<Check> = None;
         loop {
             let has_room = self.publisher.in_flight() < settings.max_in_flight
                 && self.publisher.in_flight_bytes() < MAX_IN_FLIGHT_BYTES;
@@ -90,8 +110,23 @@ impl<X: Transport> Session<'_, X> {
                 ack = self.publisher.next_ack(), if self.publisher.in_flight() > 0 => {
                     let ack = ack?;
                     self.stats.acked();
-                    self.checkpoint.acked(ack.tag);
+                    self.checkpoint.acked(ack.tag, ack.sequence, ack.id, now());
                     self.report(repl);
+                }
+                // 2b. a durability check answered: confirm what is durable, or start over when the stream lost it
+                checked = futures::future::OptionFuture::from(check.as_mut()), if check.is_some() => {
+                    check = None;
+                    if let Some((mark, issued, held)) = checked {
+                        self.on_checked(mark, issued, held, repl)?;
+                    }
+                }
+                // 2c. time for a durability check (with --nats-sync-interval, while acked events wait)
+                _ = durability.tick(), if settings.nats_sync_interval.is_some() && check.is_none() => {
+                    self.stats.durability_pending(self.checkpoint.waiting_events());
+                    if let Some(mark) = self.checkpoint.to_check().cloned() {
+                        let (issued, probe) = (now(), self.probe.message_at(mark.sequence));
+                        check = Some(Box::pin(async move { (mark, issued, probe.await) }));
+                    }
                 }
                 // 3. progress / status deadline
                 _ = progress.tick() => {
@@ -164,6 +199,36 @@ impl<X: Transport> Session<'_, X> {
         Ok(())
     }
 
+    /// The outcome of a durability check issued at `issued` for `mark`: the stream still holds it (what is due is
+    /// confirmed), a check that failed (tried again at the next tick), or a stream that lost it (the session ends,
+    /// transient: the next one starts from the slot, which has not passed the lost events).
+    fn on_checked(
+        &mut self,
+        mark: Mark,
+        issued: std::time::Instant,
+        held: Result<Option<HeldMessage>, PublishError>,
+        repl: &impl ReplicationStream,
+    ) -> Result<(), RelayError> {
+        let found = match held {
+            Ok(Some(HeldMessage { id: Some(id), .. })) if id == mark.id => {
+                if self.checkpoint.release(&mark, issued) {
+                    self.report(repl);
+                }
+                self.stats.durability_pending(self.checkpoint.waiting_events());
+                return Ok(());
+            }
+            Ok(Some(HeldMessage { id: Some(id), .. })) => format!("holds another message ({id})"),
+            Ok(Some(HeldMessage { id: None, .. })) => "holds a message without a Nats-Msg-Id".to_owned(),
+            Ok(None) => "holds no message there".to_owned(),
+            Err(err) => {
+                tracing::warn!(error = %err, sequence = mark.sequence, "durability check failed, trying again");
+                return Ok(());
+            }
+        };
+        let (stream, sequence, id) = (self.settings.stream.clone(), mark.sequence, mark.id);
+        Err(PublishError::Lost { stream, sequence, id, found }.into())
+    }
+
     /// Tells the replication session about a newly confirmed LSN.
     fn report(&mut self, repl: &impl ReplicationStream) {
         if let Some(lsn) = self.checkpoint.take_new_confirmed() {
@@ -194,6 +259,7 @@ impl<X: Transport> Session<'_, X> {
                 };
                 if self.hw.holds(position) {
                     self.stats.skipped();
+                    self.checkpoint.held(tag);
                     return Ok(());
                 }
                 let event = event.map_err(RelayError::Invalid)?;
@@ -218,14 +284,22 @@ impl<X: Transport> Session<'_, X> {
         let (acked, err) = self.publisher.drain(timeout).await;
         for ack in acked {
             self.stats.acked();
-            self.checkpoint.acked(ack.tag);
+            self.checkpoint.acked(ack.tag, ack.sequence, ack.id, now());
         }
+        // A stop does not wait for the interval: what waits stays unconfirmed, is read again at the next start and
+        // skipped where the stream holds it (design.md §4d).
+        self.stats.durability_pending(0);
         if let Some(err) = err {
             tracing::warn!(error = %err, "in-flight publishes not acked; they stay unconfirmed and are published after the next start");
         }
         self.checkpoint.abandon_open();
         self.checkpoint.confirmed()
     }
+}
+
+/// The loop's clock: tokio's, so tests with a paused clock can move it.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 #[cfg(test)]

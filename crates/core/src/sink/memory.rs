@@ -93,6 +93,32 @@ impl MemoryStream {
     }
 }
 
+impl super::stream::Probe for MemoryStream {
+    /// The message at `sequence`, stored "now" (tests that need stored times set them through the relay's clock).
+    fn message_at(
+        &self,
+        sequence: u64,
+    ) -> futures::future::BoxFuture<'static, Result<Option<super::stream::HeldMessage>, super::publisher::PublishError>>
+    {
+        let held = self.state().messages.iter().find(|m| m.sequence == sequence).map(|m| super::stream::HeldMessage {
+            id: m.header(header::MSG_ID).map(str::to_owned),
+            stored_at: std::time::SystemTime::now(),
+        });
+        Box::pin(async move { Ok(held) })
+    }
+}
+
+impl MemoryStream {
+    /// The stream loses every message after `sequence`, as a server restarted from older files does.
+    pub fn lose_after(&self, sequence: u64) {
+        let mut s = self.state();
+        s.messages.retain(|m| m.sequence <= sequence);
+        s.last_sequence = sequence;
+        let kept: HashMap<String, u64> = s.ids.drain().filter(|(_, seq)| *seq <= sequence).collect();
+        s.ids = kept;
+    }
+}
+
 impl StreamState {
     fn store(&mut self, subject: Subject, headers: HeaderMap, payload: Bytes) -> Result<Stored, Refusal> {
         let id = headers.get(header::MSG_ID).map(|v| v.as_str().to_owned()).unwrap_or_default();

@@ -105,6 +105,21 @@ pub enum PublishError {
         /// The stream sequence of the message that holds the id.
         sequence: u64,
     },
+    /// A durability check (`--nats-sync-interval`, design.md §4d) found that the stream no longer holds a message it
+    /// acked: the NATS server lost acked writes (an OS crash before its sync, a restart from older files, a leader
+    /// without the unsynced tail). The slot has not passed those events: the relay starts over from the slot and
+    /// publishes them again after the stream's surviving tail.
+    #[error("stream {stream} lost acked messages: sequence {sequence} should hold event {id} but {found}; the NATS server lost writes it had acked (e.g. an OS crash before its sync, or a restart from older files); the events the slot has not confirmed are published again after the stream's surviving tail")]
+    Lost {
+        /// Stream name.
+        stream: String,
+        /// The sequence checked (the newest acked message waiting for the interval).
+        sequence: u64,
+        /// The id the relay stored there.
+        id: String,
+        /// What the stream holds there instead.
+        found: String,
+    },
     /// The stream's sequence is not what the fence expected: a message was lost or written by someone else. The
     /// relay re-reads the tail and resumes after it.
     #[error("ordering fence: event {id} expected stream sequence {expected}, stream answered {actual}")]
@@ -168,6 +183,8 @@ pub struct Acked<T> {
     pub tag: T,
     /// The stream sequence the event got (for a duplicate: the sequence of the message it duplicates).
     pub sequence: u64,
+    /// The event's id (its `Nats-Msg-Id`), for the durability check of `--nats-sync-interval`.
+    pub id: String,
     /// The stream dropped it as a duplicate of a message with the same `Nats-Msg-Id` (never with the fence on,
     /// where a duplicate is a [`PublishError::Fence`]).
     pub duplicate: bool,
@@ -377,7 +394,7 @@ impl<T, X: Transport> Publisher<T, X> {
             (Some(Ok(stored)), Some(expected)) if stored.sequence != expected => {
                 Err(PublishError::Fence { id, expected, actual: stored.sequence.to_string() })
             }
-            (Some(Ok(Stored { sequence, duplicate })), _) => Ok(Acked { tag, sequence, duplicate }),
+            (Some(Ok(Stored { sequence, duplicate })), _) => Ok(Acked { tag, sequence, id, duplicate }),
             (Some(Err(refusal)), Some(expected)) if refusal.code == WRONG_LAST_SEQUENCE => {
                 Err(PublishError::Fence { id, expected, actual: refusal.reason })
             }

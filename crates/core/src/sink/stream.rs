@@ -164,6 +164,8 @@ pub struct HighWater {
     pub messages: u64,
     /// Position (commit LSN and index) of the last event `run` relayed into the stream, if any.
     pub position: Option<Position>,
+    /// The stream sequence of the message at `position` (0 when there is none).
+    pub sequence: u64,
 }
 
 impl HighWater {
@@ -197,6 +199,60 @@ pub async fn position_at(
     }
 }
 
+/// A message as a durability check sees it: its `Nats-Msg-Id` and when the stream stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldMessage {
+    /// Its `Nats-Msg-Id`, if it has one.
+    pub id: Option<String>,
+    /// When the stream stored it (the server's clock).
+    pub stored_at: std::time::SystemTime,
+}
+
+/// Reads which message a stream holds at a sequence: the I/O half of `--nats-sync-interval` (design.md §4d), which
+/// the relay's session runs beside its loop (a `'static` future, so the loop goes on while it waits). The in-memory
+/// stream implements it too, for the loop's unit tests.
+pub trait Probe: Send + Sync {
+    /// The message at `sequence`: `Ok(None)` when the stream holds none there (deleted, or beyond its last
+    /// sequence).
+    fn message_at(
+        &self,
+        sequence: u64,
+    ) -> futures::future::BoxFuture<'static, Result<Option<HeldMessage>, PublishError>>;
+}
+
+/// [`Probe`] over a JetStream stream: one `STREAM.MSG.GET` request per check.
+pub struct StreamProbe {
+    stream: stream::Stream,
+}
+
+impl StreamProbe {
+    /// A probe of `stream` (as [`ensure`] returned it).
+    pub fn new(stream: stream::Stream) -> Self {
+        Self { stream }
+    }
+}
+
+impl Probe for StreamProbe {
+    fn message_at(
+        &self,
+        sequence: u64,
+    ) -> futures::future::BoxFuture<'static, Result<Option<HeldMessage>, PublishError>> {
+        let s = self.stream.clone();
+        Box::pin(async move {
+            match s.get_raw_message(sequence).await {
+                Ok(msg) => Ok(Some(HeldMessage {
+                    id: msg.headers.get(header::MSG_ID).map(|v| v.as_str().to_owned()),
+                    stored_at: msg.time.into(),
+                })),
+                Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(err) => {
+                    Err(PublishError::Stream { stream: s.cached_info().config.name.clone(), reason: err.to_string() })
+                }
+            }
+        })
+    }
+}
+
 /// Reads the stream's tail: its last sequence and the position of the last relayed event.
 pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<HighWater, PublishError> {
     let mut s = js
@@ -209,7 +265,8 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
         .map_err(|e| PublishError::Stream { stream: stream_name.to_owned(), reason: e.to_string() })?
         .state
         .clone();
-    let mut hw = HighWater { last_sequence: state.last_sequence, messages: state.messages, position: None };
+    let mut hw =
+        HighWater { last_sequence: state.last_sequence, messages: state.messages, position: None, sequence: 0 };
     if state.messages == 0 {
         return Ok(hw);
     }
@@ -223,6 +280,7 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
             Ok(msg) => {
                 if let Some(position) = message_position(&msg.headers) {
                     hw.position = Some(position);
+                    hw.sequence = seq;
                     return Ok(hw);
                 }
                 foreign += 1;

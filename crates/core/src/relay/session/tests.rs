@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::{Session, SessionEnd};
 use crate::{
-    checkpoint::Checkpoint,
+    checkpoint::{Checkpoint, Mark},
     config::{RawSettings, Settings},
     mapping::{
         event::{header, Position},
@@ -118,7 +118,12 @@ struct Outcome {
 
 impl Harness {
     fn new(configure: impl FnOnce(&mut RawSettings)) -> Self {
-        let mut raw = RawSettings { publish_timeout: "300ms".into(), ..RawSettings::default() };
+        // Confirm on the ack unless a test sets an interval (design.md §4d).
+        let mut raw = RawSettings {
+            publish_timeout: "300ms".into(),
+            nats_sync_interval: "always".into(),
+            ..RawSettings::default()
+        };
         configure(&mut raw);
         let settings = Settings::validate(raw).expect("valid settings");
         Self { settings, stats: Stats::default(), stream: MemoryStream::default(), applied: Arc::default() }
@@ -150,11 +155,26 @@ impl Harness {
             shutdown,
             stats: &self.stats,
             publisher: Publisher::new(self.stream.transport(), Some(hw.last_sequence), self.settings.publish_timeout),
-            checkpoint: Checkpoint::new(confirmed),
+            checkpoint: self.checkpoint(&hw, confirmed),
             assembler: Assembler::new(&self.settings).expect("assembler"),
             open_tag: None,
             hw,
             wal_end: confirmed,
+            probe: &self.stream,
+        }
+    }
+
+    /// The tracker as `Relay::session` builds it: events the stream holds count as stored now (the in-memory stream
+    /// stores at once).
+    fn checkpoint(&self, hw: &HighWater, confirmed: Lsn) -> Checkpoint {
+        let checkpoint = Checkpoint::new(confirmed, self.settings.nats_sync_interval);
+        let state = self.stream.state();
+        match state.messages.iter().find(|m| hw.position.is_some() && m.sequence == hw.sequence) {
+            Some(m) => {
+                let id = m.header(header::MSG_ID).unwrap_or_default().to_owned();
+                checkpoint.with_held(Mark { sequence: m.sequence, id }, tokio::time::Instant::now().into_std())
+            }
+            None => checkpoint,
         }
     }
 
@@ -165,7 +185,9 @@ impl Harness {
             commit_lsn: m.header(header::COMMIT_LSN).and_then(|v| v.parse().ok()).unwrap_or(Lsn::ZERO),
             index: m.header(header::INDEX).and_then(|v| v.parse().ok()).unwrap_or(0),
         });
-        HighWater { last_sequence: state.messages.len() as u64, messages: state.messages.len() as u64, position }
+        let (last_sequence, messages) = (state.messages.len() as u64, state.messages.len() as u64);
+        let sequence = state.messages.last().map(|m| m.sequence).unwrap_or(0);
+        HighWater { last_sequence, messages, position, sequence }
     }
 
     fn applied(&self) -> Vec<Lsn> {
@@ -352,4 +374,78 @@ async fn an_id_the_stream_already_holds_goes_to_on_invalid_when_the_next_session
             }
         }
     }
+}
+
+/// A durable-interval session over `script`: runs until `until` (paused clock) or an error; returns the result (None:
+/// still running at `until`) and what it confirmed.
+async fn run_for(
+    h: &Harness,
+    script: Vec<ReplicationEvent>,
+    confirmed: Lsn,
+    until: Duration,
+    during: impl std::future::Future<Output = ()>,
+) -> (Option<Result<SessionEnd, RelayError>>, Lsn) {
+    let (stop, shutdown) = watch::channel(false);
+    let mut repl = Script { events: script.into(), played: 0, stop_at: None, stop, applied: h.applied.clone() };
+    let mut session = h.new_session(h.high_water(), confirmed, shutdown);
+    let mut rejection = Rejection::never();
+    let run = tokio::time::timeout(until, session.main_loop(&mut repl, &mut rejection));
+    let (result, ()) = tokio::join!(run, during);
+    let confirmed = session.settle().await;
+    (result.ok(), confirmed)
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_sync_interval_acked_events_are_confirmed_only_after_it_and_a_stop_does_not_wait() {
+    let h = Harness::new(|raw| raw.nats_sync_interval = "5s".into());
+    let events = script(&[(0x100, &[Some("a"), Some("b")]), (0x200, &[Some("c")]), (0x300, &[])]);
+    // A stop right after the last event: acked, not yet durable, nothing confirmed; the stop does not wait.
+    let played = events.len();
+    let started = tokio::time::Instant::now();
+    let out = h.session(events.clone(), Some(played), Lsn(0x10)).await;
+    assert!(matches!(out.result, Ok(SessionEnd::Stopped)));
+    assert!(started.elapsed() < Duration::from_secs(5), "the stop waited for the interval");
+    assert_eq!((h.stream.ids(), out.confirmed), (vec!["a".to_owned(), "b".into(), "c".into()], Lsn(0x10)));
+    assert_eq!(h.stats.acked.load(std::sync::atomic::Ordering::Relaxed), 3);
+
+    // The next session skips what the stream holds (stored "now") and confirms it once the interval passed.
+    let (result, confirmed) = run_for(&h, events.clone(), Lsn(0x10), Duration::from_millis(4500), async {}).await;
+    assert!(result.is_none(), "still running");
+    assert_eq!(confirmed, Lsn(0x10), "4.5 s after the stream stored them: not yet");
+    let (result, confirmed) = run_for(&h, events, Lsn(0x10), Duration::from_secs(7), async {}).await;
+    assert!(result.is_none(), "still running");
+    assert_eq!(confirmed, Lsn(0x308), "after the interval, the stream still holding them: confirmed");
+    assert_eq!(h.stream.state().received, ["a", "b", "c"], "nothing published twice");
+    let applied = h.applied();
+    assert!(applied.windows(2).all(|w| w[0] <= w[1]), "{applied:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_loses_acked_events_is_noticed_without_new_events_and_healed_from_the_slot() {
+    let h = Harness::new(|raw| raw.nats_sync_interval = "5s".into());
+    let events = script(&[(0x100, &[Some("a"), Some("b")]), (0x200, &[Some("c")])]);
+    // Acked at once; 1 s later the server "restarts from older files": only a survives. No event comes after that.
+    let lose = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.stream.lose_after(1);
+    };
+    let started = tokio::time::Instant::now();
+    let (result, confirmed) = run_for(&h, events.clone(), Lsn(0x10), Duration::from_secs(60), lose).await;
+    match result {
+        Some(Err(err @ RelayError::Publish(PublishError::Lost { sequence: 3, .. }))) => {
+            assert!(err.is_transient(), "{err}");
+            assert!(err.to_string().contains("event c"), "{err}");
+        }
+        other => panic!("expected the loss of c at sequence 3, got {:?}", other.map(|r| r.err())),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "noticed within the interval: {:?}", started.elapsed());
+    assert_eq!(confirmed, Lsn(0x10), "nothing lost was confirmed");
+    assert_eq!(h.stream.ids(), ["a"]);
+
+    // The next session starts from the slot, skips a (the surviving tail) and publishes b and c again, in order.
+    let (result, confirmed) = run_for(&h, events, confirmed, Duration::from_secs(7), async {}).await;
+    assert!(result.is_none(), "still running");
+    assert_eq!(h.stream.ids(), ["a", "b", "c"]);
+    assert_eq!(h.stream.state().received, ["a", "b", "c", "b", "c"]);
+    assert_eq!(confirmed, Lsn(0x208));
 }
