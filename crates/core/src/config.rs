@@ -105,6 +105,8 @@ pub struct RawSettings {
     // Pruning (design.md §4c).
     pub prune_after: Option<String>,
     pub created_at_column: String,
+    // Durability (design.md §4d).
+    pub nats_sync_interval: String,
 }
 
 impl Default for RawSettings {
@@ -149,6 +151,7 @@ impl Default for RawSettings {
             message_prefix: None,
             prune_after: None,
             created_at_column: "created_at".into(),
+            nats_sync_interval: "2m".into(),
         }
     }
 }
@@ -362,6 +365,10 @@ pub struct Settings {
     pub prune_after: Option<std::time::Duration>,
     /// `--created-at-column`.
     pub created_at_column: String,
+    // Durability (design.md §4d).
+    /// `--nats-sync-interval`: how long after its JetStream ack an event must still be in the stream before the slot
+    /// confirms it; `None` for `always` (or `0s`): confirm on the ack.
+    pub nats_sync_interval: Option<Duration>,
 }
 
 impl Settings {
@@ -466,6 +473,7 @@ impl Settings {
         let message_prefix = raw.message_prefix.filter(|p| !p.is_empty());
         let prune_after = raw.prune_after.as_deref().map(|d| parse_duration("--prune-after", d)).transpose()?;
         check_sources(&table, message_prefix.as_deref(), raw.prune_after.as_deref())?;
+        let nats_sync_interval = parse_sync_interval(&raw.nats_sync_interval)?;
         Ok(Self {
             pg_url: PgUrl::parse(&raw.pg_url)?.with_password(pg_password.as_ref()),
             slot,
@@ -520,6 +528,7 @@ impl Settings {
             message_prefix,
             prune_after,
             created_at_column: raw.created_at_column,
+            nats_sync_interval,
             log_format: match raw.log_format.as_str() {
                 "text" | "json" => raw.log_format,
                 other => {
@@ -648,6 +657,20 @@ pub fn parse_size(option: &'static str, value: &str) -> Result<u64, ConfigError>
     Ok(bytes.round() as u64)
 }
 
+/// Parses `--nats-sync-interval`: `always` (or a zero duration) is `None`, confirm on the ack; otherwise the
+/// duration (design.md §4d).
+pub fn parse_sync_interval(value: &str) -> Result<Option<Duration>, ConfigError> {
+    if value.trim().eq_ignore_ascii_case("always") {
+        return Ok(None);
+    }
+    let d = parse_duration("--nats-sync-interval", value).map_err(|_| ConfigError::Invalid {
+        option: "--nats-sync-interval",
+        value: value.to_owned(),
+        reason: "expected `always` or a duration like 2m (nats-server's jetstream sync_interval)".into(),
+    })?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
 /// Parses an LSN in Postgres `X/Y` form.
 pub fn parse_lsn(option: &'static str, value: &str) -> Result<Lsn, ConfigError> {
     value.trim().parse::<Lsn>().map_err(|_| ConfigError::Invalid {
@@ -687,6 +710,19 @@ mod tests {
             let err = parse_duration("--publish-timeout", too_long).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("--publish-timeout") && err.contains("at most 100 years"), "{too_long}: {err}");
         }
+    }
+
+    #[test]
+    fn sync_interval_is_a_duration_or_always() {
+        assert_eq!(parse_sync_interval("2m").ok(), Some(Some(Duration::from_secs(120))));
+        assert_eq!(parse_sync_interval("always").ok(), Some(None));
+        assert_eq!(parse_sync_interval("0s").ok(), Some(None));
+        assert!(matches!(
+            parse_sync_interval("sometimes"),
+            Err(ConfigError::Invalid { option: "--nats-sync-interval", .. })
+        ));
+        let default = Settings::validate(RawSettings::default()).ok().and_then(|s| s.nats_sync_interval);
+        assert_eq!(default, Some(Duration::from_secs(120)));
     }
 
     #[test]

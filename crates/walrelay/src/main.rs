@@ -209,6 +209,12 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_CREATED_AT_COLUMN", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at_column: Option<String>,
+    // Durability (design.md §4d).
+    /// The slot confirms an event only once JetStream acked it this long ago and still holds it (set it to the
+    /// servers' jetstream sync_interval); `always` confirms on the ack [default: 2m]
+    #[arg(long, env = "WALRELAY_NATS_SYNC_INTERVAL", global = true, help_heading = "NATS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_sync_interval: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +233,8 @@ enum Command {
     Replay(ReplayArgs),
     /// Publish a dead-letter record for the one event `run` stopped on, so `run` goes on after it
     Skip(SkipArgs),
+    /// Audit the stream against the committed events in the WAL kept by `run --replay-retention`
+    Verify(VerifyArgs),
     /// Drop the slot (and optionally the replay slot, publication and stream)
     Teardown(TeardownArgs),
     /// Run the whole flow on throwaway local servers
@@ -275,6 +283,19 @@ struct ReplayArgs {
     /// Print NDJSON instead of publishing
     #[arg(long)]
     stdout: bool,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// First commit LSN to check (X/Y) [default: the replay slot's confirmed_flush_lsn]
+    #[arg(long)]
+    from: Option<String>,
+    /// Check transactions committing before this LSN (X/Y) [default: the slot's confirmed_flush_lsn]
+    #[arg(long)]
+    to: Option<String>,
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -372,6 +393,19 @@ fn prepare_command(command: &Command) -> Result<Prepared, ConfigError> {
             p.from = Some(parse_lsn("--from", &a.from)?);
             p.to = a.to.as_deref().map(|s| parse_lsn("--to", s)).transpose()?;
         }
+        Command::Verify(a) => {
+            p.from = a.from.as_deref().map(|s| parse_lsn("--from", s)).transpose()?;
+            p.to = a.to.as_deref().map(|s| parse_lsn("--to", s)).transpose()?;
+            if let (Some(from), Some(to)) = (p.from, p.to) {
+                if to < from {
+                    return Err(ConfigError::Invalid {
+                        option: "--to",
+                        value: to.to_string(),
+                        reason: format!("must not be before --from {from}"),
+                    });
+                }
+            }
+        }
         Command::Skip(a) => p.through = Some(walrelay_core::config::parse_position("--through", &a.through)?),
         Command::Bench(a) => a.validate()?,
         _ => {}
@@ -420,6 +454,10 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
                 return Ok(EXIT_USAGE);
             };
             ops::replay::run(&settings, from, prepared.to, a.stdout).await.map(|()| 0)
+        }
+        Command::Verify(a) => {
+            let opts = ops::verify::VerifyOptions { from: prepared.from, to: prepared.to, json: a.json };
+            ops::verify::run(&settings, &opts).await
         }
         Command::Skip(_) => {
             let Some(through) = prepared.through else {
@@ -471,6 +509,7 @@ impl Command {
             Self::Peek(_) => "peek",
             Self::Replay(_) => "replay",
             Self::Skip(_) => "skip",
+            Self::Verify(_) => "verify",
             Self::Teardown(_) => "teardown",
             Self::Demo => "demo",
             Self::Bench(_) => "bench",
