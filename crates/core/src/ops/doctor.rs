@@ -431,10 +431,8 @@ async fn nats_checks(settings: &Settings, checks: &mut Checks) {
         return;
     }
     checks.ok("jetstream", "enabled");
-    let (storage, replicas) = stream_checks(&js, settings, checks).await.unwrap_or_else(|| {
-        // No stream yet: the one walrelay creates.
-        ("file", settings.stream_replicas)
-    });
+    // No stream yet: the one walrelay creates.
+    let (storage, replicas) = stream_checks(&js, settings, checks).await.unwrap_or(("file", settings.stream_replicas));
     let server = durability::server_sync(&client).await;
     let verdict = durability::verdict(settings.nats_sync_interval, storage, replicas, server);
     match verdict.level {
