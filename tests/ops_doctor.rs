@@ -43,9 +43,28 @@ fn doctor_names_the_remedy_for_each_failure() -> TestResult {
         "jetstream",
         "stream",
         "stream_subjects",
+        "durability",
     ] {
         assert!(line(&healthy, check).starts_with("ok "), "{}", healthy.stdout);
     }
+    // Durability (design.md §4d): the default interval covers a server's default sync; `always` cannot be promised
+    // without seeing the servers' setting (a plain account cannot ask the system account).
+    assert_eq!(
+        line(&healthy, "durability"),
+        "ok   durability: --nats-sync-interval 2m, file storage, 1 replica, the servers' sync_interval is not visible \
+         to this account: the slot keeps the last 2m of acked events in the WAL: an OS crash of a NATS server loses \
+         nothing walrelay cannot re-send (if the servers sync at least every 2m: nats-server's default sync_interval \
+         is 2m)"
+    );
+    let always = env.walrelay(&["doctor", "--nats-sync-interval", "always"])?;
+    assert_well_formed(&always);
+    assert_eq!(always.code, 0, "{always:?}");
+    let durability = line(&always, "durability");
+    assert!(
+        durability.starts_with("warn durability: --nats-sync-interval always, file storage, 1 replica"),
+        "{durability}"
+    );
+    assert!(durability.ends_with("; remedy: --nats-sync-interval 2m (nats-server's default sync_interval), or make sure every server runs with jetstream { sync_interval: always }"), "{durability}");
 
     // A missing publication.
     env.sql("DROP PUBLICATION walrelay")?;

@@ -1,7 +1,7 @@
 //! docs/operations.md as written: every shell block marked `<!-- runbook: NAME -->` is extracted from the document and
 //! run with bash against real servers, and the outcome is checked exactly (ids, order, count), so the runbook cannot
 //! drift from the binary. Procedures: monitoring, replay into a separate stream, rebuilding a stream, moving to a new
-//! stream, re-sending the gap after a lost slot.
+//! stream, re-sending the gap after a lost slot, verifying the stream and re-sending a lost tail.
 
 use walrelay_tests::ops as support;
 
@@ -51,7 +51,7 @@ fn run_block(env: &Env, name: &str, vars: &[(&str, &str)]) -> Result<Output, sup
 #[test]
 fn runbook_blocks_are_all_tested() -> TestResult {
     let names: Vec<String> = blocks()?.into_keys().collect();
-    assert_eq!(names, ["lost-slot", "monitor", "new-stream", "rebuild-stream", "replay-separate"]);
+    assert_eq!(names, ["lost-slot", "monitor", "new-stream", "rebuild-stream", "replay-separate", "verify-tail"]);
     Ok(())
 }
 
@@ -145,5 +145,62 @@ fn lost_slot_gap_is_resent_as_written() -> TestResult {
     assert_eq!(ids(&stored), expected, "the gap once, then the marker, nothing more");
     assert_eq!(ids(&env.stream_messages("OUTBOX")?), expected);
     assert_eq!(run_block(&env, "monitor", &[])?.code, 0, "healthy again");
+    Ok(())
+}
+
+#[test]
+fn verify_finds_and_resends_a_lost_tail_as_written() -> TestResult {
+    let mut env = Env::start()?;
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    let relay = env.start_relay_with_history(&["--nats-sync-interval", "always"])?;
+    let kept = env.insert_txn(&[("created", r#"{"n": 0}"#), ("paid", r#"{"n": 1}"#)])?;
+    let lost = env.insert_txn(&[("shipped", r#"{"n": 2}"#)])?;
+    let stored = env.wait_for_messages("OUTBOX", 3)?;
+    let all = [kept.clone(), lost.clone()].concat();
+    assert_eq!(ids(&stored), all);
+    let last = stored.last().map(|m| m.commit_lsn()).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while walrelay_tests::lsn(&env.confirmed_flush("walrelay")?) <= last {
+        assert!(std::time::Instant::now() < deadline, "the slot did not confirm the events");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop_relay(relay)?;
+
+    // Exact: the block prints the report and exits 0.
+    let out = run_block(&env, "verify-tail", &[])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!((report["checked"].as_u64(), report["exact"].as_bool()), (Some(3), Some(true)), "{report}");
+
+    // NATS loses the newest message (deleted, then a restart forgets its id): the block re-sends it, exact again.
+    let seq = stored[2].sequence;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(env.nats_url.as_str()).await?);
+        js.get_stream("OUTBOX").await?.delete_message(seq).await?;
+        Ok::<_, support::Error>(())
+    })?;
+    env.nats.restart()?;
+    assert_eq!(ids(&env.stream_messages("OUTBOX")?), kept);
+    let out = run_block(&env, "verify-tail", &[])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("1 stored, 0 dropped as duplicates"), "{}", out.stderr);
+    assert!(out.stdout.contains("3 committed events checked: exact"), "{}", out.stdout);
+    assert_eq!(ids(&env.stream_messages("OUTBOX")?), all, "the lost event once, after the surviving ones");
+
+    // A difference the block does not repair: reported, exit 3.
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(env.nats_url.as_str()).await?);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "forged");
+        headers.insert("Outbox-Commit-Lsn", stored[0].header("Outbox-Commit-Lsn"));
+        headers.insert("Outbox-Index", "9");
+        js.publish_with_headers("outbox.order.forged", headers, "{}".into()).await?.await?;
+        Ok::<_, support::Error>(())
+    })?;
+    let out = run_block(&env, "verify-tail", &[])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(report["unexpected"], serde_json::json!(["forged"]), "{report}");
     Ok(())
 }

@@ -239,6 +239,8 @@ enum Command {
     Replay(ReplayArgs),
     /// Publish a dead-letter record for the one event `run` stopped on, so `run` goes on after it
     Skip(SkipArgs),
+    /// Audit the stream against the committed events in the WAL kept by `run --replay-retention`
+    Verify(VerifyArgs),
     /// Drop the slot (and optionally the replay slot, publication and stream)
     Teardown(TeardownArgs),
     /// Run the whole flow on throwaway local servers
@@ -287,6 +289,19 @@ struct ReplayArgs {
     /// Print NDJSON instead of publishing
     #[arg(long)]
     stdout: bool,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// First commit LSN to check (X/Y) [default: the replay slot's confirmed_flush_lsn]
+    #[arg(long)]
+    from: Option<String>,
+    /// Check transactions committing before this LSN (X/Y) [default: the slot's confirmed_flush_lsn]
+    #[arg(long)]
+    to: Option<String>,
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -384,6 +399,19 @@ fn prepare_command(command: &Command) -> Result<Prepared, ConfigError> {
             p.from = Some(parse_lsn("--from", &a.from)?);
             p.to = a.to.as_deref().map(|s| parse_lsn("--to", s)).transpose()?;
         }
+        Command::Verify(a) => {
+            p.from = a.from.as_deref().map(|s| parse_lsn("--from", s)).transpose()?;
+            p.to = a.to.as_deref().map(|s| parse_lsn("--to", s)).transpose()?;
+            if let (Some(from), Some(to)) = (p.from, p.to) {
+                if to < from {
+                    return Err(ConfigError::Invalid {
+                        option: "--to",
+                        value: to.to_string(),
+                        reason: format!("must not be before --from {from}"),
+                    });
+                }
+            }
+        }
         Command::Skip(a) => p.through = Some(walrelay_core::config::parse_position("--through", &a.through)?),
         Command::Bench(a) => a.validate()?,
         _ => {}
@@ -432,6 +460,10 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
                 return Ok(EXIT_USAGE);
             };
             ops::replay::run(&settings, from, prepared.to, a.stdout).await.map(|()| 0)
+        }
+        Command::Verify(a) => {
+            let opts = ops::verify::VerifyOptions { from: prepared.from, to: prepared.to, json: a.json };
+            ops::verify::run(&settings, &opts).await
         }
         Command::Skip(_) => {
             let Some(through) = prepared.through else {
@@ -483,6 +515,7 @@ impl Command {
             Self::Peek(_) => "peek",
             Self::Replay(_) => "replay",
             Self::Skip(_) => "skip",
+            Self::Verify(_) => "verify",
             Self::Teardown(_) => "teardown",
             Self::Demo => "demo",
             Self::Bench(_) => "bench",

@@ -584,22 +584,6 @@ fn check_sources(table: &Tables, message_prefix: Option<&str>, prune_after: Opti
     Ok(())
 }
 
-/// Parses `--nats-sync-interval`: `always` or a zero duration confirm on the ack (`None`); otherwise the wait.
-fn parse_sync_interval(value: &str) -> Result<Option<Duration>, ConfigError> {
-    if value.trim().eq_ignore_ascii_case("always") {
-        return Ok(None);
-    }
-    let d = parse_duration("--nats-sync-interval", value).map_err(|err| match err {
-        ConfigError::Invalid { option, value, .. } => ConfigError::Invalid {
-            option,
-            value,
-            reason: "expected `always` or a duration like 2m (nats-server's jetstream.sync_interval)".into(),
-        },
-        other => other,
-    })?;
-    Ok((!d.is_zero()).then_some(d))
-}
-
 /// Reads `--pg-password-file`: the whole file, one trailing newline (`\n` or `\r\n`) dropped.
 fn read_password_file(path: &std::path::Path) -> Result<SecretString, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Invalid {
@@ -674,6 +658,20 @@ pub fn parse_size(option: &'static str, value: &str) -> Result<u64, ConfigError>
         return Err(invalid("out of range"));
     }
     Ok(bytes.round() as u64)
+}
+
+/// Parses `--nats-sync-interval`: `always` (or a zero duration) is `None`, confirm on the ack; otherwise the
+/// duration (design.md §4d).
+pub fn parse_sync_interval(value: &str) -> Result<Option<Duration>, ConfigError> {
+    if value.trim().eq_ignore_ascii_case("always") {
+        return Ok(None);
+    }
+    let d = parse_duration("--nats-sync-interval", value).map_err(|_| ConfigError::Invalid {
+        option: "--nats-sync-interval",
+        value: value.to_owned(),
+        reason: "expected `always` or a duration like 2m (nats-server's jetstream sync_interval)".into(),
+    })?;
+    Ok((!d.is_zero()).then_some(d))
 }
 
 /// Parses an LSN in Postgres `X/Y` form.

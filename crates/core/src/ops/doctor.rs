@@ -7,6 +7,7 @@
 //! <https://docs.nats.io/nats-concepts/jetstream/streams>.
 
 mod connection;
+mod durability;
 
 use std::time::Duration;
 
@@ -430,7 +431,14 @@ async fn nats_checks(settings: &Settings, checks: &mut Checks) {
         return;
     }
     checks.ok("jetstream", "enabled");
-    stream_checks(&js, settings, checks).await;
+    // No stream yet: the one walrelay creates.
+    let (storage, replicas) = stream_checks(&js, settings, checks).await.unwrap_or(("file", settings.stream_replicas));
+    let server = durability::server_sync(&client).await;
+    let verdict = durability::verdict(settings.nats_sync_interval, storage, replicas, server);
+    match verdict.level {
+        durability::Level::Ok => checks.ok("durability", verdict.detail),
+        durability::Level::Warn => checks.warn("durability", verdict.detail, verdict.remedy),
+    }
     let max_payload = info.max_payload as u64;
     let detail = format!("{max_payload} bytes ({})", ByteSize::b(max_payload).display().si());
     if max_payload < 1024 * 1024 {
@@ -495,7 +503,12 @@ fn nats_security_checks(settings: &Settings, info: &async_nats::ServerInfo, chec
     }
 }
 
-async fn stream_checks(js: &jetstream::Context, settings: &Settings, checks: &mut Checks) {
+/// The stream's checks; returns its storage (`file`/`memory`) and replicas when it exists.
+async fn stream_checks(
+    js: &jetstream::Context,
+    settings: &Settings,
+    checks: &mut Checks,
+) -> Option<(&'static str, usize)> {
     let name = &settings.stream;
     let wanted = stream::stream_subjects(settings);
     let subject_flags =
@@ -512,18 +525,18 @@ async fn stream_checks(js: &jetstream::Context, settings: &Settings, checks: &mu
                     humantime::format_duration(settings.duplicate_window)
                 ),
             );
-            return;
+            return None;
         }
         Err(err) => {
             checks.fail("stream", format!("{name}: {err}"), "check the NATS account's JetStream permissions");
-            return;
+            return None;
         }
     };
     let config = match s.info().await {
         Ok(info) => info.config.clone(),
         Err(err) => {
             checks.fail("stream", format!("{name}: {err}"), "check the NATS account's JetStream permissions");
-            return;
+            return None;
         }
     };
     let storage = match config.storage {
@@ -556,6 +569,7 @@ async fn stream_checks(js: &jetstream::Context, settings: &Settings, checks: &mu
     } else {
         checks.ok("duplicate_window", detail);
     }
+    Some((storage, config.num_replicas))
 }
 
 async fn query_one<T>(control: &Client, sql: &str, context: &str) -> Result<T, SourceError>

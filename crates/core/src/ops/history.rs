@@ -299,14 +299,20 @@ pub(crate) async fn stop_requested() {
     }
 }
 
-/// Inactive copies named `<slot>_peek_<pid>` or `<slot>_replay_copy_<pid>`.
+/// Inactive copies named `<slot>_peek_<pid>`, `<slot>_replay_copy_<pid>` (replay) or `<slot>_replay_verify_<pid>`
+/// (verify).
 pub(crate) async fn leftover_copies(control: &Client, settings: &Settings) -> Result<Vec<String>, SourceError> {
     let rows = control
         .query(
             "SELECT slot_name::text FROM pg_replication_slots WHERE NOT active AND \
-             (starts_with(slot_name::text, $1) OR starts_with(slot_name::text, $2)) \
-             AND slot_name::text ~ '_(peek|copy)_[0-9]+$'",
-            &[&format!("{}_peek_", settings.slot), &format!("{}_copy_", settings.replay_slot())],
+             (starts_with(slot_name::text, $1) OR starts_with(slot_name::text, $2) \
+              OR starts_with(slot_name::text, $3)) \
+             AND slot_name::text ~ '_(peek|copy|verify)_[0-9]+$'",
+            &[
+                &format!("{}_peek_", settings.slot),
+                &format!("{}_copy_", settings.replay_slot()),
+                &format!("{}_verify_", settings.replay_slot()),
+            ],
         )
         .await
         .map_err(|e| SourceError::query("looking for leftover slot copies", e))?;

@@ -1,5 +1,5 @@
-//! Operator commands built on the relay's parts: `setup`, `status`, `doctor`, `peek`, `replay`, `skip`, `teardown`,
-//! and the trailing replay slot kept by `run --replay-retention`.
+//! Operator commands built on the relay's parts: `setup`, `status`, `doctor`, `peek`, `replay`, `skip`, `verify`,
+//! `teardown`, and the trailing replay slot kept by `run --replay-retention`.
 
 pub mod doctor;
 mod history;
@@ -11,3 +11,4 @@ pub mod setup;
 pub mod skip;
 pub mod status;
 pub mod teardown;
+pub mod verify;

@@ -178,7 +178,7 @@ impl HighWater {
 
 /// Where the event a stream message carries sits in the WAL (its `Outbox-Commit-Lsn` and `Outbox-Index`), if it
 /// carries both.
-fn message_position(headers: &async_nats::HeaderMap) -> Option<Position> {
+pub(crate) fn message_position(headers: &async_nats::HeaderMap) -> Option<Position> {
     let commit_lsn = headers.get(header::COMMIT_LSN)?.as_str().parse::<Lsn>().ok()?;
     let index = headers.get(header::INDEX)?.as_str().parse::<u32>().ok()?;
     Some(Position { commit_lsn, index })

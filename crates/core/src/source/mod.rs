@@ -229,6 +229,22 @@ pub enum SourceError {
         /// The decoder's error.
         #[source]
         source: pgoutput::DecodeError,
+    }, // Auditing the stream (design.md §4d).
+    /// `verify` reads the committed events from the WAL the replay slot keeps, and there is no replay slot.
+    #[error("slot {slot} does not exist: verify reads the committed events from the WAL kept by the trailing slot of `walrelay run --replay-retention DURATION`; start run with it (e.g. --replay-retention 24h) and verify what commits from then on")]
+    NoReplaySlot {
+        /// The replay slot's name.
+        slot: String,
+    },
+    /// `verify --from` is below what the replay slot still retains.
+    #[error("cannot verify from {from}: the WAL kept by slot {slot} starts at {oldest}; verify from {oldest} or later (the default), and keep more history with `walrelay run --replay-retention DURATION`")]
+    VerifyOutOfRange {
+        /// The requested start.
+        from: Lsn,
+        /// The oldest commit LSN the replay slot still holds.
+        oldest: Lsn,
+        /// The replay slot.
+        slot: String,
     },
 }
 
