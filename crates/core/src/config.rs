@@ -105,6 +105,9 @@ pub struct RawSettings {
     // Pruning (design.md §4c).
     pub prune_after: Option<String>,
     pub created_at_column: String,
+    // Backfill (design.md §4f).
+    pub backfill_where: Option<String>,
+    pub backfill_order: Option<String>,
 }
 
 impl Default for RawSettings {
@@ -149,6 +152,8 @@ impl Default for RawSettings {
             message_prefix: None,
             prune_after: None,
             created_at_column: "created_at".into(),
+            backfill_where: None,
+            backfill_order: None,
         }
     }
 }
@@ -362,6 +367,11 @@ pub struct Settings {
     pub prune_after: Option<std::time::Duration>,
     /// `--created-at-column`.
     pub created_at_column: String,
+    // Backfill (design.md §4f).
+    /// `--backfill-where`: SQL for the WHERE clause choosing the rows `setup --backfill` publishes (all when unset).
+    pub backfill_where: Option<String>,
+    /// `--backfill-order`: the columns ordering the backfilled rows of each table (empty: the id column).
+    pub backfill_order: Vec<String>,
 }
 
 impl Settings {
@@ -466,6 +476,13 @@ impl Settings {
         let message_prefix = raw.message_prefix.filter(|p| !p.is_empty());
         let prune_after = raw.prune_after.as_deref().map(|d| parse_duration("--prune-after", d)).transpose()?;
         check_sources(&table, message_prefix.as_deref(), raw.prune_after.as_deref())?;
+        let backfill_order = match raw.backfill_order.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
+            None => Vec::new(),
+            Some(order) => {
+                order.split(',').map(|column| name("--backfill-order", column.trim())).collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let backfill_where = raw.backfill_where.filter(|w| !w.trim().is_empty());
         Ok(Self {
             pg_url: PgUrl::parse(&raw.pg_url)?.with_password(pg_password.as_ref()),
             slot,
@@ -520,6 +537,8 @@ impl Settings {
             message_prefix,
             prune_after,
             created_at_column: raw.created_at_column,
+            backfill_where,
+            backfill_order,
             log_format: match raw.log_format.as_str() {
                 "text" | "json" => raw.log_format,
                 other => {

@@ -164,13 +164,26 @@ pub struct HighWater {
     pub messages: u64,
     /// Position (commit LSN and index) of the last event `run` relayed into the stream, if any.
     pub position: Option<Position>,
+    /// Whether that last event is a backfilled row (`Outbox-Backfill`, design.md §4f): its position is the slot's
+    /// consistent point and its rank, not a streamed transaction's.
+    pub backfill: bool,
 }
 
 impl HighWater {
     /// Whether the event at `p` is already in the stream: at or before the high-water mark. The one "already in
     /// the stream" test, used by `run` (which skips such events after a restart, design.md rule 8) and `peek`.
+    ///
+    /// After a backfill the mark is (consistent point, rank). The slot streams only transactions whose commit
+    /// record starts at or after its consistent point (the walsender skips those that start before
+    /// `confirmed_flush`), and one can start exactly there (the record right after the one that made the snapshot
+    /// consistent), so no streamed event is held by a backfilled mark: `p <= hw` would drop the first transaction's
+    /// first events.
     pub fn holds(&self, p: Position) -> bool {
-        self.position.is_some_and(|hw| p <= hw)
+        match self.position {
+            Some(hw) if self.backfill => p.commit_lsn < hw.commit_lsn,
+            Some(hw) => p <= hw,
+            None => false,
+        }
     }
 }
 
@@ -209,7 +222,8 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
         .map_err(|e| PublishError::Stream { stream: stream_name.to_owned(), reason: e.to_string() })?
         .state
         .clone();
-    let mut hw = HighWater { last_sequence: state.last_sequence, messages: state.messages, position: None };
+    let mut hw =
+        HighWater { last_sequence: state.last_sequence, messages: state.messages, position: None, backfill: false };
     if state.messages == 0 {
         return Ok(hw);
     }
@@ -223,6 +237,7 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
             Ok(msg) => {
                 if let Some(position) = message_position(&msg.headers) {
                     hw.position = Some(position);
+                    hw.backfill = msg.headers.get(header::BACKFILL).is_some();
                     return Ok(hw);
                 }
                 foreign += 1;

@@ -165,7 +165,12 @@ impl Harness {
             commit_lsn: m.header(header::COMMIT_LSN).and_then(|v| v.parse().ok()).unwrap_or(Lsn::ZERO),
             index: m.header(header::INDEX).and_then(|v| v.parse().ok()).unwrap_or(0),
         });
-        HighWater { last_sequence: state.messages.len() as u64, messages: state.messages.len() as u64, position }
+        HighWater {
+            last_sequence: state.messages.len() as u64,
+            messages: state.messages.len() as u64,
+            position,
+            backfill: false,
+        }
     }
 
     fn applied(&self) -> Vec<Lsn> {
