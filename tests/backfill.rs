@@ -163,6 +163,8 @@ fn kill_9_during_a_100000_row_backfill_then_rerun_publishes_every_row_once() -> 
         let n = env.stream_messages("OUTBOX").ok()?.len();
         (n >= 5_000).then_some(())
     })?;
+    // Committed during the backfill, after the slot's creation: from the slot, never backfilled.
+    insert_rows(&env, "public.outbox", "during", 2)?;
     setup.kill9()?;
     setup.wait_timeout(Duration::from_secs(10))?;
     let partial = env.stream_messages("OUTBOX")?.len();
@@ -173,7 +175,7 @@ fn kill_9_during_a_100000_row_backfill_then_rerun_publishes_every_row_once() -> 
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(refused.stderr.contains("setup --backfill"), "{}", refused.stderr);
 
-    // Rows committed after the slot's creation: from the slot, never backfilled.
+    // Committed while the backfill is interrupted: from the slot too.
     insert_rows(&env, "public.outbox", "after", 3)?;
 
     let out = env.walrelay(&["setup", "--backfill"])?;
@@ -185,12 +187,13 @@ fn kill_9_during_a_100000_row_backfill_then_rerun_publishes_every_row_once() -> 
     assert!(messages.iter().enumerate().all(|(i, m)| m.header("Outbox-Index") == i.to_string()));
 
     let relay = env.start_relay(&[])?;
-    let all = env.wait_for_messages("OUTBOX", ROWS as usize + 3)?;
+    env.wait_for_messages("OUTBOX", ROWS as usize + 5)?;
     stop_relay(relay)?;
-    assert_eq!(all.len(), ROWS as usize + 3);
+    let all = env.stream_messages("OUTBOX")?;
+    assert_eq!(all.len(), ROWS as usize + 5);
     let tags: Vec<String> =
         all[ROWS as usize..].iter().map(|m| m.json()["tag"].as_str().unwrap_or("").to_owned()).collect();
-    assert_eq!(tags, ["after", "after", "after"]);
+    assert_eq!(tags, ["during", "during", "after", "after", "after"]);
     let unique: BTreeSet<&str> = all.iter().map(|m| m.id()).collect();
     assert_eq!(unique.len(), all.len(), "no id twice");
     Ok(())

@@ -259,7 +259,22 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
 
 #[cfg(test)]
 mod tests {
-    use super::subjects_overlap;
+    use super::{subjects_overlap, HighWater, Lsn, Position};
+
+    #[test]
+    fn a_backfilled_mark_holds_no_streamed_event() {
+        let at = |lsn: u64, index: u32| Position { commit_lsn: Lsn(lsn), index };
+        let backfilled = HighWater { last_sequence: 5, messages: 5, position: Some(at(0x100, 4)), backfill: true };
+        // A transaction whose commit record starts at the consistent point itself is streamed, and new.
+        assert!(!backfilled.holds(at(0x100, 0)));
+        assert!(!backfilled.holds(at(0x100, 7)));
+        assert!(!backfilled.holds(at(0x180, 0)));
+        assert!(backfilled.holds(at(0xFF, 9)));
+        // A streamed mark holds what is at or before it.
+        let streamed = HighWater { backfill: false, ..backfilled };
+        assert!(streamed.holds(at(0x100, 4)));
+        assert!(!streamed.holds(at(0x100, 5)));
+    }
 
     #[test]
     fn overlapping_filters() {
