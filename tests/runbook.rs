@@ -13,7 +13,12 @@ use walrelay_tests::ids;
 
 /// The runbook's shell blocks by name.
 fn blocks() -> Result<BTreeMap<String, String>, support::Error> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+    blocks_in("operations.md")
+}
+
+/// The shell blocks of `docs/<doc>` by name.
+fn blocks_in(doc: &str) -> Result<BTreeMap<String, String>, support::Error> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs").join(doc);
     let text = std::fs::read_to_string(&path)?;
     let mut out = BTreeMap::new();
     let mut rest = text.as_str();
@@ -31,8 +36,13 @@ fn blocks() -> Result<BTreeMap<String, String>, support::Error> {
 
 /// Runs one runbook block with bash, as an operator with the documented environment would.
 fn run_block(env: &Env, name: &str, vars: &[(&str, &str)]) -> Result<Output, support::Error> {
-    let blocks = blocks()?;
-    let code = blocks.get(name).ok_or_else(|| format!("docs/operations.md has no runbook block {name}"))?;
+    run_block_in(env, "operations.md", name, vars)
+}
+
+/// Runs one shell block of `docs/<doc>` like [`run_block`].
+fn run_block_in(env: &Env, doc: &str, name: &str, vars: &[(&str, &str)]) -> Result<Output, support::Error> {
+    let blocks = blocks_in(doc)?;
+    let code = blocks.get(name).ok_or_else(|| format!("docs/{doc} has no runbook block {name}"))?;
     let bin_dir = walrelay_bin()?.parent().ok_or("walrelay has no directory")?.to_owned();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new("bash");
@@ -52,6 +62,40 @@ fn run_block(env: &Env, name: &str, vars: &[(&str, &str)]) -> Result<Output, sup
 fn runbook_blocks_are_all_tested() -> TestResult {
     let names: Vec<String> = blocks()?.into_keys().collect();
     assert_eq!(names, ["lost-slot", "monitor", "new-stream", "rebuild-stream", "replay-separate", "verify-tail"]);
+    let names: Vec<String> = blocks_in("migrating.md")?.into_keys().collect();
+    assert_eq!(names, ["backfill"]);
+    Ok(())
+}
+
+/// docs/migrating.md as written: the rows a polling worker left waiting are published once, in id order, then `run`
+/// relays what was committed since; the rows the worker already processed are not published.
+#[test]
+fn migrating_from_a_polling_worker_as_written() -> TestResult {
+    let env = Env::start()?;
+    env.sql("ALTER TABLE public.outbox ADD COLUMN processed_at timestamptz")?;
+    let mut all = Vec::new();
+    for t in 0..4 {
+        all.extend(env.insert_txn(&[("created", &format!("{{\"t\": {t}}}")), ("paid", r#"{"x": 1}"#)])?);
+    }
+    // The worker sent the first transaction's rows.
+    env.sql(&format!("UPDATE public.outbox SET processed_at = now() WHERE id IN ('{}', '{}')", all[0], all[1]))?;
+    let waiting = env.sql("SELECT id FROM public.outbox WHERE processed_at IS NULL ORDER BY id")?;
+    let waiting: Vec<String> = waiting.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect();
+    assert_eq!(waiting.len(), 6);
+
+    let out = run_block_in(&env, "migrating.md", "backfill", &[])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    let stored = env.stream_messages("OUTBOX")?;
+    assert_eq!(ids(&stored), waiting);
+    assert!(stored.iter().all(|m| m.header("Outbox-Backfill") == "true"));
+
+    let relay = env.start_relay(&[])?;
+    let later = env.insert_txn(&[("shipped", r#"{"x": 2}"#)])?;
+    let mut expected = waiting.clone();
+    expected.extend(later);
+    assert_eq!(ids(&env.wait_for_messages("OUTBOX", expected.len())?), expected);
+    stop_relay(relay)?;
+    assert_eq!(ids(&env.stream_messages("OUTBOX")?), expected);
     Ok(())
 }
 

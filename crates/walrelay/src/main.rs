@@ -221,6 +221,17 @@ struct GlobalArgs {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_sync_interval: Option<String>,
+    // Backfill (design.md §4f).
+    /// With `setup --backfill`: SQL for the WHERE clause choosing the waiting rows to publish, e.g.
+    /// "processed_at IS NULL" [default: every row]
+    #[arg(long, env = "WALRELAY_BACKFILL_WHERE", global = true, help_heading = "Setup")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backfill_where: Option<String>,
+    /// With `setup --backfill`: the column(s), comma-separated, ordering the rows of each table [default: the id
+    /// column]
+    #[arg(long, env = "WALRELAY_BACKFILL_ORDER", global = true, help_heading = "Setup")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backfill_order: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,7 +239,7 @@ enum Command {
     /// Relay the outbox to JetStream (the service)
     Run,
     /// Create the publication, slot and stream if missing (idempotent)
-    Setup,
+    Setup(SetupArgs),
     /// Show the slot's position and lag
     Status(StatusArgs),
     /// Check prerequisites and print the remedy for each failure
@@ -247,6 +258,14 @@ enum Command {
     Demo,
     /// Measure throughput and latency on throwaway local servers
     Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct SetupArgs {
+    /// Create the slot with an exported snapshot and publish the rows already in the table(s) before anything the
+    /// slot streams (--backfill-where, --backfill-order); an interrupted backfill completes when run again
+    #[arg(long)]
+    backfill: bool,
 }
 
 #[derive(Debug, Args)]
@@ -442,7 +461,8 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
             }
             result
         }
-        Command::Setup => ops::setup::run(&settings).await.map(|()| 0),
+        Command::Setup(args) if args.backfill => ops::backfill::run(&settings).await.map(|()| 0),
+        Command::Setup(_) => ops::setup::run(&settings).await.map(|()| 0),
         Command::Status(a) => {
             let opts = ops::status::StatusOptions {
                 json: a.json,
@@ -509,7 +529,7 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Self::Run => "run",
-            Self::Setup => "setup",
+            Self::Setup(_) => "setup",
             Self::Status(_) => "status",
             Self::Doctor => "doctor",
             Self::Peek(_) => "peek",

@@ -110,6 +110,9 @@ pub struct RawSettings {
     pub created_at_column: String,
     // Durability (design.md §4d).
     pub nats_sync_interval: String,
+    // Backfill (design.md §4f).
+    pub backfill_where: Option<String>,
+    pub backfill_order: Option<String>,
 }
 
 impl Default for RawSettings {
@@ -155,6 +158,8 @@ impl Default for RawSettings {
             prune_after: None,
             created_at_column: "created_at".into(),
             nats_sync_interval: "2m".into(),
+            backfill_where: None,
+            backfill_order: None,
         }
     }
 }
@@ -372,6 +377,11 @@ pub struct Settings {
     /// `--nats-sync-interval`: how long after its ack an event must still be in the stream before the slot passes
     /// it; `None` (`always`, `0s`) confirms on the ack.
     pub nats_sync_interval: Option<Duration>,
+    // Backfill (design.md §4f).
+    /// `--backfill-where`: SQL for the WHERE clause choosing the rows `setup --backfill` publishes (all when unset).
+    pub backfill_where: Option<String>,
+    /// `--backfill-order`: the columns ordering the backfilled rows of each table (empty: the id column).
+    pub backfill_order: Vec<String>,
 }
 
 impl Settings {
@@ -477,6 +487,13 @@ impl Settings {
         let prune_after = raw.prune_after.as_deref().map(|d| parse_duration("--prune-after", d)).transpose()?;
         check_sources(&table, message_prefix.as_deref(), raw.prune_after.as_deref())?;
         let nats_sync_interval = parse_sync_interval(&raw.nats_sync_interval)?;
+        let backfill_order = match raw.backfill_order.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
+            None => Vec::new(),
+            Some(order) => {
+                order.split(',').map(|column| name("--backfill-order", column.trim())).collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let backfill_where = raw.backfill_where.filter(|w| !w.trim().is_empty());
         Ok(Self {
             pg_url: PgUrl::parse(&raw.pg_url)?.with_password(pg_password.as_ref()),
             slot,
@@ -532,6 +549,8 @@ impl Settings {
             prune_after,
             created_at_column: raw.created_at_column,
             nats_sync_interval,
+            backfill_where,
+            backfill_order,
             log_format: match raw.log_format.as_str() {
                 "text" | "json" => raw.log_format,
                 other => {

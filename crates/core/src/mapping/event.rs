@@ -36,6 +36,10 @@ pub mod header {
     pub const REPLAYED_AT: &str = "Outbox-Replayed-At";
     /// The ordering fence's header, added by the publisher of `run` (design.md rule 7).
     pub const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
+    // Backfill (design.md §4f).
+    /// `true` on a row `setup --backfill` published from the slot's exported snapshot (not from the WAL); its
+    /// `Outbox-Commit-Lsn` is the slot's consistent point and its `Outbox-Index` its rank in the backfill.
+    pub const BACKFILL: &str = "Outbox-Backfill";
 }
 
 /// Bytes a header takes on the wire: `<name>: <value>\r\n`.

@@ -86,6 +86,8 @@ pub struct TxnStamp {
     pub commit_time: String,
     commit_lsn_value: HeaderValue,
     commit_time_value: HeaderValue,
+    /// Whether the events are backfilled rows (design.md §4f): they carry `Outbox-Backfill: true`.
+    backfill: bool,
 }
 
 impl TxnStamp {
@@ -100,7 +102,19 @@ impl TxnStamp {
             commit_lsn,
             commit_lsn_text,
             commit_time,
+            backfill: false,
         }
+    }
+
+    /// Stamps the rows `setup --backfill` reads from the slot's exported snapshot (design.md §4f): `commit_lsn` is
+    /// the slot's consistent point, the time the snapshot's, and every event carries `Outbox-Backfill: true`.
+    pub fn backfill(consistent_point: Lsn, snapshot_time_micros: i64) -> Self {
+        Self { backfill: true, ..Self::new(consistent_point, snapshot_time_micros) }
+    }
+
+    /// Whether the events are backfilled rows.
+    pub fn is_backfill(&self) -> bool {
+        self.backfill
     }
 }
 
@@ -200,7 +214,10 @@ impl InvalidEvent {
         headers.insert(HeaderName::from_static(header::MSG_ID), header_value(&id).unwrap_or_default());
         for (k, v) in &self.headers {
             let ours = k.starts_with("Outbox-");
-            let position = [header::COMMIT_LSN, header::COMMIT_TIME, header::INDEX].contains(&k.as_str());
+            // A backfilled row's record keeps `Outbox-Backfill` even when minimal: the tail read needs it to tell
+            // its position (the consistent point) from a streamed transaction's (sink::stream::HighWater).
+            let position =
+                [header::COMMIT_LSN, header::COMMIT_TIME, header::INDEX, header::BACKFILL].contains(&k.as_str());
             if !(position || (ours && !minimal) || row_headers) {
                 continue;
             }
@@ -500,6 +517,9 @@ impl OutboxMapper {
         headers.insert(HeaderName::from_static(header::COMMIT_LSN), txn.commit_lsn_value.clone());
         headers.insert(HeaderName::from_static(header::COMMIT_TIME), txn.commit_time_value.clone());
         headers.insert(HeaderName::from_static(header::INDEX), number_value(u64::from(index)));
+        if txn.backfill {
+            headers.insert(HeaderName::from_static(header::BACKFILL), HeaderValue::from("true"));
+        }
         // The row's own headers, so a record standing in for an invalid event can carry them.
         if let Some(json) = text(tuple, layout.headers) {
             if let Err(reason) = user_headers(&mut self.warned_keys, &json, &mut headers) {
@@ -601,6 +621,9 @@ fn invalid_event(
     headers.push((header::COMMIT_LSN.to_owned(), txn.commit_lsn_text.clone()));
     headers.push((header::COMMIT_TIME.to_owned(), txn.commit_time.clone()));
     headers.push((header::INDEX.to_owned(), index.to_string()));
+    if txn.backfill {
+        headers.push((header::BACKFILL.to_owned(), "true".to_owned()));
+    }
     // The row's own headers: every name but ours.
     let mut row: Vec<(String, String)> = built
         .iter()

@@ -72,6 +72,9 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
         let dropped = drop_slot(&control, name, opts.force).await?;
         println!("slot {name}: {}", if dropped { "dropped" } else { "not found" });
     }
+    if opts.slot && super::backfill::drop_leftover(&control, settings).await? {
+        println!("backfill staging table of slot {}: dropped (the backfill was not finished)", settings.slot);
+    }
     for name in super::history::leftover_copies(&control, settings).await? {
         if slot::drop(&control, &name).await.is_ok() {
             println!("slot {name}: dropped (left behind by peek or replay)");

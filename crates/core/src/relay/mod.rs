@@ -251,6 +251,7 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
     let (_client, js) = stream::connect(settings).await?;
     stream::ensure(&js, settings, !settings.no_create).await?;
     let hw = stream::high_water(&js, &settings.stream).await?;
+    crate::ops::backfill::check_finished(&control, settings).await?;
     match slot::info(&control, &settings.slot).await? {
         Some(info) => {
             info.check()?;
@@ -333,10 +334,17 @@ impl Relay<'_> {
         let probe = StreamProbe::new(handle);
         let mut hw = stream::high_water(&js, &settings.stream).await?;
         if let Some((position, sequence)) = self.held.filter(|&(_, sequence)| hw.last_sequence >= sequence) {
-            if Some(position) > hw.position {
+            // A held event is a streamed one: it passes a backfilled mark from the consistent point on.
+            let newer = match hw.position {
+                Some(p) if hw.backfill => position.commit_lsn >= p.commit_lsn,
+                Some(p) => position > p,
+                None => true,
+            };
+            if newer {
+                hw.position = Some(position);
                 hw.sequence = sequence;
+                hw.backfill = false;
             }
-            hw.position = hw.position.max(Some(position));
             tracing::debug!(held = %position, sequence, "counting an event the stream holds behind its tail as relayed");
         }
         if let (true, Some(pid)) = (info.active, info.active_pid) {

@@ -166,13 +166,26 @@ pub struct HighWater {
     pub position: Option<Position>,
     /// The stream sequence of the message at `position` (0 when there is none).
     pub sequence: u64,
+    /// Whether that last event is a backfilled row (`Outbox-Backfill`, design.md §4f): its position is the slot's
+    /// consistent point and its rank, not a streamed transaction's.
+    pub backfill: bool,
 }
 
 impl HighWater {
     /// Whether the event at `p` is already in the stream: at or before the high-water mark. The one "already in
     /// the stream" test, used by `run` (which skips such events after a restart, design.md rule 8) and `peek`.
+    ///
+    /// After a backfill the mark is (consistent point, rank). The slot streams only transactions whose commit
+    /// record starts at or after its consistent point (the walsender skips those that start before
+    /// `confirmed_flush`), and one can start exactly there (the record right after the one that made the snapshot
+    /// consistent), so no streamed event is held by a backfilled mark: `p <= hw` would drop the first transaction's
+    /// first events.
     pub fn holds(&self, p: Position) -> bool {
-        self.position.is_some_and(|hw| p <= hw)
+        match self.position {
+            Some(hw) if self.backfill => p.commit_lsn < hw.commit_lsn,
+            Some(hw) => p <= hw,
+            None => false,
+        }
     }
 }
 
@@ -265,8 +278,13 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
         .map_err(|e| PublishError::Stream { stream: stream_name.to_owned(), reason: e.to_string() })?
         .state
         .clone();
-    let mut hw =
-        HighWater { last_sequence: state.last_sequence, messages: state.messages, position: None, sequence: 0 };
+    let mut hw = HighWater {
+        last_sequence: state.last_sequence,
+        messages: state.messages,
+        position: None,
+        sequence: 0,
+        backfill: false,
+    };
     if state.messages == 0 {
         return Ok(hw);
     }
@@ -281,6 +299,7 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
                 if let Some(position) = message_position(&msg.headers) {
                     hw.position = Some(position);
                     hw.sequence = seq;
+                    hw.backfill = msg.headers.get(header::BACKFILL).is_some();
                     return Ok(hw);
                 }
                 foreign += 1;
@@ -302,7 +321,23 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
 
 #[cfg(test)]
 mod tests {
-    use super::subjects_overlap;
+    use super::{subjects_overlap, HighWater, Lsn, Position};
+
+    #[test]
+    fn a_backfilled_mark_holds_no_streamed_event() {
+        let at = |lsn: u64, index: u32| Position { commit_lsn: Lsn(lsn), index };
+        let backfilled =
+            HighWater { last_sequence: 5, messages: 5, position: Some(at(0x100, 4)), sequence: 5, backfill: true };
+        // A transaction whose commit record starts at the consistent point itself is streamed, and new.
+        assert!(!backfilled.holds(at(0x100, 0)));
+        assert!(!backfilled.holds(at(0x100, 7)));
+        assert!(!backfilled.holds(at(0x180, 0)));
+        assert!(backfilled.holds(at(0xFF, 9)));
+        // A streamed mark holds what is at or before it.
+        let streamed = HighWater { backfill: false, ..backfilled };
+        assert!(streamed.holds(at(0x100, 4)));
+        assert!(!streamed.holds(at(0x100, 5)));
+    }
 
     #[test]
     fn overlapping_filters() {

@@ -102,6 +102,78 @@ pub async fn alter_failover(url: &PgUrl, host: &PgHost, slot: &str, publication:
     result
 }
 
+/// A temporary logical slot created together with an exported snapshot (design.md §4f), on a replication session
+/// that stays open, and must, for as long as another session imports the snapshot (`SET TRANSACTION SNAPSHOT`):
+/// the snapshot and the slot end with the session.
+pub struct ExportedSnapshot {
+    client: ReplicationClient,
+    /// The slot's consistent point: transactions whose commit record starts here or later are streamed by the slot,
+    /// every earlier one is visible in the snapshot.
+    pub consistent_point: Lsn,
+    /// The snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot: String,
+}
+
+impl ExportedSnapshot {
+    /// Ends the session: the temporary slot and the snapshot go with it.
+    pub fn close(mut self) {
+        self.client.abort();
+    }
+}
+
+/// Creates the temporary pgoutput slot `slot` with an exported snapshot on a replication session to `host`
+/// (`CREATE_REPLICATION_SLOT ... TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')`, or `EXPORT_SNAPSHOT` below
+/// PostgreSQL 15), with the same user, password, database and TLS settings as the SQL connections.
+/// See <https://www.postgresql.org/docs/current/protocol-replication.html#PROTOCOL-REPLICATION-CREATE-REPLICATION-SLOT>.
+pub async fn create_exported(
+    url: &PgUrl,
+    host: &PgHost,
+    major: u32,
+    slot: &str,
+    publication: &str,
+) -> Result<ExportedSnapshot, SourceError> {
+    let config = replication_config(url, host, slot, publication);
+    let mut client = ReplicationClient::connect_gated(config).await.map_err(|e| classify(e, slot, publication, url))?;
+    let name = crate::config::quote_ident(slot);
+    let sql = if major >= 15 {
+        format!("CREATE_REPLICATION_SLOT {name} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')")
+    } else {
+        format!("CREATE_REPLICATION_SLOT {name} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT")
+    };
+    let context = format!("creating slot {slot} with an exported snapshot");
+    let rows = match client.simple_query(&sql).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            client.abort();
+            return Err(match err {
+                PgWireError::Server(text) => {
+                    let code = sqlstate::pgwire_code(&text).map(|(code, _)| code.to_owned());
+                    SourceError::Query { context, reason: text, code }
+                }
+                other => classify(other, slot, publication, url),
+            });
+        }
+    };
+    // slot_name, consistent_point, snapshot_name, output_plugin.
+    let column = |i: usize| {
+        rows.first()
+            .and_then(|row| row.get(i))
+            .and_then(|v| v.as_ref())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    match (column(1).and_then(|l| l.parse::<Lsn>().ok()), column(2)) {
+        (Some(consistent_point), Some(snapshot)) => Ok(ExportedSnapshot { client, consistent_point, snapshot }),
+        _ => {
+            client.abort();
+            Err(SourceError::Query {
+                context,
+                reason: "the server returned no consistent point or snapshot".into(),
+                code: None,
+            })
+        }
+    }
+}
+
 /// The replication connection's settings for `host`: the user, password, database and TLS of `url` (the same as
 /// the SQL connections'), for `slot` and `publication`. Every replication connection is built from this.
 pub fn replication_config(url: &PgUrl, host: &PgHost, slot: &str, publication: &str) -> ReplicationConfig {

@@ -187,7 +187,7 @@ impl Harness {
         });
         let (last_sequence, messages) = (state.messages.len() as u64, state.messages.len() as u64);
         let sequence = state.messages.last().map(|m| m.sequence).unwrap_or(0);
-        HighWater { last_sequence, messages, position, sequence }
+        HighWater { last_sequence, messages, position, sequence, backfill: false }
     }
 
     fn applied(&self) -> Vec<Lsn> {
