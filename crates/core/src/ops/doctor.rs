@@ -249,7 +249,7 @@ async fn postgres_checks(control: &Client, settings: &Settings, checks: &mut Che
     replica::checks(control, &server, settings, slot_info.as_ref(), checks).await?;
 
     // Copies left behind by an interrupted peek or replay.
-    let leftovers = super::history::leftover_copies(control, settings).await?;
+    let leftovers = super::history::leftover_copies(control, &[&settings.slot, &settings.replay_slot()]).await?;
     for name in leftovers {
         checks.warn(
             "slot_copy",

@@ -72,7 +72,7 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
         let dropped = drop_slot(&control, name, opts.force).await?;
         println!("slot {name}: {}", if dropped { "dropped" } else { "not found" });
     }
-    for name in super::history::leftover_copies(&control, settings).await? {
+    for name in super::history::leftover_copies(&control, &[&settings.slot, &settings.replay_slot()]).await? {
         if slot::drop(&control, &name).await.is_ok() {
             println!("slot {name}: dropped (left behind by peek or replay)");
         }
