@@ -297,9 +297,9 @@ fn a_least_privilege_role_runs_setup_and_run() -> TestResult {
     let ids = env.insert_txn(&[("created", r#"{"n": 0}"#), ("paid", r#"{"n": 1}"#)])?;
     let messages = env.wait_for_messages("OUTBOX", 2)?;
     assert_eq!(messages.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), ids);
-    stop_relay(relay)?;
     let out = as_relay(&["status", "--check"])?;
     assert_eq!(out.code, 0, "{out:?}");
+    stop_relay(relay)?;
     Ok(())
 }
 

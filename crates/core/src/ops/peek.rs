@@ -21,9 +21,11 @@ use super::history::{self, HistoryReader, Item, Output, Range, SlotCopy};
 /// Prints up to `limit` pending events.
 pub async fn run(settings: &Settings, limit: usize, json: bool) -> Result<(), RelayError> {
     let (control, host) = source::connect_host(&settings.pg_url).await?;
-    let info = slot::info(&control, &settings.slot)
-        .await?
-        .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: String::new() })?;
+    let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
+        slot: settings.slot.clone(),
+        server: settings.pg_url.server_at(&host),
+        detail: String::new(),
+    })?;
     info.check()?;
     let copy = SlotCopy::create(&control, &host, &settings.slot, "peek").await?;
     let result = tokio::select! {

@@ -41,6 +41,7 @@ pub async fn run(settings: &Settings, from: Lsn, to: Option<Lsn>, stdout: bool) 
         None => {
             let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
                 slot: replay_slot.clone(),
+                server: settings.pg_url.server_at(&host),
                 detail: format!(
                     " (nor does {}; replay needs the slot kept by `walrelay run --replay-retention`)",
                     settings.slot
