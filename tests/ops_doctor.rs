@@ -156,3 +156,38 @@ fn doctor_fails_on_wal_level_replica() -> TestResult {
     );
     Ok(())
 }
+
+/// design.md §4g: a table that does not exist is one `fail table` line with its remedy (no owner `?`, no SELECT
+/// warning, no publication line about it); a replay slot a running relay keeps with `--replay-retention` is not
+/// reported as kept by nothing, while one that nothing advances still is.
+#[test]
+fn doctor_on_a_missing_table_and_a_replay_slot_kept_by_a_relay() -> TestResult {
+    let env = Env::start()?;
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    let out = env.walrelay(&["doctor", "--table", "public.nosuch"])?;
+    assert_well_formed(&out);
+    assert_eq!(out.code, 1, "{out:?}");
+    let about: Vec<&str> = out.stdout.lines().filter(|l| l.contains("nosuch")).collect();
+    assert_eq!(about.len(), 1, "{}", out.stdout);
+    assert!(about[0].starts_with("fail table: public.nosuch does not exist; remedy: CREATE TABLE"), "{}", out.stdout);
+    assert!(!out.stdout.contains("owned by ?"), "{}", out.stdout);
+
+    let relay = env.start_relay_with_history(&[])?;
+    let out = env.walrelay(&["doctor"])?;
+    assert_well_formed(&out);
+    assert!(
+        line(&out, "replay_slot").starts_with("ok   replay_slot: walrelay_replay from ")
+            && line(&out, "replay_slot").ends_with("kept by a running relay with --replay-retention"),
+        "{}",
+        out.stdout
+    );
+    support::stop_relay(relay)?;
+    let out = env.walrelay(&["doctor"])?;
+    assert!(
+        line(&out, "replay_slot")
+            .starts_with("warn replay_slot: walrelay_replay exists but --replay-retention is not set"),
+        "{}",
+        out.stdout
+    );
+    Ok(())
+}

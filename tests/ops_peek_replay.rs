@@ -331,3 +331,102 @@ fn peek_and_replay_show_messages_between_rows() -> TestResult {
     assert_replayed(&env.stream_messages("OUTBOX")?, &stored[3..]);
     Ok(())
 }
+
+/// Runs a walrelay command whose stdout reader is gone before it prints anything (`peek | head` once `head` has its
+/// lines): it must end with exit 0, no panic, and drop the slot copy it made.
+fn run_with_closed_stdout(env: &Env, args: &[&str]) -> Result<support::Output, Box<dyn std::error::Error>> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = env.command(args)?.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    drop(child.stdout.take());
+    let mut err_pipe = child.stderr.take().ok_or("no stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let status = wait_until("walrelay to end", support::COMMAND_TIMEOUT, || child.try_wait().ok().flatten())?;
+    let stderr = reader.join().unwrap_or_default();
+    Ok(support::Output { code: status.code().unwrap_or(-1), stdout: String::new(), stderr })
+}
+
+/// design.md §4g: `peek | head` and `replay --stdout | head` stop quietly (exit 0) and drop their slot copy; a copy
+/// a killed command left (its SQL session gone) is reported by doctor with the statement and dropped by the next
+/// command that copies the same slot, while a copy whose session lives on (a concurrent peek) is kept.
+#[test]
+fn closed_output_and_killed_commands_leave_no_slot_copy() -> TestResult {
+    let env = Env::start()?;
+    assert_eq!(env.walrelay(&["setup"])?.code, 0);
+    let relay = env.start_relay_with_history(&[])?;
+    env.insert_txn(&[("created", r#"{"n": 0}"#), ("paid", r#"{"n": 1}"#)])?;
+    env.insert_txn(&[("shipped", r#"{"n": 2}"#)])?;
+    let stored = env.wait_for_messages("OUTBOX", 3)?;
+    stop_relay(relay)?;
+    env.insert_txn(&[("closed", r#"{"n": 3}"#)])?;
+    env.insert_txn(&[("archived", r#"{"n": 4}"#)])?;
+    let both = ["walrelay", "walrelay_replay"];
+
+    let from = stored[0].header("Outbox-Commit-Lsn").to_owned();
+    for args in [&["peek", "--json"][..], &["peek"], &["replay", "--from", &from, "--stdout"]] {
+        let out = run_with_closed_stdout(&env, args)?;
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        assert!(!out.stderr.contains("panicked") && !out.stderr.contains("Broken pipe"), "{args:?}: {out:?}");
+        assert_eq!(env.slots()?, both, "{args:?} left a slot copy behind");
+    }
+
+    // Copies as a killed peek and a killed replay leave them: named by a server process that has ended.
+    env.sql("SELECT pg_copy_logical_replication_slot('walrelay', 'walrelay_peek_' || pg_backend_pid(), false)")?;
+    env.sql(
+        "SELECT pg_copy_logical_replication_slot('walrelay_replay', 'walrelay_replay_copy_' || pg_backend_pid(), false)",
+    )?;
+    let dead: Vec<String> = env.slots()?.into_iter().filter(|s| !both.contains(&s.as_str())).collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    // A concurrent peek's copy: its session is alive.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let live_session = rt.block_on(walrelay_tests::connect(&env.pg_url));
+    let live: String = rt.block_on(async {
+        let row = live_session
+            .query_one(
+                "SELECT slot_name::text FROM pg_copy_logical_replication_slot('walrelay', 'walrelay_peek_' || \
+                 pg_backend_pid(), false)",
+                &[],
+            )
+            .await
+            .expect("copy");
+        row.get(0)
+    });
+
+    let doctor = env.walrelay(&["doctor"])?;
+    for name in &dead {
+        assert!(
+            doctor.stdout.contains(&format!("SELECT pg_drop_replication_slot('{name}')")),
+            "{name}: {}",
+            doctor.stdout
+        );
+    }
+    assert!(!doctor.stdout.contains(&live), "a live copy reported: {}", doctor.stdout);
+
+    // peek copies walrelay: it drops the dead copy of walrelay, not the live one, nor the replay slot's copy.
+    let peek = env.walrelay(&["peek", "--json"])?;
+    assert_eq!(peek.code, 0, "{peek:?}");
+    assert_eq!(peek.json_lines()?.len(), 2, "{peek:?}");
+    let replay_copy = dead.iter().find(|n| n.starts_with("walrelay_replay_copy_")).ok_or("no replay copy")?;
+    let mut want = vec!["walrelay".to_owned(), live.clone(), "walrelay_replay".to_owned(), replay_copy.clone()];
+    want.sort();
+    assert_eq!(env.slots()?, want);
+    // replay copies walrelay_replay: it drops that one.
+    let replay = env.walrelay(&["replay", "--from", &from, "--stdout"])?;
+    assert_eq!(replay.code, 0, "{replay:?}");
+    assert_eq!(replay.json_lines()?.len(), 5, "{replay:?}");
+    let mut want = vec!["walrelay".to_owned(), live.clone(), "walrelay_replay".to_owned()];
+    want.sort();
+    assert_eq!(env.slots()?, want);
+    drop(live_session);
+    drop(rt);
+    let out = wait_until("the live copy's owner gone, peek drops it", Duration::from_secs(30), || {
+        let out = env.walrelay(&["peek", "--json"]).ok()?;
+        (env.slots().ok()? == both).then_some(out)
+    })?;
+    assert_eq!(out.code, 0, "{out:?}");
+    Ok(())
+}

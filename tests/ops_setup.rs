@@ -297,9 +297,32 @@ fn a_least_privilege_role_runs_setup_and_run() -> TestResult {
     let ids = env.insert_txn(&[("created", r#"{"n": 0}"#), ("paid", r#"{"n": 1}"#)])?;
     let messages = env.wait_for_messages("OUTBOX", 2)?;
     assert_eq!(messages.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), ids);
-    stop_relay(relay)?;
     let out = as_relay(&["status", "--check"])?;
     assert_eq!(out.code, 0, "{out:?}");
+    stop_relay(relay)?;
+
+    // design.md §4g: teardown is all or nothing. The publication is postgres's: `teardown --all` as relay names
+    // the statement its owner runs and drops nothing (not the slot, which relay could drop, nor the stream).
+    let out = as_relay(&["teardown", "--all"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("nothing was dropped"), "{}", out.stderr);
+    assert!(out.stderr.contains("publication walrelay (owned by postgres"), "{}", out.stderr);
+    assert!(out.stderr.contains("DROP PUBLICATION \"walrelay\";"), "{}", out.stderr);
+    assert_eq!(env.slots()?, ["walrelay"]);
+    assert_eq!(env.sql("SELECT count(*) FROM pg_publication")?, "1");
+    assert_eq!(env.stream_messages("OUTBOX")?.len(), 2, "the stream is still there");
+    // A role without REPLICATION cannot drop the slot: named with the statement, nothing dropped.
+    env.sql("CREATE ROLE viewer LOGIN")?;
+    let out = as_role(&env, "viewer", &["teardown", "--keep-slot", "--drop-replay-slot"])?;
+    assert_eq!(out.code, 0, "no replay slot: nothing to drop: {out:?}");
+    let out = as_role(&env, "viewer", &["teardown", "--force"])?;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("SELECT pg_drop_replication_slot('walrelay');"), "{}", out.stderr);
+    assert_eq!(env.slots()?, ["walrelay"]);
+    // What relay owns, it removes.
+    let out = as_relay(&["teardown", "--drop-stream"])?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(env.slots()?.is_empty());
     Ok(())
 }
 

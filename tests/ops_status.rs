@@ -52,8 +52,10 @@ fn status_reports_lag_until_the_relay_catches_up() -> TestResult {
     assert!(over.stderr.contains("exceeds --max-lag"), "{}", over.stderr);
     let json_over = env.walrelay(&["status", "--json", "--max-lag", "1KB"])?;
     assert_eq!(json_over.code, 3, "{json_over:?}");
+    // Under the bound, but no relay streams from the slot (design.md §4g): still exit 3, for that reason only.
     let under = env.walrelay(&["status", "--max-lag", "1GB"])?;
-    assert_eq!(under.code, 0, "{under:?}");
+    assert_eq!(under.code, 3, "{under:?}");
+    assert!(under.stderr.contains("is not active") && !under.stderr.contains("exceeds"), "{}", under.stderr);
 
     // The relay catches up: lag near 0, slot active with the walsender's pid.
     let relay = env.start_relay(&[])?;
@@ -88,7 +90,13 @@ fn status_of_an_absent_slot_fails_and_nats_down_does_not() -> TestResult {
     let env = Env::start()?;
     let missing = env.walrelay(&["status", "--slot", "nosuch"])?;
     assert_eq!(missing.code, 1, "{missing:?}");
-    assert!(missing.stderr.contains("replication slot nosuch does not exist"), "{}", missing.stderr);
+    // design.md §4g: the message names the server asked, so an answer from the wrong server shows.
+    let server = format!("127.0.0.1:{}/app", env.pg.port());
+    assert!(
+        missing.stderr.contains(&format!("replication slot nosuch does not exist on {server}")),
+        "{}",
+        missing.stderr
+    );
     assert!(missing.stderr.contains("walrelay setup"), "{}", missing.stderr);
 
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
@@ -96,6 +104,7 @@ fn status_of_an_absent_slot_fails_and_nats_down_does_not() -> TestResult {
     let out = env.walrelay(&["status", "--json", "--nats-url", &unreachable])?;
     assert_eq!(out.code, 0, "{out:?}");
     let s = &out.json_lines()?[0];
+    assert_eq!(s["server"], server.as_str(), "{s}");
     assert!(s["stream_messages"].is_null(), "{s}");
     assert!(s["nats_error"].is_string(), "{s}");
     assert!(s["lag_bytes"].is_u64(), "{s}");
@@ -125,12 +134,38 @@ fn status_check_fires_on_what_loses_data() -> TestResult {
     let env = Env::start()?;
     assert_eq!(env.walrelay(&["setup"])?.code, 0);
 
-    // Healthy: --check and a generous --max-lag pass, `problems` is empty.
+    // No relay streams from the slot (design.md §4g): --check and --max-lag fire, naming the reason.
+    let not_active = "slot walrelay is not active: no relay streams from it";
+    let out = env.walrelay(&["status", "--check"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains(not_active), "{}", out.stderr);
+    let out = env.walrelay(&["status", "--json", "--max-lag", "1GB"])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    let p = problems(&out.json_lines()?[0]);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with(not_active), "{p:?}");
+
+    // Healthy: a relay streams; --check and a generous --max-lag pass, `problems` is empty.
+    let relay = env.start_relay(&[])?;
+    wait_until("slot active", DELIVERY_TIMEOUT, || {
+        (env.sql("SELECT active FROM pg_replication_slots WHERE slot_name = 'walrelay'").ok()? == "t").then_some(())
+    })?;
     let healthy = env.walrelay(&["status", "--check"])?;
     assert_eq!(healthy.code, 0, "{healthy:?}");
     assert_eq!(env.walrelay(&["status", "--max-lag", "1GB"])?.code, 0);
     let s = status_json(&env, &["--check"])?;
     assert!(problems(&s).is_empty(), "{s}");
+    stop_relay(relay)?;
+
+    // Postgres cannot be reached: exit 3 naming it (without a check, an error: exit 1).
+    let down = format!("postgres://postgres@127.0.0.1:{}/app", free_port());
+    let out = env.walrelay(&["status", "--check", "--pg-url", &down])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("cannot be reached") && out.stderr.contains("127.0.0.1:"), "{}", out.stderr);
+    let out = env.walrelay(&["status", "--json", "--max-lag", "1GB", "--pg-url", &down])?;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(problems(&out.json_lines()?[0])[0].contains("cannot be reached"), "{out:?}");
+    assert_eq!(env.walrelay(&["status", "--pg-url", &down])?.code, 1);
 
     // The stream is missing: nothing can be delivered.
     env.delete_stream("OUTBOX")?;
@@ -140,8 +175,8 @@ fn status_check_fires_on_what_loses_data() -> TestResult {
     let out = env.walrelay(&["status", "--json", "--check"])?;
     assert_eq!(out.code, 3, "{out:?}");
     let p = problems(&out.json_lines()?[0]);
-    assert_eq!(p.len(), 1, "{p:?}");
-    assert!(p[0].contains("walrelay setup"), "{p:?}");
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].starts_with(not_active) && p[1].contains("walrelay setup"), "{p:?}");
     // Without a check, status only reports.
     assert_eq!(env.walrelay(&["status"])?.code, 0);
     assert_eq!(env.walrelay(&["setup"])?.code, 0);

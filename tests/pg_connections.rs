@@ -53,11 +53,15 @@ fn leaf(sans: &[&str], cn: &str, usage: ExtendedKeyUsagePurpose, ca: &(Certifica
 impl Pki {
     /// A test CA, a server certificate for localhost/127.0.0.1, a client certificate for `relay`, another CA.
     fn new() -> Pki {
+        Pki::for_server(&["localhost", "127.0.0.1"])
+    }
+
+    /// The same with a server certificate naming `names`.
+    fn for_server(names: &[&str]) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca = make_ca("walrelay test CA");
         let other = make_ca("some other CA");
-        let (server_cert, server_key) =
-            leaf(&["localhost", "127.0.0.1"], "localhost", ExtendedKeyUsagePurpose::ServerAuth, &ca);
+        let (server_cert, server_key) = leaf(names, names[0], ExtendedKeyUsagePurpose::ServerAuth, &ca);
         let (client_cert, client_key) = leaf(&[], "relay", ExtendedKeyUsagePurpose::ClientAuth, &ca);
         std::fs::write(dir.path().join("ca.pem"), ca.0.pem()).unwrap();
         std::fs::write(dir.path().join("other-ca.pem"), other.0.pem()).unwrap();
@@ -291,6 +295,37 @@ async fn tls_only_server_with_scram() {
     let mut secrets: Vec<&str> = vec![PASSWORD, WRONG_PASSWORD];
     secrets.extend(pki.keys.iter().map(String::as_str));
     assert_no_secrets(&captured, &secrets);
+}
+
+/// design.md §4a: a server certificate that names another host (a managed database's name, a tunnel to an IP
+/// address): `verify-ca` checks the chain only, on the SQL and the replication connections alike, so `run` relays;
+/// `verify-full` fails naming the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ca_accepts_a_certificate_for_another_host() {
+    let pki = Pki::for_server(&["db.internal.example"]);
+    let pg = tls_server(
+        &pki,
+        &["hostssl all relay 127.0.0.1/32 scram-sha-256", "hostssl replication relay 127.0.0.1/32 scram-sha-256"],
+    );
+    let ca = pki.path("ca.pem");
+    let mut case = Case::new(&pg, "other_host");
+    let u = url("127.0.0.1", &pg, Some(PASSWORD), &case.db, &format!("sslmode=verify-ca&sslrootcert={ca}"));
+    case.relays_exactly(&u, &[], &[]).await;
+    for host in ["127.0.0.1", "localhost"] {
+        let u = url(host, &pg, Some(PASSWORD), &case.db, &format!("sslmode=verify-full&sslrootcert={ca}"));
+        let (code, out) = case.run_cmd(case.cmd(&u, &["run"]), AUTH_DEADLINE);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("certificate") && out.contains("TLS"), "{out}");
+    }
+    // Another CA's certificate still fails under verify-ca.
+    let other = pki.path("other-ca.pem");
+    let u = url("127.0.0.1", &pg, Some(PASSWORD), &case.db, &format!("sslmode=verify-ca&sslrootcert={other}"));
+    let (code, out) = case.run_cmd(case.cmd(&u, &["run"]), AUTH_DEADLINE);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("certificate") && out.contains("TLS"), "{out}");
+    let mut secrets: Vec<&str> = vec![PASSWORD];
+    secrets.extend(pki.keys.iter().map(String::as_str));
+    assert_no_secrets(&case.captured, &secrets);
 }
 
 /// `hostssl ... cert`: the client certificate (sslcert/sslkey) authenticates `run`, `status` and `peek`.

@@ -568,6 +568,13 @@ async fn standby_without_primary_url_setup_and_doctor() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("run on the primary: CREATE PUBLICATION \"walrelay\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert');"), "{all}");
     assert!(all.contains("--primary-url"), "{all}");
+    // doctor's remedy says where to run it (design.md §4g).
+    let out = env.walrelay(&standby_url, &["doctor"]).output().unwrap();
+    let all = text(&out);
+    assert!(
+        all.contains("fail publication: walrelay does not exist; remedy: on the primary run: CREATE PUBLICATION"),
+        "{all}"
+    );
 
     let out = env.walrelay(&standby_url, &["setup", "--failover"]).output().unwrap();
     let all = text(&out);
@@ -597,6 +604,35 @@ async fn standby_without_primary_url_setup_and_doctor() {
     let out = env.walrelay(&standby_url, &["doctor", "--primary-url", &env.primary.url("postgres")]).output().unwrap();
     let all = text(&out);
     assert!(all.contains("ok   primary_wal_level: logical on the primary"), "{all}");
+
+    // A least-privilege --primary-url role may not call pg_log_standby_snapshot() (design.md §4g): doctor names the
+    // GRANT; setup says so once, with the GRANT, and waits as without --primary-url.
+    env.primary.psql("CREATE ROLE relay LOGIN REPLICATION").unwrap();
+    env.standby.wait_replayed(&env.primary, Duration::from_secs(30)).unwrap();
+    let as_relay = |url: String| url.replacen("postgres@", "relay@", 1);
+    let (relay_standby, relay_primary) = (as_relay(standby_url.clone()), as_relay(env.primary.url("postgres")));
+    let grant = "GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() TO \"relay\";";
+    let out = env.walrelay(&relay_standby, &["doctor", "--primary-url", &relay_primary]).output().unwrap();
+    let all = text(&out);
+    assert!(all.contains("warn primary_snapshot: relay may not call pg_log_standby_snapshot()"), "{all}");
+    assert!(all.contains(&format!("remedy: on the primary: {grant}")), "{all}");
+    env.standby.psql("SELECT pg_wal_replay_pause()").unwrap();
+    let setup = Process::spawn(env.walrelay(
+        &relay_standby,
+        &["setup", "--slot", "relay_slot", "--primary-url", &relay_primary, "--log", "info"],
+    ))
+    .unwrap();
+    setup.wait_for_output(grant, Duration::from_secs(30)).unwrap();
+    let said = setup.output();
+    assert_eq!(said.matches("cannot call pg_log_standby_snapshot()").count(), 1, "{said}");
+    assert!(said.contains("permission denied") && !said.contains("lets walrelay do that"), "{said}");
+    env.standby.psql("SELECT pg_wal_replay_resume()").unwrap();
+    env.primary.psql("SELECT pg_log_standby_snapshot()").unwrap();
+    let status = setup.wait_timeout(Duration::from_secs(30)).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "setup did not finish: {}", setup.output());
+    assert!(setup.output().contains("slot relay_slot: created"), "{}", setup.output());
+    env.standby.psql("SELECT pg_drop_replication_slot('relay_slot')").unwrap();
+
     env.standby.psql("ALTER SYSTEM SET hot_standby_feedback = off; SELECT pg_reload_conf();").unwrap();
     walrelay_testkit::wait_until("hot_standby_feedback off", Duration::from_secs(10), || {
         (env.standby.psql("SHOW hot_standby_feedback").ok()? == "off").then_some(())

@@ -136,6 +136,18 @@ impl PgUrl {
         self.parsed.get_dbname().or(self.parsed.get_user()).unwrap_or("postgres").to_owned()
     }
 
+    /// The server a session on `host` asks, as messages name it: `host:port/database` (no user, no password), so
+    /// that an answer from the wrong server (another local cluster, a default URL) is obvious.
+    pub fn server_at(&self, host: &PgHost) -> String {
+        format!("{host}/{}", self.dbname())
+    }
+
+    /// The servers the URL names, as [`PgUrl::server_at`] names one: `h1:p1,h2:p2/database`.
+    pub fn servers(&self) -> String {
+        let hosts: Vec<String> = self.hosts().iter().map(ToString::to_string).collect();
+        format!("{}/{}", hosts.join(","), self.dbname())
+    }
+
     /// The user name (defaults to `postgres`).
     pub fn user(&self) -> String {
         self.parsed.get_user().unwrap_or("postgres").to_owned()

@@ -60,18 +60,28 @@ pub async fn run(settings: &Settings) -> Result<u8, crate::relay::RelayError> {
             checks.ok("postgres", format!("connected to {} as {}", settings.pg_url, settings.pg_url.user()));
             connection::check(&control, &host, settings, &mut checks).await;
             if let Err(err) = postgres_checks(&control, settings, &mut checks).await {
-                checks.fail("postgres", err.to_string(), "fix the error above and run `walrelay doctor` again");
+                fail_with(&mut checks, &err, "fix the error above and run `walrelay doctor` again");
             }
         }
-        Err(err) => checks.fail(
-            "postgres",
-            err.to_string(),
+        Err(err) => fail_with(
+            &mut checks,
+            &err,
             "check --pg-url / WALRELAY_PG_URL (host, port, user, password, database) and pg_hba.conf",
         ),
     }
     nats_checks(settings, &mut checks).await;
     println!("{} failed, {} warning{}", checks.failed, checks.warned, if checks.warned == 1 { "" } else { "s" });
     Ok(if checks.failed > 0 { 1 } else { 0 })
+}
+
+/// A Postgres error as one `fail postgres` line: its own remedy when it names one (authentication, TLS, a missing
+/// database, a privilege), else `fallback`, so the line says `remedy:` once.
+fn fail_with(checks: &mut Checks, err: &SourceError, fallback: &str) {
+    let text = err.to_string();
+    match text.split_once("; remedy: ") {
+        Some((detail, remedy)) => checks.fail("postgres", detail, remedy),
+        None => checks.fail("postgres", text, fallback),
+    }
 }
 
 async fn postgres_checks(control: &Client, settings: &Settings, checks: &mut Checks) -> Result<(), SourceError> {
@@ -221,8 +231,28 @@ async fn postgres_checks(control: &Client, settings: &Settings, checks: &mut Che
         }
     }
 
-    // The replay slot.
+    // The replay slot. Without --replay-retention here, a running relay may still keep it (its retention session
+    // names itself): only a replay slot that nothing keeps is worth a warning.
+    let kept_by_relay = match (&replay_info, settings.replay_retention) {
+        (Some(r), None) => control
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = left($1, 63))",
+                &[&super::retention::keeper_name(&r.name)],
+            )
+            .await
+            .map(|row| row.get::<_, bool>(0))
+            .map_err(|e| SourceError::query("looking for the relay keeping the replay slot", e))?,
+        _ => false,
+    };
     match (&replay_info, settings.replay_retention) {
+        (Some(r), None) if kept_by_relay => checks.ok(
+            "replay_slot",
+            format!(
+                "{} from {}, kept by a running relay with --replay-retention",
+                r.name,
+                r.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
+            ),
+        ),
         (Some(r), Some(_)) if r.is_lost() => checks.fail(
             "replay_slot",
             format!("{} is lost", r.name),
@@ -250,7 +280,7 @@ async fn postgres_checks(control: &Client, settings: &Settings, checks: &mut Che
     replica::checks(control, &server, settings, slot_info.as_ref(), checks).await?;
 
     // Copies left behind by an interrupted peek or replay.
-    let leftovers = super::history::leftover_copies(control, settings).await?;
+    let leftovers = super::history::leftover_copies(control, &[&settings.slot, &settings.replay_slot()]).await?;
     for name in leftovers {
         checks.warn(
             "slot_copy",
@@ -345,7 +375,12 @@ async fn one_table_checks(
 
 async fn publication_checks(control: &Client, settings: &Settings, checks: &mut Checks) -> Result<(), SourceError> {
     let (name, table) = (&settings.publication, &settings.table);
-    let all = publication::all_rights(control, table).await?;
+    // A table that does not exist has its one `fail table` line (table_checks): no rights to report on it.
+    let (all, absent): (Vec<_>, Vec<_>) = publication::all_rights(control, table)
+        .await?
+        .into_iter()
+        .partition(|r| r.table.is_none() || r.owner.is_some());
+    let in_recovery = slot::server(control).await?.in_recovery;
     for rights in &all {
         let Some(one) = &rights.table else { continue };
         if rights.select {
@@ -362,6 +397,17 @@ async fn publication_checks(control: &Client, settings: &Settings, checks: &mut 
         }
     }
     match publication::info(control, name, table).await? {
+        // Created with the table: its line says what to do first.
+        None if !absent.is_empty() => {}
+        // A standby cannot write: the publication is made on the primary, and reaches the standby by replication.
+        None if in_recovery => checks.fail(
+            "publication",
+            format!("{name} does not exist"),
+            format!(
+                "on the primary run: {}; (or walrelay setup with --primary-url)",
+                publication::create_statement(name, &table.quoted())
+            ),
+        ),
         None => match publication::lacking_for_create(&all) {
             Some(rights) => checks.fail(
                 "publication_privilege",
@@ -384,6 +430,8 @@ async fn publication_checks(control: &Client, settings: &Settings, checks: &mut 
                 checks.ok("publication_table", "no table: messages only");
             } else if p.has_table {
                 checks.ok("publication_table", format!("{name} contains {table}"));
+            } else if !absent.is_empty() {
+                // The table's own line says to create it first.
             } else {
                 checks.fail(
                     "publication_table",

@@ -39,11 +39,22 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Prefix of the logical message that marks the end of the range.
 const END_MARKER_PREFIX: &str = "walrelay.end-marker";
 
-/// A throwaway copy of a slot, named `<source>_<purpose>_<pid>`. Drop it with [`SlotCopy::remove`] on every path.
+/// The purposes a slot copy is made for; its name is `<source>_<purpose>_<owner>`.
+const COPY_PURPOSES: [&str; 5] = ["peek", "copy", "skip", "teardown", "verify"];
+
+/// A throwaway copy of a slot, named `<source>_<purpose>_<owner>`, where `<owner>` is the server process id
+/// (`pg_backend_pid()`) of the SQL session that made it and holds it for its whole life. Drop it with
+/// [`SlotCopy::remove`] on every path. A process killed before that (kill -9) leaves the copy behind, inactive, and its
+/// SQL session ends with it: the next command that makes a copy of the same slot drops such copies first
+/// ([`leftover_copies`]: our naming scheme, inactive, owner gone), and `doctor` and `teardown` report or drop them.
+/// The owner is the server's process id, not ours, so that the check needs no access to the machine the other
+/// command ran on: a concurrent `peek` (here or elsewhere) keeps its session open, and so its copy.
 #[derive(Debug)]
 pub(crate) struct SlotCopy {
     /// The copy's name.
     pub name: String,
+    /// The slot it copies.
+    pub source: String,
     /// The source's `confirmed_flush_lsn` at copy time: the oldest commit LSN the copy can deliver.
     pub confirmed_flush: Lsn,
     /// The server holding it (where `control` is connected): the replication connection goes there too.
@@ -51,9 +62,22 @@ pub(crate) struct SlotCopy {
 }
 
 impl SlotCopy {
-    /// Copies `source` to a new persistent slot.
+    /// Copies `source` to a new persistent slot, after dropping copies of `source` that killed commands left.
     pub async fn create(control: &Client, host: &PgHost, source: &str, purpose: &str) -> Result<Self, SourceError> {
-        let suffix = format!("_{purpose}_{}", std::process::id());
+        for name in leftover_copies(control, &[source]).await? {
+            match slot::drop(control, &name).await {
+                Ok(_) => {
+                    tracing::info!(slot = %name, "dropped a slot copy left behind by a killed peek, replay, skip or teardown")
+                }
+                Err(err) => tracing::warn!(slot = %name, error = %err, "cannot drop a leftover slot copy"),
+            }
+        }
+        let owner: i32 = control
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(|e| SourceError::query("reading the session's process id", e))?
+            .get(0);
+        let suffix = format!("_{purpose}_{owner}");
         let keep = 63usize.saturating_sub(suffix.len()).min(source.len());
         let name = format!("{}{suffix}", source.get(..keep).unwrap_or(source));
         slot::copy(control, source, &name, false).await?;
@@ -65,7 +89,7 @@ impl SlotCopy {
             }
         };
         tracing::debug!(slot = %name, source, confirmed_flush_lsn = %confirmed_flush, "slot copy created");
-        Ok(Self { name, confirmed_flush, host: host.clone() })
+        Ok(Self { name, source: source.to_owned(), confirmed_flush, host: host.clone() })
     }
 
     /// Drops the copy (waiting briefly for its walsender to let go).
@@ -299,24 +323,62 @@ pub(crate) async fn stop_requested() {
     }
 }
 
-/// Inactive copies named `<slot>_peek_<pid>`, `<slot>_replay_copy_<pid>` (replay) or `<slot>_replay_verify_<pid>`
-/// (verify).
-pub(crate) async fn leftover_copies(control: &Client, settings: &Settings) -> Result<Vec<String>, SourceError> {
-    let rows = control
-        .query(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE NOT active AND \
-             (starts_with(slot_name::text, $1) OR starts_with(slot_name::text, $2) \
-              OR starts_with(slot_name::text, $3)) \
-             AND slot_name::text ~ '_(peek|copy|verify)_[0-9]+$'",
-            &[
-                &format!("{}_peek_", settings.slot),
-                &format!("{}_copy_", settings.replay_slot()),
-                &format!("{}_verify_", settings.replay_slot()),
-            ],
-        )
-        .await
-        .map_err(|e| SourceError::query("looking for leftover slot copies", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+/// Copies of the slots `sources` that a killed command left behind: named `<source>_<purpose>_<owner>`
+/// ([`SlotCopy`]), inactive, and whose owner, the server process of the SQL session that made the copy, is gone.
+/// A copy a running command holds (inactive only while it starts or ends reading) is never one of them.
+pub(crate) async fn leftover_copies(control: &Client, sources: &[&str]) -> Result<Vec<String>, SourceError> {
+    let mut names = Vec::new();
+    for source in sources {
+        // Slot names hold only lower-case letters, digits and underscores: nothing to escape in the pattern.
+        let pattern = format!("^{source}_({})_([0-9]{{1,9}})$", COPY_PURPOSES.join("|"));
+        let rows = control
+            .query(
+                "SELECT slot_name::text FROM pg_replication_slots s \
+                 WHERE NOT active AND slot_name::text ~ $1 \
+                 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a \
+                                 WHERE a.pid = (regexp_match(s.slot_name::text, $1))[2]::int) \
+                 ORDER BY 1",
+                &[&pattern],
+            )
+            .await
+            .map_err(|e| SourceError::query("looking for leftover slot copies", e))?;
+        names.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    Ok(names)
+}
+
+/// Where `peek` and `replay --stdout` print: stdout, written line by line, where a reader that went away (`| head`)
+/// is the end of the output rather than an error (Rust ignores SIGPIPE, so the write fails with `BrokenPipe`, and
+/// `println!` would panic and leave the slot copy behind).
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    closed: bool,
+}
+
+impl Output {
+    /// Writes one line; false when the reader is gone (then and after, nothing is written).
+    pub fn line(&mut self, text: &str) -> bool {
+        use std::io::Write;
+        if self.closed {
+            return false;
+        }
+        let mut out = std::io::stdout().lock();
+        match writeln!(out, "{text}").and_then(|()| out.flush()) {
+            Ok(()) => true,
+            Err(err) => {
+                if err.kind() != std::io::ErrorKind::BrokenPipe {
+                    tracing::warn!(error = %err, "cannot write to stdout; stopping");
+                }
+                self.closed = true;
+                false
+            }
+        }
+    }
+
+    /// Whether the reader went away.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
 }
 
 #[cfg(test)]

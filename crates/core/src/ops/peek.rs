@@ -4,7 +4,8 @@
 //! In: the settings, a limit. Out: one line per event (human or NDJSON per design.md §4); like `run`, events the
 //! stream already holds are not pending, and the NATS server's max_payload applies. The events are read from a
 //! throwaway copy of the slot (see [`super::history`]) up to the WAL position at the time of the call, so the slot's
-//! `confirmed_flush_lsn` is unchanged, also while `run` holds it.
+//! `confirmed_flush_lsn` is unchanged, also while `run` holds it. A reader that goes away (`peek | head`) ends the
+//! output quietly (exit 0), and the copy is dropped on that path too.
 
 use crate::{
     config::Settings,
@@ -15,14 +16,16 @@ use crate::{
     source::{self, SourceError},
 };
 
-use super::history::{self, HistoryReader, Item, Range, SlotCopy};
+use super::history::{self, HistoryReader, Item, Output, Range, SlotCopy};
 
 /// Prints up to `limit` pending events.
 pub async fn run(settings: &Settings, limit: usize, json: bool) -> Result<(), RelayError> {
     let (control, host) = source::connect_host(&settings.pg_url).await?;
-    let info = slot::info(&control, &settings.slot)
-        .await?
-        .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: String::new() })?;
+    let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
+        slot: settings.slot.clone(),
+        server: settings.pg_url.server_at(&host),
+        detail: String::new(),
+    })?;
     info.check()?;
     let copy = SlotCopy::create(&control, &host, &settings.slot, "peek").await?;
     let result = tokio::select! {
@@ -41,22 +44,24 @@ async fn show(
     json: bool,
 ) -> Result<(), RelayError> {
     let mut shown = 0usize;
+    let mut out = Output::default();
     if limit > 0 {
         pending(settings, control, copy, Stream::IfReachable, |item| {
-            print_item(item, json);
+            if !out.line(&item_line(item, json)) {
+                // The reader went away (`peek | head`): a quiet end, the copy is dropped by the caller.
+                return false;
+            }
             shown += 1;
             shown < limit
         })
         .await?;
     }
-    if !json {
-        match shown {
-            0 => println!("no pending events (slot {} confirmed at {})", settings.slot, copy.confirmed_flush),
-            n if n >= limit => {
-                println!("{n} pending events shown; there may be more (raise --limit)")
-            }
-            n => println!("{n} pending event{}", if n == 1 { "" } else { "s" }),
-        }
+    if !json && !out.closed() {
+        out.line(&match shown {
+            0 => format!("no pending events (slot {} confirmed at {})", settings.slot, copy.confirmed_flush),
+            n if n >= limit => format!("{n} pending events shown; there may be more (raise --limit)"),
+            n => format!("{n} pending event{}", if n == 1 { "" } else { "s" }),
+        });
     }
     Ok(())
 }
@@ -126,44 +131,40 @@ pub(super) async fn pending(
     result
 }
 
-fn print_item(item: Item, json: bool) {
+/// The line `peek` prints for an item.
+fn item_line(item: Item, json: bool) -> String {
     let event = match item {
         Item::Event(event) => *event,
+        Item::Invalid(invalid) if json => return history::invalid_json(&invalid),
         Item::Invalid(invalid) => {
-            if json {
-                println!("{}", history::invalid_json(&invalid));
-            } else {
-                println!(
-                    "{} #{} {} INVALID id={}: {} (run stops here: `walrelay skip --through {}:{}`, or --on-invalid dead-letter)",
-                    invalid.position.commit_lsn,
-                    invalid.position.index,
-                    invalid.commit_time,
-                    invalid.id,
-                    invalid.reason,
-                    invalid.position.commit_lsn,
-                    invalid.position.index
-                );
-            }
-            return;
+            return format!(
+                "{} #{} {} INVALID id={}: {} (run stops here: `walrelay skip --through {}:{}`, or --on-invalid dead-letter)",
+                invalid.position.commit_lsn,
+                invalid.position.index,
+                invalid.commit_time,
+                invalid.id,
+                invalid.reason,
+                invalid.position.commit_lsn,
+                invalid.position.index
+            )
         }
     };
     if json {
-        println!("{}", history::event_json(&event));
-    } else {
-        let payload = String::from_utf8_lossy(&event.payload);
-        let payload: String = if payload.chars().count() > 120 {
-            payload.chars().take(117).chain("...".chars()).collect()
-        } else {
-            payload.into_owned()
-        };
-        println!(
-            "{} #{} {} {} id={} {}",
-            event.position.commit_lsn,
-            event.position.index,
-            event.commit_time(),
-            event.subject,
-            event.id,
-            payload
-        );
+        return history::event_json(&event);
     }
+    let payload = String::from_utf8_lossy(&event.payload);
+    let payload: String = if payload.chars().count() > 120 {
+        payload.chars().take(117).chain("...".chars()).collect()
+    } else {
+        payload.into_owned()
+    };
+    format!(
+        "{} #{} {} {} id={} {}",
+        event.position.commit_lsn,
+        event.position.index,
+        event.commit_time(),
+        event.subject,
+        event.id,
+        payload
+    )
 }

@@ -30,7 +30,7 @@ use crate::{
     source::{self, SourceError},
 };
 
-use super::history::{self, HistoryReader, Item, Range, SlotCopy};
+use super::history::{self, HistoryReader, Item, Output, Range, SlotCopy};
 
 /// Replays `[from, to]` to the stream, or to stdout as NDJSON.
 pub async fn run(settings: &Settings, from: Lsn, to: Option<Lsn>, stdout: bool) -> Result<(), RelayError> {
@@ -41,6 +41,7 @@ pub async fn run(settings: &Settings, from: Lsn, to: Option<Lsn>, stdout: bool) 
         None => {
             let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
                 slot: replay_slot.clone(),
+                server: settings.pg_url.server_at(&host),
                 detail: format!(
                     " (nor does {}; replay needs the slot kept by `walrelay run --replay-retention`)",
                     settings.slot
@@ -89,7 +90,7 @@ async fn replay(
     // a replayed copy of one would be dropped as a duplicate of run's publish and wedge its ordering fence.
     let mut relayed = None;
     let mut sink = if stdout {
-        Sink::Stdout
+        Sink::Stdout(Output::default())
     } else {
         let (client, js) = stream::connect(settings).await?;
         stream::ensure(&js, settings, !settings.no_create).await?;
@@ -123,7 +124,10 @@ async fn replay(
                 break;
             }
             let at = event.position.commit_lsn;
-            sink.send(event).await?;
+            if !sink.send(event).await? {
+                // The reader of stdout went away (`replay --stdout | head`): a quiet end.
+                break;
+            }
             count += 1;
             if let Some(bar) = &progress {
                 bar.set_position(reader.position.0.saturating_sub(from.0));
@@ -146,14 +150,30 @@ async fn replay(
             settings.slot
         );
     }
+    if count == 0 && pending_from.is_none() && !matches!(&sink, Sink::Stdout(out) if out.closed()) {
+        eprintln!("{}", empty_range_hint(from, to, end, &copy.source, copy.confirmed_flush));
+    }
     match &sink {
-        Sink::Stdout => eprintln!("replayed {count} events from {from}{bound}"),
+        Sink::Stdout(out) if out.closed() => {
+            tracing::debug!(count, "stdout closed by its reader; replay ends there");
+        }
+        Sink::Stdout(_) => eprintln!("replayed {count} events from {from}{bound}"),
         Sink::Stream(s) => eprintln!(
             "replayed {count} events from {from}{bound} into stream {}: {} stored, {} dropped as duplicates (Nats-Msg-Id seen within the duplicate window)",
             settings.stream, s.stored, s.duplicates
         ),
     }
     Ok(())
+}
+
+/// Why a replay found nothing, and where to look for an LSN that holds events.
+fn empty_range_hint(from: Lsn, to: Option<Lsn>, end: Lsn, source: &str, oldest: Lsn) -> String {
+    format!(
+        "hint: no transaction with an outbox event commits between {from} and {}; --from and --to take commit LSNs, \
+         as the Outbox-Commit-Lsn header of every relayed message shows them (`walrelay status` shows the stream's \
+         last one); slot {source} holds history from {oldest} on",
+        to.map_or_else(|| format!("{end} (the server's WAL position)"), |t| t.to_string())
+    )
 }
 
 /// What `run` already relayed, as far as replay can tell before it starts.
@@ -193,7 +213,7 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
 
 /// Where replayed events go.
 enum Sink {
-    Stdout,
+    Stdout(Output),
     Stream(Box<StreamSink>),
 }
 
@@ -209,18 +229,17 @@ struct StreamSink {
 }
 
 impl Sink {
-    async fn send(&mut self, mut event: Event) -> Result<(), RelayError> {
+    /// Sends one event; false when stdout's reader went away (nothing more can be printed).
+    async fn send(&mut self, mut event: Event) -> Result<bool, RelayError> {
         match self {
-            Self::Stdout => {
-                println!("{}", history::event_json(&event));
-                Ok(())
-            }
+            Self::Stdout(out) => Ok(out.line(&history::event_json(&event))),
             Self::Stream(s) => {
                 if s.publisher.in_flight() >= s.window {
                     s.take_ack().await?;
                 }
                 event.headers.insert(HeaderName::from_static(header::REPLAYED_AT), s.replayed_at.clone());
-                Ok(s.publisher.send(event, ()).await?)
+                s.publisher.send(event, ()).await?;
+                Ok(true)
             }
         }
     }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::{
-    config::Settings,
+    config::{quote_literal, Settings},
     source::slot,
     source::{self, SourceError},
 };
@@ -30,6 +30,12 @@ fn tick(retention: Duration) -> Duration {
 }
 /// How often a missing main or replay slot is looked for.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// The `application_name` of the session that keeps `replay_slot`, so that `doctor` can tell a replay slot a running
+/// relay keeps from one nothing advances (Postgres truncates names to 63 bytes; compare with `left(.., 63)`).
+pub(crate) fn keeper_name(replay_slot: &str) -> String {
+    format!("walrelay-retention:{replay_slot}")
+}
 
 /// Starts the task; `None` when `--replay-retention` is not set.
 pub fn spawn(settings: &Settings, shutdown: watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
@@ -70,7 +76,13 @@ async fn keep(settings: Settings, retention: Duration, mut shutdown: watch::Rece
     loop {
         if control.as_ref().is_none_or(|c| c.is_closed()) {
             control = match source::connect(&settings.pg_url).await {
-                Ok(c) => Some(c),
+                Ok(c) => {
+                    let mark = format!("SET application_name = {}", quote_literal(&keeper_name(&replay_slot)));
+                    if let Err(err) = c.batch_execute(&mark).await {
+                        tracing::debug!(error = %err, "replay slot: cannot set application_name");
+                    }
+                    Some(c)
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "replay slot: cannot connect, retrying");
                     None

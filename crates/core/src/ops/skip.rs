@@ -28,9 +28,11 @@ use super::history::{Item, SlotCopy};
 pub async fn run(settings: &Settings, through: Position) -> Result<(), RelayError> {
     let refused = |reason: String| SourceError::Refused { action: format!("skip --through {through}"), reason };
     let (control, host) = source::connect_host(&settings.pg_url).await?;
-    let info = slot::info(&control, &settings.slot)
-        .await?
-        .ok_or_else(|| SourceError::MissingSlot { slot: settings.slot.clone(), detail: String::new() })?;
+    let info = slot::info(&control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
+        slot: settings.slot.clone(),
+        server: settings.pg_url.server_at(&host),
+        detail: String::new(),
+    })?;
     info.check()?;
     if let (true, Some(pid)) = (info.active, info.active_pid) {
         return Err(refused(format!("slot {} is active for pid {pid}: stop the relay first", settings.slot)).into());

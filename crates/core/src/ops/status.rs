@@ -9,9 +9,13 @@
 //! (null where the server's version lacks the column: `conflicting` below 16, the others below 17).
 //!
 //! `--check` and `--max-lag` make it a monitoring check: exit code 3 whenever anything a relay needs is not healthy
-//! (the slot lost or invalidated, the stream missing, NATS unreachable, and with `--max-lag` the lag above the
-//! bound), each reason printed and listed in `problems`. A lag bound alone would stay silent exactly when data is
-//! at risk: a lost slot has no meaningful lag, and a relay that cannot reach NATS lets lag grow only slowly.
+//! (the slot lost or invalidated, no relay streaming from it, Postgres unreachable, the stream missing, NATS
+//! unreachable, and with `--max-lag` the lag above the bound), each reason printed and listed in `problems`
+//! (design.md §4g). A lag bound alone would stay silent exactly when data is at risk: a lost slot has no meaningful
+//! lag, and a stopped relay, or one that cannot reach NATS, lets lag grow only slowly. "No relay" is the slot's
+//! `active` flag, not its lag: a healthy relay that holds acked events back for `--nats-sync-interval` keeps the
+//! slot active while its lag grows, and only `--max-lag` bounds lag. Every sample names the server it asked
+//! (`server`, `host:port/database`), so a status from the wrong server (a default URL, another local cluster) shows.
 //! See <https://www.postgresql.org/docs/current/view-pg-replication-slots.html>.
 
 use std::{io::IsTerminal, time::Duration};
@@ -62,6 +66,8 @@ pub struct ReplaySlotStatus {
 pub struct Status {
     /// Slot name.
     pub slot: String,
+    /// The server asked, `host:port/database`.
+    pub server: String,
     /// Output plugin.
     pub plugin: Option<String>,
     /// Whether a walsender holds the slot.
@@ -131,6 +137,13 @@ impl Status {
             )),
             _ => {}
         }
+        // A lost or invalidated slot is the problem; that nothing streams from it follows.
+        if !self.active && problems.is_empty() {
+            problems.push(format!(
+                "slot {} is not active: no relay streams from it on {}; start `walrelay run` (or check why it stopped)",
+                self.slot, self.server
+            ));
+        }
         if let Some(reason) = &self.nats_error {
             problems.push(reason.clone());
         }
@@ -154,7 +167,15 @@ pub async fn run(
     opts: &StatusOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<u8, RelayError> {
-    let control = source::connect(&settings.pg_url).await?;
+    let check = opts.check || opts.max_lag.is_some();
+    let (control, host) = match source::connect_host(&settings.pg_url).await {
+        Ok(connected) => connected,
+        // A check's finding: the relay cannot read from a server it cannot reach. Wrong credentials or TLS settings
+        // stay errors of the command (exit 1).
+        Err(err) if check && err.is_transient() => return Ok(unreachable(settings, opts, &err)),
+        Err(err) => return Err(err.into()),
+    };
+    let server = settings.pg_url.server_at(&host);
     let nats = match tokio::time::timeout(Duration::from_secs(3), stream::connect(settings)).await {
         Ok(Ok((client, js))) => Ok((client, js)),
         // A permanent failure (e.g. authentication) is an error of the command, not a health finding.
@@ -162,11 +183,10 @@ pub async fn run(
         Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err(format!("nats at {} did not answer within 3s", settings.nats.url())),
     };
-    let check = opts.check || opts.max_lag.is_some();
     let tty = std::io::stdout().is_terminal();
     let mut drawn_lines = 0usize;
     loop {
-        let status = collect(&control, settings, nats.as_ref().map(|(_, js)| js)).await?;
+        let status = collect(&control, settings, &server, nats.as_ref().map(|(_, js)| js)).await?;
         let mut status = match (&nats, status) {
             (Err(reason), s) => Status { nats_error: Some(reason.clone()), ..s },
             (Ok(_), s) => s,
@@ -202,14 +222,36 @@ pub async fn run(
     }
 }
 
+/// `--check` against a Postgres that cannot be reached: the problem on stderr (and as the `problems` of a JSON
+/// object naming the servers tried), exit 3.
+fn unreachable(settings: &Settings, opts: &StatusOptions, err: &SourceError) -> u8 {
+    let problem = format!(
+        "postgres at {} cannot be reached: {}; no relay can read the slot",
+        settings.pg_url.servers(),
+        source::error_chain(err)
+    );
+    if opts.json {
+        let object = serde_json::json!({
+            "slot": settings.slot,
+            "server": settings.pg_url.servers(),
+            "problems": [problem],
+        });
+        println!("{object}");
+    }
+    eprintln!("problem: {problem}");
+    EXIT_CHECK
+}
+
 /// Reads one sample; a missing slot is an error (exit 1).
 async fn collect(
     control: &tokio_postgres::Client,
     settings: &Settings,
+    server: &str,
     js: Result<&async_nats::jetstream::Context, &String>,
 ) -> Result<Status, RelayError> {
     let info = slot::info(control, &settings.slot).await?.ok_or_else(|| SourceError::MissingSlot {
         slot: settings.slot.clone(),
+        server: server.to_owned(),
         detail: " (create it with `walrelay setup`)".into(),
     })?;
     let current = slot::current_wal_lsn(control).await?;
@@ -226,6 +268,7 @@ async fn collect(
     };
     let mut status = Status {
         slot: info.name,
+        server: server.to_owned(),
         plugin: info.plugin,
         active: info.active,
         active_pid: info.active_pid,
@@ -319,7 +362,8 @@ fn block(s: &Status) -> String {
         None => "unlimited".to_owned(),
     };
     let mut out = format!(
-        "slot                 {} ({})\n\
+        "postgres             {}\n\
+         slot                 {} ({})\n\
          active               {active}\n\
          confirmed_flush_lsn  {}\n\
          restart_lsn          {}\n\
@@ -329,6 +373,7 @@ fn block(s: &Status) -> String {
          wal_status           {}\n\
          safe_wal_size        {safe}\n\
          server               {}\n",
+        s.server,
         s.slot,
         or_dash(&s.plugin),
         or_dash(&s.confirmed_flush_lsn),
@@ -369,8 +414,9 @@ fn block(s: &Status) -> String {
 /// One line per sample for `--watch` on a pipe.
 fn one_line(s: &Status) -> String {
     format!(
-        "{} slot={} active={} confirmed_flush_lsn={} current_wal_lsn={} lag_bytes={} ({}) retained_bytes={} ({}) wal_status={}{}",
+        "{} server={} slot={} active={} confirmed_flush_lsn={} current_wal_lsn={} lag_bytes={} ({}) retained_bytes={} ({}) wal_status={}{}",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        s.server,
         s.slot,
         s.active,
         or_dash(&s.confirmed_flush_lsn),
@@ -402,9 +448,10 @@ mod tests {
     fn sample() -> Status {
         Status {
             slot: "walrelay".into(),
+            server: "db:5432/app".into(),
             plugin: Some("pgoutput".into()),
-            active: false,
-            active_pid: None,
+            active: true,
+            active_pid: Some(4242),
             confirmed_flush_lsn: Some("0/1000".into()),
             restart_lsn: Some("0/1000".into()),
             current_wal_lsn: "0/1000".into(),
@@ -495,6 +542,31 @@ mod tests {
             ]
         );
         assert_eq!(EXIT_CHECK, 3, "design.md §4: a failed check exits 3");
+    }
+
+    /// design.md §4g: no relay streaming from the slot is a problem (a lost or invalidated slot says more, once);
+    /// lag alone is not, whatever a healthy relay holds back for `--nats-sync-interval`: only `--max-lag` bounds it.
+    #[test]
+    fn an_inactive_slot_is_a_problem_and_lag_without_a_bound_is_not() {
+        let stopped = |s: &mut Status| {
+            s.active = false;
+            s.active_pid = None;
+        };
+        assert_eq!(
+            problems(stopped, None),
+            ["slot walrelay is not active: no relay streams from it on db:5432/app; start `walrelay run` (or check \
+              why it stopped)"]
+        );
+        let lost = problems(
+            |s| {
+                stopped(s);
+                s.wal_status = Some("lost".into());
+            },
+            None,
+        );
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(lost[0].contains("is lost"), "{lost:?}");
+        assert_eq!(problems(|s| s.lag_bytes = 500_000_000, None), Vec::<String>::new());
     }
 
     #[test]

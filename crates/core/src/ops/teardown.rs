@@ -3,6 +3,13 @@
 //! In: the settings and which objects to drop. Out: a line per object (dropped / not found). An active slot (a relay
 //! is running) is refused unless `--force`, which terminates its walsender (`pg_terminate_backend`) and drops the
 //! slot once it is released. Copies left behind by an interrupted `peek` or `replay` are dropped with the slot.
+//!
+//! All or nothing (design.md §4g): before anything is dropped, every part asked for is checked to be removable by
+//! this role (a slot: the REPLICATION attribute or superuser; the publication: its owner, a member of the owning
+//! role, or a superuser; the stream: it answers, or does not exist). A part it cannot remove is named with the
+//! statement its owner runs, and nothing is dropped: a half-done teardown leaves a slot pinning WAL or a stream
+//! without its slot. NATS permissions cannot be checked without trying, so a stream's delete can still be refused
+//! after the Postgres parts are gone; it is the last step.
 //! See <https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-REPLICATION>.
 
 use std::time::{Duration, Instant};
@@ -11,7 +18,7 @@ use tokio_postgres::Client;
 
 use super::history::SlotCopy;
 use crate::{
-    config::Settings,
+    config::{quote_ident, quote_literal, Settings},
     relay::RelayError,
     sink::publisher::PublishError,
     sink::stream,
@@ -50,6 +57,7 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
     }
     // Connect to NATS before dropping anything, so a rejected credential leaves everything in place.
     let nats = if opts.stream { Some(stream::connect(settings).await?) } else { None };
+    check_rights(&control, settings, opts, &slots, nats.as_ref().map(|(_, js)| js)).await?;
     // Refuse before dropping anything.
     if !opts.force && opts.slot {
         refuse_pending(settings, &control, &host).await?;
@@ -75,7 +83,7 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
     if opts.slot && super::backfill::drop_leftover(&control, settings).await? {
         println!("backfill staging table of slot {}: dropped (the backfill was not finished)", settings.slot);
     }
-    for name in super::history::leftover_copies(&control, settings).await? {
+    for name in super::history::leftover_copies(&control, &[&settings.slot, &settings.replay_slot()]).await? {
         if slot::drop(&control, &name).await.is_ok() {
             println!("slot {name}: dropped (left behind by peek or replay)");
         }
@@ -101,6 +109,73 @@ pub async fn run(settings: &Settings, opts: &TeardownOptions) -> Result<(), Rela
         println!("stream {}: {result}", settings.stream);
     }
     Ok(())
+}
+
+/// Refuses when this role cannot remove a part it was asked to remove, naming each such part with the statement its
+/// owner runs; nothing has been dropped yet.
+async fn check_rights(
+    control: &Client,
+    settings: &Settings,
+    opts: &TeardownOptions,
+    slots: &[String],
+    js: Option<&async_nats::jetstream::Context>,
+) -> Result<(), RelayError> {
+    let row = control
+        .query_one(
+            "SELECT current_user::text, rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| SourceError::query("reading the role's attributes", e))?;
+    let (user, may_drop_slots): (String, bool) = (row.get(0), row.get(1));
+    let mut cannot = Vec::new();
+    if !may_drop_slots {
+        for name in slots {
+            if slot::info(control, name).await?.is_some() {
+                cannot.push(format!(
+                    "slot {name} (dropping a slot needs the REPLICATION attribute: a superuser runs `SELECT \
+                     pg_drop_replication_slot({});`, or `ALTER ROLE {} REPLICATION;`)",
+                    quote_literal(name),
+                    quote_ident(&user)
+                ));
+            }
+        }
+    }
+    if opts.publication {
+        let owner = control
+            .query_opt(
+                "SELECT pg_get_userbyid(pubowner)::text, pg_has_role(current_user, pubowner, 'USAGE') \
+                 FROM pg_publication WHERE pubname = $1",
+                &[&settings.publication],
+            )
+            .await
+            .map_err(|e| SourceError::query("reading the publication's owner", e))?;
+        if let Some(row) = owner {
+            let (owner, owns): (String, bool) = (row.get(0), row.get(1));
+            if !owns {
+                cannot.push(format!(
+                    "publication {} (owned by {owner}: {owner} or a superuser runs `DROP PUBLICATION {};`)",
+                    settings.publication,
+                    quote_ident(&settings.publication)
+                ));
+            }
+        }
+    }
+    if let Some(js) = js {
+        match js.get_stream(&settings.stream).await {
+            Ok(_) => {}
+            Err(err) if stream::is_stream_not_found(&err) => {}
+            Err(err) => cannot.push(format!("stream {} (it does not answer: {err})", settings.stream)),
+        }
+    }
+    if cannot.is_empty() {
+        return Ok(());
+    }
+    Err(SourceError::Refused {
+        action: "teardown".into(),
+        reason: format!("nothing was dropped: role {user} cannot remove {}", cannot.join("; ")),
+    }
+    .into())
 }
 
 /// Refuses (without `--force`) to drop the main slot while it holds events that were never relayed: they would be

@@ -64,6 +64,7 @@ pub async fn run(settings: &Settings, opts: &VerifyOptions) -> Result<u8, RelayE
             .await?
             .ok_or_else(|| SourceError::MissingSlot {
                 slot: settings.slot.clone(),
+                server: settings.pg_url.server_at(&host),
                 detail: " (verify checks up to its confirmed_flush_lsn by default; give --to LSN to check without it)"
                     .into(),
             })?

@@ -40,7 +40,7 @@ use crate::{
     source::slot,
     source::standby,
     source::transaction::Assembler,
-    source::{self, SourceError},
+    source::{self, PgHost, SourceError},
     stats::Stats,
 };
 
@@ -260,13 +260,14 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
         None if settings.no_create => {
             return Err(SourceError::MissingSlot {
                 slot: settings.slot.clone(),
+                server: settings.pg_url.server_at(&host),
                 detail: " and --no-create is set".into(),
             }
             .into())
         }
         None => {
             if hw.position.is_some() {
-                return Err(missing_slot(settings, &server, Some(&hw)).into());
+                return Err(missing_slot(settings, &host, &server, Some(&hw)).into());
             }
             let opts = slot::CreateOptions { failover: settings.failover, primary: primary.as_ref() };
             let at = slot::create(&control, &server, &settings.slot, opts).await?;
@@ -283,7 +284,7 @@ async fn prepare(settings: &Settings) -> Result<Duration, RelayError> {
 
 /// The slot is missing although the stream holds relayed events: it existed. Says why that may be, and never
 /// creates a new slot (events committed since it went away would be skipped silently).
-fn missing_slot(settings: &Settings, server: &slot::Server, hw: Option<&HighWater>) -> SourceError {
+fn missing_slot(settings: &Settings, host: &PgHost, server: &slot::Server, hw: Option<&HighWater>) -> SourceError {
     let promoted = match server.timeline {
         Some(tli) if tli > 1 && !server.in_recovery => format!(
             "; this server was promoted (timeline {tli}), and the slot was not synchronized to it before the \
@@ -303,7 +304,8 @@ fn missing_slot(settings: &Settings, server: &slot::Server, hw: Option<&HighWate
     };
     SourceError::MissingSlot {
         slot: settings.slot.clone(),
-        detail: format!(" on this server, but {held}, so it existed and was dropped or lost{promoted}"),
+        server: settings.pg_url.server_at(host),
+        detail: format!(", but {held}, so it existed and was dropped or lost{promoted}"),
     }
 }
 
@@ -319,10 +321,11 @@ impl Relay<'_> {
         let Some(info) = slot::info(&control, &settings.slot).await? else {
             return Err(match &self.server {
                 Some(last) if server_changed(last, &server) || server.timeline > last.timeline => {
-                    missing_slot(settings, &server, None)
+                    missing_slot(settings, &host, &server, None)
                 }
                 _ => SourceError::MissingSlot {
                     slot: settings.slot.clone(),
+                    server: settings.pg_url.server_at(&host),
                     detail: " (it was dropped while walrelay ran, e.g. by `walrelay teardown`)".into(),
                 },
             }

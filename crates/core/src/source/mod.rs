@@ -120,10 +120,12 @@ pub enum SourceError {
         table: String,
     },
     /// The slot is missing and may not be created (it existed before, or creation is off).
-    #[error("replication slot {slot} does not exist{detail}; events committed since it was dropped cannot be relayed. Run `walrelay setup` to create a new slot (accepting that gap), or restore from a backup")]
+    #[error("replication slot {slot} does not exist on {server}{detail}; events committed since it was dropped cannot be relayed. Run `walrelay setup` to create a new slot (accepting that gap), or restore from a backup")]
     MissingSlot {
         /// Slot name.
         slot: String,
+        /// The server asked, `host:port/database` ([`PgUrl::server_at`]).
+        server: String,
         /// Extra facts (e.g. the stream's high-water mark).
         detail: String,
     },

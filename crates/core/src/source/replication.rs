@@ -69,6 +69,7 @@ pub async fn open(
     at: StartAt,
 ) -> Result<ReplicationClient, SourceError> {
     let mut rc = replication_config(url, host, slot, publication)
+        .await
         .with_start_lsn(pgwire_replication::Lsn(at.start.0))
         .with_ack_lsn(pgwire_replication::Lsn(at.ack.0))
         .with_status_interval(at.status_interval)
@@ -90,7 +91,7 @@ pub async fn open(
 /// replication command that has no SQL function, on a replication session to `host` that never starts streaming.
 /// See <https://www.postgresql.org/docs/current/protocol-replication.html#PROTOCOL-REPLICATION-ALTER-REPLICATION-SLOT>.
 pub async fn alter_failover(url: &PgUrl, host: &PgHost, slot: &str, publication: &str) -> Result<(), SourceError> {
-    let config = replication_config(url, host, slot, publication);
+    let config = replication_config(url, host, slot, publication).await;
     let mut client = ReplicationClient::connect_gated(config).await.map_err(|e| classify(e, slot, publication, url))?;
     let sql = format!("ALTER_REPLICATION_SLOT {} ( FAILOVER true )", crate::config::quote_ident(slot));
     let result = client.simple_query(&sql).await.map(|_| ()).map_err(|e| SourceError::Query {
@@ -132,7 +133,7 @@ pub async fn create_exported(
     slot: &str,
     publication: &str,
 ) -> Result<ExportedSnapshot, SourceError> {
-    let config = replication_config(url, host, slot, publication);
+    let config = replication_config(url, host, slot, publication).await;
     let mut client = ReplicationClient::connect_gated(config).await.map_err(|e| classify(e, slot, publication, url))?;
     let name = crate::config::quote_ident(slot);
     let sql = if major >= 15 {
@@ -176,11 +177,11 @@ pub async fn create_exported(
 
 /// The replication connection's settings for `host`: the user, password, database and TLS of `url` (the same as
 /// the SQL connections'), for `slot` and `publication`. Every replication connection is built from this.
-pub fn replication_config(url: &PgUrl, host: &PgHost, slot: &str, publication: &str) -> ReplicationConfig {
+pub async fn replication_config(url: &PgUrl, host: &PgHost, slot: &str, publication: &str) -> ReplicationConfig {
     let password = url.config().get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
     ReplicationConfig::new(host.name.clone(), url.user(), password, url.dbname(), slot, publication)
         .with_port(host.port)
-        .with_tls(url.tls().replication(&host.name))
+        .with_tls(url.tls().replication_for(&host.name, host.port).await)
         .with_application_name(format!("walrelay:{slot}"))
 }
 

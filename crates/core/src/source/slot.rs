@@ -186,6 +186,12 @@ const STANDBY_WAIT_LOG: Duration = Duration::from_secs(10);
 /// How often `pg_log_standby_snapshot()` is called on the primary while a standby creates a slot.
 const SNAPSHOT_NUDGE: Duration = Duration::from_millis(500);
 
+/// The statement that lets `role` call `pg_log_standby_snapshot()` on the primary (superuser-only by default, so a
+/// least-privilege `--primary-url` role needs it): named by `doctor` and by slot creation on a standby.
+pub fn snapshot_grant(role: &str) -> String {
+    format!("GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() TO {};", crate::config::quote_ident(role))
+}
+
 /// Creates a logical pgoutput slot on `server` (a primary, or a standby on 16+) and returns its consistent point.
 /// On a standby it waits for the primary's next running-xacts record, hurrying it along through `opts.primary`
 /// or logging every 10 s what it waits for (module documentation).
@@ -205,24 +211,61 @@ pub async fn create(client: &Client, server: &Server, slot: &str, opts: CreateOp
         let mut log = tokio::time::interval(STANDBY_WAIT_LOG);
         log.tick().await;
         let mut nudge = tokio::time::interval(SNAPSHOT_NUDGE);
+        // Cleared at the first failed call (said once, with the remedy): then the wait is as without --primary-url.
+        let mut nudging = opts.primary.is_some();
+        let mut refused: Option<String> = None;
         loop {
             tokio::select! {
                 biased;
                 row = &mut creation => break row,
-                _ = nudge.tick(), if opts.primary.is_some() => {
+                _ = nudge.tick(), if nudging => {
                     if let Some(primary) = opts.primary {
                         if let Err(err) = primary.execute("SELECT pg_log_standby_snapshot()", &[]).await {
-                            tracing::warn!(error = %err, "cannot call pg_log_standby_snapshot() on the primary (--primary-url)");
+                            nudging = false;
+                            let err = SourceError::query("calling pg_log_standby_snapshot() on the primary", err);
+                            let remedy = match &err {
+                                SourceError::Privilege { .. } => {
+                                    let role = primary
+                                        .query_one("SELECT current_user::text", &[])
+                                        .await
+                                        .map_or_else(|_| "<role>".to_owned(), |row| row.get(0));
+                                    format!("the --primary-url role may not call it; on the primary: {}", snapshot_grant(&role))
+                                }
+                                _ => "check --primary-url".to_owned(),
+                            };
+                            tracing::warn!(
+                                error = %super::error_chain(&err),
+                                remedy = %remedy,
+                                "cannot call pg_log_standby_snapshot() on the primary (--primary-url): waiting for \
+                                 the primary's next running-xacts record instead"
+                            );
+                            refused = Some(remedy);
                         }
                     }
                 }
-                _ = log.tick() => tracing::info!(
-                    slot,
-                    waited_secs = started.elapsed().as_secs(),
-                    "creating the slot on a standby: waiting for the primary's next running-xacts record (it \
-                     writes one within 15 s once it is busy); `SELECT pg_log_standby_snapshot();` on the primary \
-                     ends the wait, and --primary-url lets walrelay do that"
-                ),
+                _ = log.tick() => match &refused {
+                    Some(remedy) => tracing::info!(
+                        slot,
+                        waited_secs = started.elapsed().as_secs(),
+                        remedy = %remedy,
+                        "creating the slot on a standby: waiting for the primary's next running-xacts record (it \
+                         writes one within 15 s once it is busy); `SELECT pg_log_standby_snapshot();` on the \
+                         primary ends the wait"
+                    ),
+                    None if opts.primary.is_none() => tracing::info!(
+                        slot,
+                        waited_secs = started.elapsed().as_secs(),
+                        "creating the slot on a standby: waiting for the primary's next running-xacts record (it \
+                         writes one within 15 s once it is busy); `SELECT pg_log_standby_snapshot();` on the primary \
+                         ends the wait, and --primary-url lets walrelay do that"
+                    ),
+                    None => tracing::info!(
+                        slot,
+                        waited_secs = started.elapsed().as_secs(),
+                        "creating the slot on a standby: waiting for the primary's next running-xacts record \
+                         (pg_log_standby_snapshot() is called on the primary every 500 ms)"
+                    ),
+                },
             }
         }
     } else {

@@ -86,7 +86,13 @@ pub(crate) fn classify(code: &str, message: &str, doing: Doing<'_>, url: Option<
                     table: "<outbox table>".into(),
                 }
             }
-            "42704" => return SourceError::MissingSlot { slot: slot.to_owned(), detail: String::new() },
+            "42704" => {
+                return SourceError::MissingSlot {
+                    slot: slot.to_owned(),
+                    server: url.map(PgUrl::servers).unwrap_or_default(),
+                    detail: String::new(),
+                }
+            }
             // object_in_use: another walsender holds the slot; its pid is the number in the message.
             "55006" => return SourceError::SlotActive { slot: slot.to_owned(), pid: last_number(message) },
             // object_not_in_prerequisite_state: the slot was invalidated (WAL removed), or belongs to another

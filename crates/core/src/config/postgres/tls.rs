@@ -123,6 +123,8 @@ pub struct PgTls {
     anchors: Option<TrustAnchors>,
     client_cert: Option<(PathBuf, PathBuf)>,
     config: Arc<ClientConfig>,
+    /// The chain-and-name verifier of the trust anchors (when certificates are verified).
+    webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
 }
 
 impl fmt::Debug for PgTls {
@@ -192,8 +194,8 @@ impl PgTls {
                 ))
             }
         };
-        let config = build_config(mode, anchors.as_ref(), client_cert.as_ref())?;
-        Ok(Self { mode, anchors, client_cert, config: Arc::new(config) })
+        let (config, webpki) = build_config(mode, anchors.as_ref(), client_cert.as_ref())?;
+        Ok(Self { mode, anchors, client_cert, config: Arc::new(config), webpki })
     }
 
     /// The effective `sslmode`.
@@ -225,8 +227,64 @@ impl PgTls {
         MakeRustls { config: Arc::clone(&self.config) }
     }
 
-    /// The same settings for pgwire-replication's connection to `host`.
-    pub(crate) fn replication(&self, host: &str) -> pgwire_replication::TlsConfig {
+    /// The same settings for pgwire-replication's connection to `host`:`port`.
+    ///
+    /// `verify-ca` needs help: pgwire-replication's chain-only verifier forgives a name mismatch only as rustls'
+    /// older `NotValidForName` error, while rustls 0.23 reports it as `NotValidForNameContext`, so its verify-ca
+    /// still checks the host name. For `verify-ca`, [`name_in_certificate`] reads the server's certificate first
+    /// (its chain verified as the SQL connections verify it) and, when it names another host, the replication
+    /// connection asks for that name: it then checks the chain and a name the certificate holds, which is what
+    /// verify-ca promises (any certificate the trust anchors signed). `verify-full` is left as it is.
+    pub(crate) async fn replication_for(&self, host: &str, port: u16) -> pgwire_replication::TlsConfig {
+        let mut tls = self.replication(host);
+        if self.mode == SslMode::VerifyCa {
+            match self.name_in_certificate(host, port).await {
+                Ok(Some(name)) => {
+                    tracing::debug!(host, name = %name, "verify-ca: the certificate names another host; the replication connection checks the chain with that name");
+                    tls.sni_hostname = Some(name);
+                }
+                Ok(None) => {}
+                // The replication connection meets the same failure and reports it.
+                Err(err) => tracing::debug!(host, error = %err, "cannot read the server certificate ahead"),
+            }
+        }
+        tls
+    }
+
+    /// For `verify-ca`: a name the server's certificate holds when it does not name `host`, `None` when it does
+    /// (or the server has no TLS). The handshake verifies the chain ([`ChainOnly`]), so a certificate the trust
+    /// anchors did not sign ends here with the TLS error.
+    async fn name_in_certificate(&self, host: &str, port: u16) -> io::Result<Option<String>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Some(webpki) = &self.webpki else {
+            return Ok(None);
+        };
+        let mut tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        // SSLRequest: length 8, code 80877103; the server answers one byte, `S` for TLS.
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await?;
+        if answer[0] != b'S' {
+            return Ok(None);
+        }
+        let name = ServerName::try_from(host.to_owned()).map_err(io::Error::other)?;
+        let mut stream = tokio_rustls::TlsConnector::from(Arc::clone(&self.config)).connect(name.clone(), tcp).await?;
+        let certs = stream.get_ref().1.peer_certificates().map(<[CertificateDer<'_>]>::to_vec).unwrap_or_default();
+        let _ = stream.shutdown().await;
+        let Some((end_entity, intermediates)) = certs.split_first() else {
+            return Ok(None);
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+                presented,
+                ..
+            })) => Ok(presented.iter().find_map(|p| presented_name(p))),
+            _ => Ok(None),
+        }
+    }
+
+    /// The same settings for pgwire-replication's connection to `host`, without reading the certificate ahead.
+    fn replication(&self, host: &str) -> pgwire_replication::TlsConfig {
         use pgwire_replication::SslMode as M;
         let mode = match self.mode {
             SslMode::Disable => M::Disable,
@@ -271,11 +329,28 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A name as rustls reports the names a certificate presents (`DnsName("db.example")`, `IpAddress(10.0.0.5)`), as a
+/// server name to ask for; a wildcard `*.example` gives a name under it.
+fn presented_name(presented: &str) -> Option<String> {
+    let name = if let Some(dns) = presented.strip_prefix("DnsName(\"").and_then(|r| r.strip_suffix("\")")) {
+        match dns.strip_prefix("*.") {
+            Some(domain) => format!("walrelay.{domain}"),
+            None => dns.to_owned(),
+        }
+    } else {
+        let ip = presented.strip_prefix("IpAddress(").and_then(|r| r.strip_suffix(')'))?;
+        ip.parse::<std::net::IpAddr>().ok()?.to_string()
+    };
+    ServerName::try_from(name.clone()).ok().map(|_| name)
+}
+
+type Built = (ClientConfig, Option<Arc<rustls::client::WebPkiServerVerifier>>);
+
 fn build_config(
     mode: SslMode,
     anchors: Option<&TrustAnchors>,
     client_cert: Option<&(PathBuf, PathBuf)>,
-) -> Result<ClientConfig, ConfigError> {
+) -> Result<Built, ConfigError> {
     let mut roots = RootCertStore::empty();
     if let Some(anchors) = anchors {
         let certs = read_certs("sslrootcert", anchors.path(), "PEM certificate file")?;
@@ -288,10 +363,12 @@ fn build_config(
         .with_safe_default_protocol_versions()
         .map_err(|err| invalid("sslmode", format!("TLS setup failed: {err}")))?;
     let roots = Arc::new(roots);
+    let mut kept = None;
     let verifier: Arc<dyn ServerCertVerifier> = if mode.verifies() {
         let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), provider())
             .build()
             .map_err(|err| invalid("sslrootcert", format!("cannot use the root certificates: {err}")))?;
+        kept = Some(Arc::clone(&webpki));
         if mode == SslMode::VerifyFull {
             webpki
         } else {
@@ -310,11 +387,12 @@ fn build_config(
             let key_pem = read_file("sslkey", key_path)?;
             let key = PrivateKeyDer::from_pem_slice(&key_pem)
                 .map_err(|err| invalid("sslkey", format!("{} is not a PEM private key: {err}", key_path.display())))?;
-            builder
+            let config = builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|err| invalid("sslcert", format!("the client certificate and key do not fit: {err}")))
+                .map_err(|err| invalid("sslcert", format!("the client certificate and key do not fit: {err}")))?;
+            Ok((config, kept))
         }
-        None => Ok(builder.with_no_client_auth()),
+        None => Ok((builder.with_no_client_auth(), kept)),
     }
 }
 

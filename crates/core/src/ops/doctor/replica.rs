@@ -103,6 +103,27 @@ async fn standby_checks(target: &Target<'_>, checks: &mut Checks) -> Result<(), 
     match settings.primary_url.as_ref() {
         Some(url) => match source::connect(url).await {
             Ok(primary) => {
+                // Slot creation on the standby calls pg_log_standby_snapshot() there (superuser-only by default).
+                let row = primary
+                    .query_one(
+                        "SELECT current_user::text, has_function_privilege('pg_log_standby_snapshot()', 'EXECUTE')",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| SourceError::query("checking EXECUTE on pg_log_standby_snapshot() on the primary", e))?;
+                let (role, may): (String, bool) = (row.get(0), row.get(1));
+                if may {
+                    checks.ok("primary_snapshot", format!("{role} may call pg_log_standby_snapshot() on the primary"));
+                } else {
+                    checks.warn(
+                        "primary_snapshot",
+                        format!(
+                            "{role} may not call pg_log_standby_snapshot() on the primary (--primary-url): creating \
+                             a slot on the standby then waits for the primary's next running-xacts record"
+                        ),
+                        format!("on the primary: {}", slot::snapshot_grant(&role)),
+                    );
+                }
                 let level = slot::setting(&primary, "wal_level").await?;
                 if level == "logical" {
                     checks.ok("primary_wal_level", "logical on the primary (--primary-url)");
