@@ -155,6 +155,7 @@ impl Harness {
             open_tag: None,
             hw,
             wal_end: confirmed,
+            commit_times: Default::default(),
         }
     }
 
