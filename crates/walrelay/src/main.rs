@@ -363,27 +363,25 @@ const ALSO_USED: &[(&str, &str)] =
     &[("replay", "max_in_flight"), ("replay", "publish_timeout"), ("skip", "publish_timeout"), ("status", "table")];
 
 /// The command line: the derived parser, with each command's `--help` listing only the global options it uses
-/// (hidden options are still accepted: design.md §4, "every command accepts all of them"), the duration and size
-/// formats under each, and `[env: NAME]` without the variable's value (and without a stray `=` when it is unset).
+/// (the others stay accepted: design.md §4, "every command accepts all of them"), the duration and size formats under
+/// each, and `[env: NAME]` without the variable's value (and without a stray `=` when it is unset).
+///
+/// A subcommand that does not use a global option gets its own hidden copy of it: clap then does not propagate the
+/// visible one there, and the value still lands under the same id (hiding clap's propagated copy after `build` would
+/// reorder its arguments under the parser's feet).
 fn command_line() -> clap::Command {
     let mut cmd = Cli::command().mut_args(|arg| arg.hide_env_values(true));
-    // Propagates the global options into every subcommand, so each subcommand's copies can be hidden.
-    cmd.build();
+    let globals: Vec<clap::Arg> = cmd.get_arguments().filter(|a| a.is_global_set()).cloned().collect();
     let names: Vec<String> = cmd.get_subcommands().map(|sc| sc.get_name().to_owned()).collect();
     for name in names {
+        let used = used_headings(&name);
         cmd = cmd.mut_subcommand(&name, |mut sc| {
-            let unused: Vec<clap::Id> = match used_headings(&name) {
-                None => Vec::new(),
-                Some(used) => sc
-                    .get_arguments()
-                    .filter(|a| a.is_global_set())
-                    .filter(|a| a.get_help_heading().is_some_and(|h| !used.contains(&h)))
-                    .filter(|a| !ALSO_USED.contains(&(name.as_str(), a.get_id().as_str())))
-                    .map(|a| a.get_id().clone())
-                    .collect(),
-            };
-            for id in unused {
-                sc = sc.mut_arg(id, |a| a.hide(true));
+            for arg in &globals {
+                let unused = used.is_some_and(|used| arg.get_help_heading().is_some_and(|h| !used.contains(&h)))
+                    && !ALSO_USED.contains(&(name.as_str(), arg.get_id().as_str()));
+                if unused {
+                    sc = sc.arg(arg.clone().hide(true));
+                }
             }
             sc.after_help(FORMATS)
         });
