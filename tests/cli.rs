@@ -141,3 +141,59 @@ fn flag_beats_env_beats_file_beats_default() {
     let o = walrelay(&["status", "--pg-url", &pg.url("postgres")], &[]);
     assert_eq!(missing_slot(&o).as_deref(), Some("walrelay "), "{}", stderr(&o));
 }
+
+#[test]
+fn config_file_errors_name_the_key_and_what_it_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("walrelay.toml");
+    let config = file.to_str().unwrap();
+    std::fs::write(&file, "slot = \"a\"\nbogus_key = 1\n").unwrap();
+    let out = walrelay(&["run", "--config", config], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("config file {config}: unknown key \"bogus_key\"")), "{err}");
+    assert!(err.contains("docs/configuration.md"), "{err}");
+    for internal in ["expected", "default.", "`pg_url`", "one of"] {
+        assert!(!err.contains(internal), "{internal:?} leaks from the parser: {err}");
+    }
+    std::fs::write(&file, "max_in_flight = \"many\"\n").unwrap();
+    let out = walrelay(&["run", "--config", config], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("key \"max_in_flight\" takes a whole number"), "{}", stderr(&out));
+    std::fs::write(&file, "no_create = \"yes\"\n").unwrap();
+    let out = walrelay(&["run", "--config", config], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("key \"no_create\" takes true or false"), "{}", stderr(&out));
+}
+
+#[test]
+fn each_command_lists_the_options_it_uses_and_accepts_all() {
+    let help = |args: &[&str], env: &[(&str, &str)]| {
+        let out = walrelay(args, env);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // No stray `=` after an unset variable, no value of a set one.
+    let run = help(&["run", "--help"], &[("WALRELAY_SLOT", "from_env")]);
+    assert!(run.contains("[env: WALRELAY_SLOT]") && !run.contains("WALRELAY_SLOT="), "{run}");
+    assert!(!run.contains("from_env"), "{run}");
+    assert!(run.contains("--prune-after <DURATION>") && run.contains("--max-in-flight"), "run uses them:\n{run}");
+    // Durations and sizes are explained under every command.
+    for command in ["run", "status", "teardown", "replay"] {
+        let text = help(&[command, "--help"], &[]);
+        assert!(text.contains("Durations:") && text.contains("KiB/MiB/GiB"), "{command}:\n{text}");
+    }
+    // status lists what it uses, not the relay's tuning or the mapping.
+    let status = help(&["status", "--help"], &[]);
+    assert!(status.contains("--slot") && status.contains("--nats-url") && status.contains("--max-lag <SIZE>"));
+    for unused in ["--max-in-flight", "--subject", "--prune-after", "--metrics-addr", "--on-invalid"] {
+        assert!(!status.contains(unused), "status --help lists {unused}:\n{status}");
+    }
+    let teardown = help(&["teardown", "--help"], &[]);
+    assert!(teardown.contains("pending"), "teardown --force names pending events:\n{teardown}");
+    assert!(!teardown.contains("--payload-column"), "{teardown}");
+    // A hidden option is still accepted (design.md §4): it is validated, not refused as unknown.
+    let out = walrelay(&["status", "--progress-interval", "0s"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--progress-interval") && !stderr(&out).contains("unexpected"), "{}", stderr(&out));
+}

@@ -1,6 +1,7 @@
 //! `/healthz` and `/readyz` of `walrelay run --metrics-addr` (design.md §4c, issue 12) against real PostgreSQL and
 //! NATS: not ready before a session streams and while standing by, ready while relaying, not ready within 5 s of
-//! nats-server stopping; live throughout.
+//! nats-server stopping; live throughout. `/metrics` (design.md §4g): every metric with `# HELP`, readiness, NATS
+//! connection, acked LSN, the slot's retained WAL and safe_wal_size, the commit-to-ack histogram and build info.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -96,4 +97,85 @@ async fn readyz_follows_the_session_nats_and_standing_by() {
     assert_eq!(ids(&stream_messages(&js, &env.stream).await), expected, "exactly once, in order");
     stop(&b);
     assert!(http_get(&b_addr, "/healthz").is_none(), "nothing serves once the process ended");
+}
+
+/// The value of the sample named exactly `series` (name and labels as exported), if any.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Every `walrelay_*` sample belongs to a family with a `# HELP` line (a histogram's `_bucket`, `_sum` and `_count`
+/// to the histogram's name).
+fn assert_every_metric_has_help(metrics: &str) {
+    let helped: Vec<&str> =
+        metrics.lines().filter_map(|l| l.strip_prefix("# HELP ")?.split_whitespace().next()).collect();
+    for line in metrics.lines().filter(|l| l.starts_with("walrelay_")) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| helped.contains(f)))
+            .unwrap_or(name);
+        assert!(helped.contains(&family), "no # HELP for {name}:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_help_and_what_operators_alert_on() {
+    let mut env = Env::start();
+    env.setup();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let relay = env.spawn_run(&["--metrics-addr", &addr, "--progress-interval", "1s"]);
+    relay.wait_for_output("relay started", LONG).unwrap();
+    wait_code(&addr, "/readyz", 200, LONG).await;
+
+    // Two transactions of 3 and 2 events: 5 observations of the commit-to-ack latency.
+    let pg = env.client().await;
+    insert_events(&pg, "m", 0, 3).await;
+    insert_events(&pg, "m", 3, 2).await;
+    let js = env.js().await;
+    wait_stream_count(&js, &env.stream, 5, LONG).await;
+    let last_commit_lsn = stream_messages(&js, &env.stream).await.last().map(|m| m.commit_lsn()).unwrap();
+
+    let mut metrics = String::new();
+    wait_for("the latency of 5 events and the slot's retained WAL on /metrics", LONG, || {
+        metrics = http_get(&addr, "/metrics").map(|(_, body)| body).unwrap_or_default();
+        let ok = sample(&metrics, "walrelay_commit_to_ack_seconds_count") == Some(5.0)
+            && sample(&metrics, "walrelay_slot_retained_bytes").is_some_and(|b| b > 0.0);
+        std::future::ready(ok)
+    })
+    .await;
+    assert_every_metric_has_help(&metrics);
+    assert_eq!(sample(&metrics, "walrelay_ready"), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "walrelay_nats_connected"), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "walrelay_slot_invalidated"), Some(0.0), "{metrics}");
+    assert_eq!(sample(&metrics, "walrelay_acked_lsn"), Some(last_commit_lsn as f64), "{metrics}");
+    let version = format!("walrelay_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(sample(&metrics, &version), Some(1.0), "{metrics}");
+    assert!(metrics.contains("# TYPE walrelay_commit_to_ack_seconds histogram"), "{metrics}");
+    let all = sample(&metrics, "walrelay_commit_to_ack_seconds_bucket{le=\"+Inf\"}");
+    assert_eq!(all, Some(5.0), "{metrics}");
+    assert!(!metrics.contains("walrelay_slot_safe_wal_size_bytes "), "absent while unlimited:\n{metrics}");
+
+    // A WAL limit for slots: safe_wal_size appears.
+    pg.batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'").await.unwrap();
+    pg.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    wait_for("walrelay_slot_safe_wal_size_bytes on /metrics", LONG, || {
+        metrics = http_get(&addr, "/metrics").map(|(_, body)| body).unwrap_or_default();
+        let safe = sample(&metrics, "walrelay_slot_safe_wal_size_bytes");
+        std::future::ready(safe.is_some_and(|b| b > 0.0 && b < 2.0 * 1_073_741_824.0))
+    })
+    .await;
+    assert_every_metric_has_help(&metrics);
+
+    // nats-server stops: neither ready nor connected.
+    env.nats.stop();
+    wait_for("walrelay_ready 0 and walrelay_nats_connected 0", LONG, || {
+        metrics = http_get(&addr, "/metrics").map(|(_, body)| body).unwrap_or_default();
+        let ok =
+            sample(&metrics, "walrelay_ready") == Some(0.0) && sample(&metrics, "walrelay_nats_connected") == Some(0.0);
+        std::future::ready(ok)
+    })
+    .await;
+    env.nats.start_again().unwrap();
+    stop(&relay);
 }

@@ -1,6 +1,6 @@
 //! A clean stop (issue 9, design.md §4 "Stopping"): SIGTERM between the last event of a transaction and its Commit
 //! reads on to the Commit, waits for the acks and confirms the transaction's end, so the slot holds nothing to
-//! re-decode afterwards and a restart re-sends nothing.
+//! re-decode afterwards and a restart re-sends nothing. The last line says `stopped` with the confirmed LSN.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::time::Duration;
@@ -55,6 +55,11 @@ async fn sigterm_after_the_last_event_of_a_transaction_confirms_its_commit() {
     assert!(end_lsn > commit_lsn, "end {end_lsn:X} after the commit record's start {commit_lsn:X}");
     let confirmed = env.confirmed_flush();
     assert!(confirmed >= end_lsn, "confirmed {confirmed:X} must reach the commit end {end_lsn:X}:\n{out}");
+    // The last line says the relay stopped, and where the slot stands (issue 19).
+    let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let said = last.split_whitespace().find_map(|w| w.strip_prefix("confirmed_lsn=")).map(lsn);
+    assert!(last.contains(" stopped"), "the last line is not `stopped, confirmed_lsn=...`: {last:?}\n{out}");
+    assert_eq!(said, Some(confirmed), "the last line names the slot's confirmed_flush_lsn: {last:?}");
     // Nothing to re-decode: the slot holds no change any more.
     let pending = env
         .pg

@@ -5,7 +5,8 @@
 //! [`Health::standing_by`] while another relay holds the slot, [`Health::retrying`] during a backoff), and the
 //! NATS client of the streaming session, whose connection state async-nats keeps current. Out: on `--metrics-addr`,
 //! `/healthz` (200 while the process runs), `/readyz` (200 while a session streams and NATS is connected, else 503
-//! with a one-line reason) and `/metrics` (the Prometheus text the caller renders).
+//! with a one-line reason) and `/metrics` (the Prometheus text the caller renders, with `walrelay_ready` and
+//! `walrelay_nats_connected` set from the same readiness at each scrape).
 //!
 //! Readiness is computed when asked, from the phase and the client's state at that moment: a stopped nats-server
 //! makes `/readyz` 503 as soon as async-nats notices the closed connection, without waiting for a publish to fail.
@@ -95,6 +96,22 @@ impl Health {
     }
 }
 
+impl Health {
+    /// Whether the streaming session's NATS connection is up (false between sessions).
+    pub fn nats_connected(&self) -> bool {
+        let phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
+        matches!(&*phase, Phase::Streaming(client) if client.connection_state() == async_nats::connection::State::Connected)
+    }
+
+    /// Sets `walrelay_ready` and `walrelay_nats_connected` to what `/readyz` answers at this moment: called before
+    /// `/metrics` is rendered, so a scrape and a probe agree.
+    pub fn export(&self) {
+        let ready = self.readiness().is_ok();
+        metrics::gauge!(crate::stats::READY).set(f64::from(u8::from(ready)));
+        metrics::gauge!(crate::stats::NATS_CONNECTED).set(f64::from(u8::from(self.nats_connected())));
+    }
+}
+
 /// Renders the Prometheus exposition text for `/metrics`.
 pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
@@ -143,6 +160,7 @@ fn respond(req: &Request<Incoming>, health: &Health, metrics: &RenderMetrics) ->
             Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
         },
         "/metrics" => {
+            health.export();
             let mut response = text(StatusCode::OK, metrics());
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

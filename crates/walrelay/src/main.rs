@@ -16,7 +16,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 use walrelay_core::{
     config::{parse_lsn, parse_size, ConfigError, Settings},
@@ -106,15 +106,15 @@ struct GlobalArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_in_flight: Option<usize>,
     /// How long to wait for a JetStream ack [default: 10s]
-    #[arg(long, env = "WALRELAY_PUBLISH_TIMEOUT", global = true, help_heading = "Run")]
+    #[arg(long, value_name = "DURATION", env = "WALRELAY_PUBLISH_TIMEOUT", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     publish_timeout: Option<String>,
     /// How long a stop waits for in-flight acks [default: 10s]
-    #[arg(long, env = "WALRELAY_SHUTDOWN_TIMEOUT", global = true, help_heading = "Run")]
+    #[arg(long, value_name = "DURATION", env = "WALRELAY_SHUTDOWN_TIMEOUT", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     shutdown_timeout: Option<String>,
     /// Duplicate window of a stream walrelay creates [default: 20m]
-    #[arg(long, env = "WALRELAY_DUPLICATE_WINDOW", global = true, help_heading = "NATS")]
+    #[arg(long, value_name = "DURATION", env = "WALRELAY_DUPLICATE_WINDOW", global = true, help_heading = "NATS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate_window: Option<String>,
     /// Replicas of a stream walrelay creates [default: 1]
@@ -126,11 +126,11 @@ struct GlobalArgs {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     no_create: bool,
     /// Keep a trailing slot `<slot>_replay` about this far behind, so `replay` can re-send that much history
-    #[arg(long, env = "WALRELAY_REPLAY_RETENTION", global = true, help_heading = "Run")]
+    #[arg(long, value_name = "DURATION", env = "WALRELAY_REPLAY_RETENTION", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     replay_retention: Option<String>,
     /// How often `run` logs progress [default: 10s]
-    #[arg(long, env = "WALRELAY_PROGRESS_INTERVAL", global = true, help_heading = "Run")]
+    #[arg(long, value_name = "DURATION", env = "WALRELAY_PROGRESS_INTERVAL", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     progress_interval: Option<String>,
     /// Serve `run`'s Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9187)
@@ -141,7 +141,7 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_CONFIG", global = true, help_heading = "Logging and config")]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// Log filter, e.g. debug or info,walrelay_core=debug [default: info,async_nats=warn,tokio_postgres=warn]
+    /// Log filter, e.g. debug or info,walrelay_core=debug [default: info,async_nats=warn,tokio_postgres=warn,pgwire_replication=off]
     #[arg(long, env = "WALRELAY_LOG", global = true, help_heading = "Logging and config")]
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<String>,
@@ -202,7 +202,7 @@ struct GlobalArgs {
     message_prefix: Option<String>,
     // Pruning (design.md §4c).
     /// `run` deletes outbox rows older than this (by --created-at-column), in small batches, on the primary
-    #[arg(long, env = "WALRELAY_PRUNE_AFTER", global = true, help_heading = "Run")]
+    #[arg(long, value_name = "DURATION", env = "WALRELAY_PRUNE_AFTER", global = true, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     prune_after: Option<String>,
     /// Column holding the row's creation time, for --prune-after [default: created_at]
@@ -277,10 +277,10 @@ struct StatusArgs {
     #[arg(long)]
     watch: bool,
     /// Refresh interval for --watch
-    #[arg(long, default_value = "2s")]
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
     interval: String,
     /// Exit 3 when lag_bytes exceeds this size (e.g. 256MB) or on any problem --check finds
-    #[arg(long)]
+    #[arg(long, value_name = "SIZE")]
     max_lag: Option<String>,
     /// Exit 3 when the slot is lost, the stream is missing or NATS is unreachable (each reason printed)
     #[arg(long)]
@@ -332,7 +332,8 @@ struct SkipArgs {
 
 #[derive(Debug, Args)]
 struct TeardownArgs {
-    /// Drop the slot even while it is active (terminates its walsender)
+    /// Drop the slot even while it is active (terminates its walsender) or holds events not yet relayed (pending
+    /// events are then lost)
     #[arg(long)]
     force: bool,
     /// Also drop the replay slot `<slot>_replay`
@@ -364,7 +365,10 @@ fn main() -> ExitCode {
 }
 
 fn try_main() -> anyhow::Result<u8> {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command_line().get_matches()) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     // Configuration is parsed and validated before the runtime starts: exit 2 on any usage error.
     let settings = match Settings::load(cli.global.config.as_ref(), &cli.global) {
         Ok(s) => s,
@@ -382,6 +386,53 @@ fn try_main() -> anyhow::Result<u8> {
     // `spawn_blocking`.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(dispatch(cli.command, prepared, settings))
+}
+
+/// How durations and sizes are written, under every command's `--help`.
+const FORMATS: &str = "Durations: a number and a unit, e.g. 500ms, 90s, 10m, 1h, 7d. Sizes: bytes, or KB/MB/GB \
+(powers of 1000) and KiB/MiB/GiB (powers of 1024), e.g. 256MB. Every option is also a WALRELAY_* environment \
+variable and a config-file key (--config, the long name with _ for -): flag > env > file > default. Every command \
+accepts every option; a command's --help lists those it uses.";
+
+/// The option groups (`help_heading`s) a command uses, for its `--help`; `None`: all of them.
+fn used_headings(command: &str) -> Option<&'static [&'static str]> {
+    match command {
+        "run" | "doctor" => None,
+        "setup" | "peek" | "replay" | "skip" => Some(&["Postgres", "NATS", "Mapping", "Logging and config"]),
+        "status" | "teardown" => Some(&["Postgres", "NATS", "Logging and config"]),
+        _ => Some(&["Logging and config"]),
+    }
+}
+
+/// Options outside a command's groups that it uses too: (command, option id).
+const ALSO_USED: &[(&str, &str)] =
+    &[("replay", "max_in_flight"), ("replay", "publish_timeout"), ("skip", "publish_timeout"), ("status", "table")];
+
+/// The command line: the derived parser, with each command's `--help` listing only the global options it uses
+/// (the others stay accepted: design.md §4, "every command accepts all of them"), the duration and size formats under
+/// each, and `[env: NAME]` without the variable's value (and without a stray `=` when it is unset).
+///
+/// A subcommand that does not use a global option gets its own hidden copy of it: clap then does not propagate the
+/// visible one there, and the value still lands under the same id (hiding clap's propagated copy after `build` would
+/// reorder its arguments under the parser's feet).
+fn command_line() -> clap::Command {
+    let mut cmd = Cli::command().mut_args(|arg| arg.hide_env_values(true));
+    let globals: Vec<clap::Arg> = cmd.get_arguments().filter(|a| a.is_global_set()).cloned().collect();
+    let names: Vec<String> = cmd.get_subcommands().map(|sc| sc.get_name().to_owned()).collect();
+    for name in names {
+        let used = used_headings(&name);
+        cmd = cmd.mut_subcommand(&name, |mut sc| {
+            for arg in &globals {
+                let unused = used.is_some_and(|used| arg.get_help_heading().is_some_and(|h| !used.contains(&h)))
+                    && !ALSO_USED.contains(&(name.as_str(), arg.get_id().as_str()));
+                if unused {
+                    sc = sc.arg(arg.clone().hide(true));
+                }
+            }
+            sc.after_help(FORMATS)
+        });
+    }
+    cmd.after_help(FORMATS)
 }
 
 fn usage_error(err: &ConfigError) -> u8 {
@@ -556,6 +607,11 @@ impl HttpEndpoint {
             .await
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr} (--metrics-addr): {e}"))?;
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(walrelay_core::stats::COMMIT_TO_ACK_SECONDS.into()),
+                walrelay_core::stats::COMMIT_TO_ACK_BUCKETS,
+            )
+            .map_err(|e| anyhow::anyhow!("cannot set the histogram buckets: {e}"))?
             .install_recorder()
             .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
         Ok(Self { addr, listener, handle })

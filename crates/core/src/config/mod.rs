@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The config file could not be read or parsed, or holds an unknown key.
-    #[error("config: {0}")]
+    /// The config file could not be read or parsed, or holds an unknown key or a value of the wrong type.
+    #[error("{0}")]
     File(String),
     /// An option's value is malformed.
     #[error("invalid {option} {value:?}: {reason}")]
@@ -142,7 +142,9 @@ impl Default for RawSettings {
             replay_retention: None,
             progress_interval: "10s".into(),
             metrics_addr: None,
-            log: "info,async_nats=warn,tokio_postgres=warn".into(),
+            // pgwire-replication logs its worker's end at ERROR (a Postgres fast stop, too); the same error reaches
+            // the relay through the stream, which reports it once, with its meaning and whether it retries.
+            log: "info,async_nats=warn,tokio_postgres=warn,pgwire_replication=off".into(),
             log_format: "text".into(),
             pg_password_file: None,
             nats_creds: None,
@@ -400,7 +402,7 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Serialized::defaults(overrides));
-        let raw: RawSettings = figment.extract().map_err(|err| ConfigError::File(err.to_string()))?;
+        let raw: RawSettings = figment.extract().map_err(|err| file_error(file, err))?;
         Self::validate(raw)
     }
 
@@ -573,6 +575,41 @@ impl Settings {
     /// The name of the trailing replay slot kept by `run --replay-retention`.
     pub fn replay_slot(&self) -> String {
         format!("{}_replay", self.slot)
+    }
+}
+
+/// A config-file error in the user's terms: the file, the key and what it takes, not the deserializer's internals
+/// (flags and variables are typed by the command line, so a wrong key or type comes from the file).
+fn file_error(file: Option<&PathBuf>, err: figment::Error) -> ConfigError {
+    let source = file.map_or_else(|| "options".to_owned(), |path| format!("config file {}", path.display()));
+    let reasons: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let key = e.path.last().cloned().unwrap_or_default();
+            match &e.kind {
+                figment::error::Kind::UnknownField(name, _) => format!(
+                    "unknown key \"{name}\"; the keys are the long option names with _ for - (e.g. pg_url), listed in \
+                     docs/configuration.md and deploy/walrelay.example.toml"
+                ),
+                figment::error::Kind::InvalidType(actual, expected)
+                | figment::error::Kind::InvalidValue(actual, expected) => {
+                    format!("key \"{key}\" takes {}, not {actual}", plain_type(expected))
+                }
+                figment::error::Kind::Message(message) => message.trim().to_owned(),
+                other => format!("key \"{key}\": {other}"),
+            }
+        })
+        .collect();
+    ConfigError::File(format!("{source}: {}", reasons.join("; ")))
+}
+
+/// serde's name of an expected type, as a config file says it.
+fn plain_type(expected: &str) -> &str {
+    match expected {
+        "usize" | "u64" | "u32" | "u16" | "u8" | "i64" | "i32" => "a whole number (e.g. 1024)",
+        "a boolean" => "true or false",
+        "a string" => "a string in quotes (e.g. \"10s\")",
+        other => other,
     }
 }
 
@@ -806,8 +843,86 @@ mod tests {
         let s = s.ok();
         assert_eq!(s.as_ref().map(|s| s.slot.as_str()), Some("from_file"));
         assert_eq!(s.as_ref().map(|s| s.stream.as_str()), Some("FLAG"));
-        std::fs::write(&path, "no_such_key = 1\n").ok();
-        assert!(matches!(Settings::load(Some(&path), &Over { stream: None }), Err(ConfigError::File(_))));
+        std::fs::write(&path, "bogus_key = 1\n").ok();
+        let err = Settings::load(Some(&path), &Over { stream: None }).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with(&format!("config file {}: unknown key \"bogus_key\";", path.display())), "{err}");
+        assert!(err.contains("docs/configuration.md") && !err.contains("default.") && !err.contains('`'), "{err}");
+        std::fs::write(&path, "max_in_flight = \"many\"\n").ok();
+        let err = Settings::load(Some(&path), &Over { stream: None }).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("key \"max_in_flight\" takes a whole number (e.g. 1024), not string \"many\""), "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The config-file keys: [`RawSettings`]' field names, as serde sees them (a deserializer that only records the
+    /// fields it is asked for).
+    fn config_keys() -> Vec<&'static str> {
+        struct Fields(Vec<&'static str>);
+        impl<'de> serde::Deserializer<'de> for &mut Fields {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("fields only"))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0.extend_from_slice(fields);
+                Err(serde::de::Error::custom("fields only"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+                unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut fields = Fields(Vec::new());
+        let _ = RawSettings::deserialize(&mut fields);
+        fields.0
+    }
+
+    /// `deploy/walrelay.example.toml` loads, names every config key (commented out or not) and no other, and shows
+    /// each key's default where it has one.
+    #[test]
+    fn the_example_config_file_names_every_key_with_its_default() {
+        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/walrelay.example.toml"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(!text.is_empty(), "cannot read {}", path.display());
+        #[derive(Serialize)]
+        struct NoOverrides {}
+        if let Err(err) = Settings::load(Some(&path), &NoOverrides {}) {
+            panic!("{} does not load: {err}", path.display());
+        }
+        // `key = value` lines, commented out or not, as TOML.
+        let entries: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim_start_matches('#').trim();
+                let (key, _) = line.split_once('=')?;
+                let key = key.trim();
+                let is_key = !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+                is_key.then(|| (key.to_owned(), line.to_owned()))
+            })
+            .collect();
+        let named: std::collections::BTreeSet<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        let keys = config_keys();
+        let missing: Vec<&str> = keys.iter().copied().filter(|k| !named.contains(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} does not name the config key(s) {missing:?}: add each, commented out, with its default and a line \
+             saying what it does",
+            path.display()
+        );
+        let unknown: Vec<&str> = named.iter().copied().filter(|k| !keys.contains(k)).collect();
+        assert!(unknown.is_empty(), "{} names unknown key(s) {unknown:?}", path.display());
+        let defaults = Figment::from(Serialized::defaults(RawSettings::default()));
+        for (key, line) in &entries {
+            let default = defaults.extract_inner::<serde_json::Value>(key).unwrap_or_default();
+            if default.is_null() {
+                continue; // off by default: the line shows an example
+            }
+            let shown = Figment::from(Toml::string(line)).extract_inner::<serde_json::Value>(key);
+            assert_eq!(shown.ok(), Some(default), "{}: `{line}` is not the default of {key}", path.display());
+        }
     }
 }

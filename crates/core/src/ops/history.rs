@@ -210,7 +210,7 @@ impl HistoryReader {
                         self.done = true;
                     }
                 }
-                Assembled::Begin { commit_lsn } => {
+                Assembled::Begin { commit_lsn, .. } => {
                     self.position = self.position.max(commit_lsn);
                     let past_last = self.range.last_commit.is_some_and(|last| commit_lsn > last);
                     if past_last || commit_lsn >= self.range.end {

@@ -22,6 +22,7 @@
 //! jittered backoff; permanent ones end the relay with a message naming the remedy.
 
 use std::{
+    convert::Infallible,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
@@ -41,7 +42,7 @@ use crate::{
     source::standby,
     source::transaction::Assembler,
     source::{self, PgHost, SourceError},
-    stats::Stats,
+    stats::{SlotFigures, Stats},
 };
 
 mod session;
@@ -142,8 +143,19 @@ struct Relay<'a> {
     durable: Option<Mark>,
 }
 
-/// Runs the relay until shutdown (Ok) or a permanent error.
+/// Runs the relay until shutdown (Ok) or a permanent error. A stop ends with one line, `stopped`, naming the LSN
+/// confirmed to the slot (design.md §4: what is not confirmed is published after the next start).
 pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Arc<Stats>) -> Result<(), RelayError> {
+    let result = supervise(settings, shutdown, Arc::clone(&stats)).await;
+    if result.is_ok() {
+        let confirmed = Lsn(stats.confirmed.load(Ordering::Relaxed));
+        tracing::info!(slot = %settings.slot, confirmed_lsn = %confirmed, "stopped");
+    }
+    result
+}
+
+/// The supervisor: sessions one after the other, with backoff between them, until a stop or a permanent error.
+async fn supervise(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Arc<Stats>) -> Result<(), RelayError> {
     let mut attempt: u32 = 0;
     let status_interval = loop {
         match prepare(settings).await {
@@ -361,6 +373,7 @@ impl Relay<'_> {
         let confirmed = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
         self.check_durable(&control, &probe, &hw, confirmed).await?;
         let checkpoint = held_since(settings, &probe, &hw).await?;
+        self.stats.confirmed(confirmed);
         let start = hw.position.map(|p| p.commit_lsn).unwrap_or(Lsn::ZERO).max(confirmed);
         let at = StartAt { start, ack: confirmed, status_interval: self.status_interval, stop: None };
         let mut repl = replication::open(&settings.pg_url, &host, &settings.slot, &settings.publication, at).await?;
@@ -402,8 +415,12 @@ impl Relay<'_> {
             hw,
             wal_end: start,
             probe: &probe,
+            commit_times: Default::default(),
         };
-        let result = session.main_loop(&mut repl, &mut rejection).await;
+        let result = tokio::select! {
+            result = session.main_loop(&mut repl, &mut rejection) => result,
+            never = watch_slot(&control, &settings.slot, settings.progress_interval, &self.stats) => match never {},
+        };
         // Whatever happened: collect what is acked, confirm it, and end the replication session.
         let confirmed = session.settle().await;
         if let Some(mark) = session.checkpoint.durable() {
@@ -555,6 +572,33 @@ impl Relay<'_> {
         }
         self.server = Some(server.clone());
     }
+}
+
+/// For `/metrics`, every progress interval while the session streams: the slot's retained WAL, `safe_wal_size` and
+/// whether it was invalidated, read on the session's control connection (the query `status` makes). A failed read is
+/// logged at debug level and tried again at the next interval; the session itself notices a broken connection.
+async fn watch_slot(control: &tokio_postgres::Client, slot_name: &str, every: Duration, stats: &Stats) -> Infallible {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match slot_figures(control, slot_name).await {
+            Ok(Some(figures)) => stats.slot(figures),
+            Ok(None) => {}
+            Err(err) => tracing::debug!(slot = slot_name, error = %err, "cannot read the slot's figures for /metrics"),
+        }
+    }
+}
+
+/// The slot's figures from `pg_replication_slots` and the server's WAL position; `None` when the slot is gone.
+async fn slot_figures(control: &tokio_postgres::Client, slot_name: &str) -> Result<Option<SlotFigures>, SourceError> {
+    let Some(info) = slot::info(control, slot_name).await? else { return Ok(None) };
+    let wal = slot::current_wal_lsn(control).await?;
+    Ok(Some(SlotFigures {
+        retained_bytes: info.restart_lsn.map_or(0, |restart| wal.0.saturating_sub(restart.0)),
+        safe_wal_size: info.safe_wal_size,
+        invalidated: info.is_lost() || info.conflicting == Some(true) || info.invalidation_reason.is_some(),
+    }))
 }
 
 /// Whether the relay now talks to another server or timeline than before (a promotion or failover).

@@ -8,8 +8,9 @@
 //! reachable from unit tests with in-memory fakes (see the tests below), beside the real-server tests.
 
 use std::{
+    collections::VecDeque,
     sync::atomic::Ordering,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use pgoutput::Lsn;
@@ -55,6 +56,7 @@ pub(super) struct Session<'a, X> {
     pub(super) wal_end: Lsn,
     /// Reads the stream for the durability checks of `--nats-sync-interval`.
     pub(super) probe: &'a dyn Probe,
+    pub(super) commit_times: CommitTimes,
 }
 
 /// A durability check in flight: the message looked for, when the check was issued, and what the stream holds.
@@ -65,6 +67,34 @@ type Check = futures::future::BoxFuture<'static, (Mark, std::time::Instant, Resu
 /// most one request per second.
 pub(super) fn check_period(interval: Duration) -> Duration {
     (interval / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// The commit LSN and time of each transaction with events in flight, oldest first: acks come in send order, so the
+/// acked event's transaction is at the front. Feeds `walrelay_acked_lsn` and `walrelay_commit_to_ack_seconds`
+/// (one entry per transaction, none per event).
+#[derive(Debug, Default)]
+pub(super) struct CommitTimes {
+    open: (Lsn, i64),
+    in_flight: VecDeque<(TxnTag, Lsn, i64)>,
+}
+
+impl CommitTimes {
+    fn begin(&mut self, commit_lsn: Lsn, commit_time_micros: i64) {
+        self.open = (commit_lsn, commit_time_micros);
+    }
+
+    fn published(&mut self, tag: TxnTag) {
+        if self.in_flight.back().map(|&(t, ..)| t) != Some(tag) {
+            self.in_flight.push_back((tag, self.open.0, self.open.1));
+        }
+    }
+
+    fn acked(&mut self, tag: TxnTag) -> Option<(Lsn, i64)> {
+        while self.in_flight.front().is_some_and(|&(t, ..)| t < tag) {
+            self.in_flight.pop_front();
+        }
+        self.in_flight.front().filter(|&&(t, ..)| t == tag).map(|&(_, lsn, time)| (lsn, time))
+    }
 }
 
 /// While idle, the relay logs one line every this many progress intervals (and at the first idle one).
@@ -110,6 +140,7 @@ impl<X: Transport> Session<'_, X> {
                 ack = self.publisher.next_ack(), if self.publisher.in_flight() > 0 => {
                     let ack = ack?;
                     self.stats.acked();
+                    self.observe_ack(ack.tag);
                     self.checkpoint.acked(ack.tag, ack.sequence, ack.id, now());
                     self.report(repl);
                 }
@@ -229,6 +260,13 @@ impl<X: Transport> Session<'_, X> {
         Err(PublishError::Lost { stream, sequence, id, found }.into())
     }
 
+    /// The acked LSN and the commit-to-ack latency of an acked event of transaction `tag`.
+    fn observe_ack(&mut self, tag: TxnTag) {
+        if let Some((commit_lsn, commit_time_micros)) = self.commit_times.acked(tag) {
+            self.stats.acked_at(commit_lsn, commit_time_micros, SystemTime::now());
+        }
+    }
+
     /// Tells the replication session about a newly confirmed LSN.
     fn report(&mut self, repl: &impl ReplicationStream) {
         if let Some(lsn) = self.checkpoint.take_new_confirmed() {
@@ -245,7 +283,10 @@ impl<X: Transport> Session<'_, X> {
                     self.report(repl);
                 }
             }
-            Assembled::Begin { .. } => self.open_tag = Some(self.checkpoint.begin()),
+            Assembled::Begin { commit_lsn, commit_time_micros } => {
+                self.open_tag = Some(self.checkpoint.begin());
+                self.commit_times.begin(commit_lsn, commit_time_micros);
+            }
             Assembled::Commit { end_lsn, .. } => {
                 self.wal_end = self.wal_end.max(end_lsn);
                 if let Some(tag) = self.open_tag.take() {
@@ -269,6 +310,7 @@ impl<X: Transport> Session<'_, X> {
                 }
                 self.publisher.send(event, tag).await?;
                 self.checkpoint.published(tag);
+                self.commit_times.published(tag);
                 self.stats.published();
             }
             Assembled::Nothing | Assembled::Stopped { .. } => {}
@@ -284,6 +326,7 @@ impl<X: Transport> Session<'_, X> {
         let (acked, err) = self.publisher.drain(timeout).await;
         for ack in acked {
             self.stats.acked();
+            self.observe_ack(ack.tag);
             self.checkpoint.acked(ack.tag, ack.sequence, ack.id, now());
         }
         // A stop does not wait for the interval: what waits stays unconfirmed, is read again at the next start and

@@ -14,7 +14,10 @@
 //! See <https://docs.nats.io/using-nats/developer/connecting/security> and
 //! <https://docs.nats.io/running-a-nats-service/configuration/securing_nats/tls>.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use async_nats::ConnectErrorKind;
 use secrecy::ExposeSecret;
@@ -45,6 +48,7 @@ impl NatsOptions {
         let remedy = self.auth.remedy();
         let (rejected_tx, rejected_rx) = tokio::sync::watch::channel(None);
         let rejected_tx = Arc::new(rejected_tx);
+        let failures = Arc::new(Mutex::new(Failures::default()));
         let mut options = async_nats::ConnectOptions::new()
             .name("walrelay")
             .connection_timeout(CONNECT_TIMEOUT)
@@ -55,9 +59,9 @@ impl NatsOptions {
             .require_tls(self.tls.required)
             .tls_client_config(tls_config)
             .event_callback(move |event| {
-                let (url, rejected) = (url.clone(), rejected_tx.clone());
+                let (url, rejected, failures) = (url.clone(), rejected_tx.clone(), failures.clone());
                 async move {
-                    if log_event(&event, &url, method, remedy) {
+                    if log_event(&event, &url, method, remedy, &failures) {
                         let _ = rejected.send(Some(event.to_string()));
                     }
                 }
@@ -155,9 +159,18 @@ impl Rejection {
     }
 }
 
+/// The same connection problem reported again and again: while the server is down async-nats reports every failed
+/// reconnect attempt (several a second at first), so [`log_event`] logs the first, then one line each time the count
+/// doubles, and one line with the count when the connection is back.
+#[derive(Debug, Default)]
+struct Failures {
+    last: String,
+    count: u32,
+}
+
 /// Logs what async-nats reports after the first connection; a rejected credential is an error with its remedy.
 /// Returns whether the event was a rejected credential.
-fn log_event(event: &async_nats::Event, url: &str, method: &str, remedy: &str) -> bool {
+fn log_event(event: &async_nats::Event, url: &str, method: &str, remedy: &str, failures: &Mutex<Failures>) -> bool {
     use async_nats::{ClientError, Event, ServerError};
     let auth_failure = match event {
         Event::ServerError(ServerError::AuthorizationViolation) => true,
@@ -175,8 +188,25 @@ fn log_event(event: &async_nats::Event, url: &str, method: &str, remedy: &str) -
         tracing::error!(url, auth = method, event = %event, "nats authentication failed; {remedy}");
     } else if matches!(event, Event::Disconnected) {
         tracing::warn!(url, "nats connection lost, reconnecting");
+    } else if matches!(event, Event::Connected) {
+        let mut failures = failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.count > 0 {
+            tracing::info!(url, failed_attempts = failures.count, "nats reconnected");
+        }
+        *failures = Failures::default();
     } else if matches!(event, Event::ServerError(_) | Event::ClientError(_)) {
-        tracing::warn!(url, event = %event, "nats connection problem");
+        let text = event.to_string();
+        let mut failures = failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.last == text {
+            failures.count = failures.count.saturating_add(1);
+        } else {
+            *failures = Failures { last: text, count: 1 };
+        }
+        if failures.count.is_power_of_two() {
+            tracing::warn!(url, event = %event, attempts = failures.count, "nats connection problem");
+        } else {
+            tracing::debug!(url, event = %event, attempts = failures.count, "nats connection problem, again");
+        }
     }
     auth_failure
 }

@@ -28,6 +28,8 @@ pub enum Assembled {
     Begin {
         /// Begin's final LSN.
         commit_lsn: Lsn,
+        /// The commit time, in microseconds since 2000-01-01 UTC (Postgres' epoch).
+        commit_time_micros: i64,
     },
     /// An outbox insert, mapped, with `--on-invalid` applied ([`OutboxMapper::on_invalid`]).
     Row {
@@ -134,7 +136,7 @@ impl Assembler {
                 let lsn = Lsn(final_lsn.0);
                 self.decoder.begin_transaction(lsn, xid).map_err(|e| SourceError::Decode { lsn, source: e })?;
                 self.open = Some(OpenTxn { stamp: TxnStamp::new(lsn, commit_time_micros), next_index: 0 });
-                Assembled::Begin { commit_lsn: lsn }
+                Assembled::Begin { commit_lsn: lsn, commit_time_micros }
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
                 let (lsn, end_lsn) = (Lsn(lsn.0), Lsn(end_lsn.0));

@@ -161,6 +161,7 @@ impl Harness {
             hw,
             wal_end: confirmed,
             probe: &self.stream,
+            commit_times: Default::default(),
         }
     }
 
