@@ -492,6 +492,22 @@ impl Settings {
             value: raw.header_columns.clone().unwrap_or_default(),
             reason,
         })?;
+        // With CloudEvents on, Content-Type is walrelay's: it tells a receiver which content mode a message uses.
+        if cloudevents != crate::mapping::cloudevents::Mode::Off {
+            if let Some(h) = header_columns.iter().find(|h| {
+                <async_nats::header::HeaderName as AsRef<str>>::as_ref(&h.header).eq_ignore_ascii_case("content-type")
+            }) {
+                return Err(ConfigError::Invalid {
+                    option: "--header-columns",
+                    value: raw.header_columns.clone().unwrap_or_default(),
+                    reason: format!(
+                        "header `Content-Type` (from column {}) decides the CloudEvents content mode, which walrelay \
+                         sets with --cloudevents; rename it, e.g. {}:X-Content-Type",
+                        h.column, h.column
+                    ),
+                });
+            }
+        }
         Ok(Self {
             pg_url: PgUrl::parse(&raw.pg_url)?.with_password(pg_password.as_ref()),
             slot,
@@ -796,6 +812,15 @@ mod tests {
         assert_eq!(option(|r| r.header_columns = Some("trace:Nats-Trace".into())), Some("--header-columns"));
         assert_eq!(option(|r| r.header_columns = Some("ce-id".into())), Some("--header-columns"));
         assert_eq!(option(|r| r.subject = "o.{aggregate_id|partition:0}".into()), Some("--subject"));
+        let content_type = |r: &mut RawSettings| r.header_columns = Some("ct:content-type".into());
+        assert_eq!(option(content_type), None, "Content-Type is free without CloudEvents");
+        assert_eq!(
+            option(|r| {
+                r.header_columns = Some("ct:content-type".into());
+                r.cloudevents = "binary".into();
+            }),
+            Some("--header-columns")
+        );
         let mut raw = RawSettings {
             cloudevents: "structured".into(),
             header_columns: Some("traceparent,tenant_id:Tenant".into()),

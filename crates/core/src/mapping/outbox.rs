@@ -1155,7 +1155,7 @@ mod tests {
         assert!(i.size > plain);
         let mut m = cloudevents_mapper("structured", oid::JSONB);
         m.set_max_payload(1 << 20);
-        let record = m.on_invalid(Box::new(i)).err().expect("stop gives the event back");
+        let record = m.on_invalid(Box::new(i)).expect_err("stop gives the event back");
         let dl = record.dead_letter(&Subject::from("outbox.dead-letter"), None);
         assert!(dl.sorted_headers().keys().all(|k| !crate::mapping::cloudevents::is_cloudevents_header(k)));
         assert_eq!(dl.header("u"), Some("1"));
