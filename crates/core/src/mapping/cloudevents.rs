@@ -152,9 +152,10 @@ pub struct Attributes<'a> {
     pub event_type: &'a str,
     /// `subject`: the aggregate id, when there is one (an empty one is left out: the attribute must not be empty).
     pub subject: Option<&'a str>,
-    /// `time`: the commit time, RFC 3339, and its header value (ASCII without space: no encoding needed).
+    /// `time`: the commit time, RFC 3339 (structured mode).
     pub time: &'a str,
-    /// The `time` header value, shared by the transaction's events.
+    /// The `time` header value (binary mode), shared by the transaction's events: ASCII without space, so the
+    /// `Outbox-Commit-Time` value serves as is.
     pub time_value: &'a HeaderValue,
     /// What the payload is.
     pub kind: DataKind,
