@@ -232,6 +232,22 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_BACKFILL_ORDER", global = true, help_heading = "Setup")]
     #[serde(skip_serializing_if = "Option::is_none")]
     backfill_order: Option<String>,
+    // Interoperability (design.md §4e).
+    /// CloudEvents 1.0 over NATS: off, binary (ce- headers, payload untouched) or structured (JSON envelope,
+    /// Content-Type: application/cloudevents+json) [default: off]
+    #[arg(long, env = "WALRELAY_CLOUDEVENTS", global = true, help_heading = "Mapping")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cloudevents: Option<String>,
+    /// The CloudEvents source attribute (a URI-reference) [default: /<database>/<schema>.<table>, /<database>/messages
+    /// for logical messages]
+    #[arg(long, env = "WALRELAY_CLOUDEVENTS_SOURCE", global = true, help_heading = "Mapping")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cloudevents_source: Option<String>,
+    /// More outbox columns (or logical-message fields) as headers: COL[:Header-Name],... e.g.
+    /// traceparent,tracestate,tenant_id:Tenant; a NULL column adds no header
+    #[arg(long, env = "WALRELAY_HEADER_COLUMNS", global = true, help_heading = "Mapping")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header_columns: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -553,7 +569,7 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
             ops::teardown::run(&settings, &opts).await.map(|()| 0)
         }
         Command::Demo => return demo::run().await,
-        Command::Bench(a) => return bench::run(&a).await,
+        Command::Bench(a) => return bench::run(&a, settings.cloudevents).await,
     };
     match result {
         Ok(code) => Ok(code),

@@ -113,6 +113,10 @@ pub struct RawSettings {
     // Backfill (design.md §4f).
     pub backfill_where: Option<String>,
     pub backfill_order: Option<String>,
+    // Interoperability (design.md §4e).
+    pub cloudevents: String,
+    pub cloudevents_source: Option<String>,
+    pub header_columns: Option<String>,
 }
 
 impl Default for RawSettings {
@@ -162,6 +166,9 @@ impl Default for RawSettings {
             nats_sync_interval: "2m".into(),
             backfill_where: None,
             backfill_order: None,
+            cloudevents: "off".into(),
+            cloudevents_source: None,
+            header_columns: None,
         }
     }
 }
@@ -384,6 +391,13 @@ pub struct Settings {
     pub backfill_where: Option<String>,
     /// `--backfill-order`: the columns ordering the backfilled rows of each table (empty: the id column).
     pub backfill_order: Vec<String>,
+    // Interoperability (design.md §4e).
+    /// `--cloudevents`.
+    pub cloudevents: crate::mapping::cloudevents::Mode,
+    /// `--cloudevents-source`; `None`: `/<database>/<schema>.<table>` (`/<database>/messages` for messages).
+    pub cloudevents_source: Option<String>,
+    /// `--header-columns`, parsed.
+    pub header_columns: Vec<crate::mapping::header_columns::HeaderColumn>,
 }
 
 impl Settings {
@@ -496,6 +510,34 @@ impl Settings {
             }
         };
         let backfill_where = raw.backfill_where.filter(|w| !w.trim().is_empty());
+        let cloudevents = raw.cloudevents.parse().map_err(|reason| ConfigError::Invalid {
+            option: "--cloudevents",
+            value: raw.cloudevents.clone(),
+            reason,
+        })?;
+        let cloudevents_source = raw.cloudevents_source.map(check_cloudevents_source).transpose()?;
+        let header_columns = crate::mapping::header_columns::parse(raw.header_columns.as_deref().unwrap_or_default())
+            .map_err(|reason| ConfigError::Invalid {
+            option: "--header-columns",
+            value: raw.header_columns.clone().unwrap_or_default(),
+            reason,
+        })?;
+        // With CloudEvents on, Content-Type is walrelay's: it tells a receiver which content mode a message uses.
+        if cloudevents != crate::mapping::cloudevents::Mode::Off {
+            if let Some(h) = header_columns.iter().find(|h| {
+                <async_nats::header::HeaderName as AsRef<str>>::as_ref(&h.header).eq_ignore_ascii_case("content-type")
+            }) {
+                return Err(ConfigError::Invalid {
+                    option: "--header-columns",
+                    value: raw.header_columns.clone().unwrap_or_default(),
+                    reason: format!(
+                        "header `Content-Type` (from column {}) decides the CloudEvents content mode, which walrelay \
+                         sets with --cloudevents; rename it, e.g. {}:X-Content-Type",
+                        h.column, h.column
+                    ),
+                });
+            }
+        }
         Ok(Self {
             pg_url: PgUrl::parse(&raw.pg_url)?.with_password(pg_password.as_ref()),
             slot,
@@ -553,6 +595,9 @@ impl Settings {
             nats_sync_interval,
             backfill_where,
             backfill_order,
+            cloudevents,
+            cloudevents_source,
+            header_columns,
             log_format: match raw.log_format.as_str() {
                 "text" | "json" => raw.log_format,
                 other => {
@@ -638,6 +683,21 @@ fn check_sources(table: &Tables, message_prefix: Option<&str>, prune_after: Opti
         });
     }
     Ok(())
+}
+
+/// `--cloudevents-source`: a URI-reference (the CloudEvents `source` attribute must be a non-empty one); the mapper
+/// percent-encodes it for the binary mode's header, so any text without whitespace or control characters is accepted.
+fn check_cloudevents_source(source: String) -> Result<String, ConfigError> {
+    if source.is_empty() || source.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::Invalid {
+            option: "--cloudevents-source",
+            value: source,
+            reason: "expected a non-empty URI-reference without whitespace, e.g. /shop/public.outbox or \
+                     https://shop.example.com/orders"
+                .into(),
+        });
+    }
+    Ok(source)
 }
 
 /// Reads `--pg-password-file`: the whole file, one trailing newline (`\n` or `\r\n`) dropped.
@@ -827,6 +887,44 @@ mod tests {
         assert_eq!(ok.map(|s| s.table.is_empty()), Some(true));
         let with_table = RawSettings { prune_after: Some("1h".into()), ..RawSettings::default() };
         assert!(Settings::validate(with_table).is_ok(), "a table and no prefix stays valid");
+    }
+
+    #[test]
+    fn interoperability_options_are_checked_before_connecting() {
+        let option = |f: fn(&mut RawSettings)| {
+            let mut raw = RawSettings::default();
+            f(&mut raw);
+            match Settings::validate(raw) {
+                Err(ConfigError::Invalid { option, .. }) => Some(option),
+                _ => None,
+            }
+        };
+        assert_eq!(option(|r| r.cloudevents = "json".into()), Some("--cloudevents"));
+        assert_eq!(option(|r| r.cloudevents_source = Some(String::new())), Some("--cloudevents-source"));
+        assert_eq!(option(|r| r.cloudevents_source = Some("/a b".into())), Some("--cloudevents-source"));
+        assert_eq!(option(|r| r.header_columns = Some("trace:Nats-Trace".into())), Some("--header-columns"));
+        assert_eq!(option(|r| r.header_columns = Some("ce-id".into())), Some("--header-columns"));
+        assert_eq!(option(|r| r.subject = "o.{aggregate_id|partition:0}".into()), Some("--subject"));
+        let content_type = |r: &mut RawSettings| r.header_columns = Some("ct:content-type".into());
+        assert_eq!(option(content_type), None, "Content-Type is free without CloudEvents");
+        assert_eq!(
+            option(|r| {
+                r.header_columns = Some("ct:content-type".into());
+                r.cloudevents = "binary".into();
+            }),
+            Some("--header-columns")
+        );
+        let mut raw = RawSettings {
+            cloudevents: "structured".into(),
+            header_columns: Some("traceparent,tenant_id:Tenant".into()),
+            subject: "o.{aggregate_id|partition:16}".into(),
+            ..RawSettings::default()
+        };
+        let s = Settings::validate(raw.clone()).ok();
+        assert_eq!(s.as_ref().map(|s| s.cloudevents), Some(crate::mapping::cloudevents::Mode::Structured));
+        assert_eq!(s.map(|s| s.header_columns.len()), Some(2));
+        raw.cloudevents_source = Some("urn:shop:orders".into());
+        assert_eq!(Settings::validate(raw).ok().and_then(|s| s.cloudevents_source).as_deref(), Some("urn:shop:orders"));
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! checked against what NATS (and async-nats, which panics on anything else) accepts, and the `max_payload` check
 //! is made on its measured wire size plus the most the publisher adds (the fence header or the replay marker), so a
 //! message the mapper accepts is never refused for its size.
+//! The options of design.md §4e are options of this mapper: header columns join the headers, `{column|partition:N}`
+//! is rendered by the subject template, and `--cloudevents` adds the `ce-` headers or wraps the payload in the JSON
+//! envelope ([`super::cloudevents`]) before the size check, so `max_payload` counts the envelope. Dead-letter records
+//! are walrelay's own records, not CloudEvents: they carry no `ce-` headers and no `Content-Type`.
 //! Text values arrive in Postgres text output format:
 //! <https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html#PROTOCOL-LOGICALREP-MESSAGE-FORMATS-TUPLEDATA>.
 
@@ -23,7 +27,9 @@ use pgoutput::{Lsn, Relation, Tuple, TupleValue};
 
 use crate::{
     config::{Columns, OnInvalid, Settings, Tables},
+    mapping::cloudevents::{self, DataKind},
     mapping::event::{header, header_name, header_value, number_value, wire_size, Event, Position},
+    mapping::header_columns::HeaderColumn,
     mapping::subject::SubjectTemplate,
     sink::publisher::ADDED_HEADERS_MAX,
     source::SourceError,
@@ -218,7 +224,7 @@ impl InvalidEvent {
             // its position (the consistent point) from a streamed transaction's (sink::stream::HighWater).
             let position =
                 [header::COMMIT_LSN, header::COMMIT_TIME, header::INDEX, header::BACKFILL].contains(&k.as_str());
-            if !(position || (ours && !minimal) || row_headers) {
+            if !(position || (ours && !minimal) || row_headers) || cloudevents::is_cloudevents_header(k) {
                 continue;
             }
             if let Some(name) = header_name(k) {
@@ -265,13 +271,14 @@ fn sanitize_header_value(s: &str) -> String {
     s.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect()
 }
 
-/// How the payload column is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PayloadKind {
-    /// json, jsonb, text, …: the text as UTF-8.
-    Text,
-    /// bytea: the raw bytes.
-    Bytea,
+/// What the payload column holds, from its type: json/jsonb, bytea (sent as its raw bytes) or other text (sent as
+/// UTF-8 text, like json).
+fn data_kind(type_oid: Option<u32>) -> DataKind {
+    match type_oid {
+        Some(pgoutput::oid::BYTEA) => DataKind::Bytes,
+        Some(pgoutput::oid::JSON | pgoutput::oid::JSONB) => DataKind::Json,
+        _ => DataKind::Text,
+    }
 }
 
 /// Column positions of one relation, resolved once from its Relation message.
@@ -279,13 +286,18 @@ enum PayloadKind {
 struct Layout {
     id: Option<usize>,
     payload: usize,
-    payload_kind: PayloadKind,
+    payload_kind: DataKind,
     headers: Option<usize>,
     aggregate_type: Option<usize>,
     aggregate_id: Option<usize>,
     event_type: Option<usize>,
     /// The template's columns and their positions (a handful: a list beats hashing them per row).
     template: Vec<(String, usize)>,
+    /// `--header-columns`: each header and its column's position.
+    header_columns: Vec<(HeaderName, usize)>,
+    /// The CloudEvents `source` of this relation's events, and its binary-mode header value.
+    ce_source: Arc<str>,
+    ce_source_value: HeaderValue,
     columns: usize,
     /// The relation's `schema.table`, as events name it.
     label: Arc<str>,
@@ -307,6 +319,14 @@ pub struct OutboxMapper {
     dead_letter_subject: Subject,
     /// The JSON keys of a logical message, in the column order of its relation ([`MESSAGE_RELATION`]).
     message_keys: Vec<String>,
+    /// `--header-columns`.
+    header_columns: Vec<HeaderColumn>,
+    /// `--cloudevents`.
+    cloudevents: cloudevents::Mode,
+    /// `--cloudevents-source`, or `None` for the default `/<database>/...`.
+    cloudevents_source: Option<String>,
+    /// The database the events come from (for the default CloudEvents source), from the Postgres connection.
+    database: String,
 }
 
 /// A column's text (`None` for NULL, unchanged TOAST or a missing column); borrowed when it is valid UTF-8.
@@ -334,13 +354,28 @@ impl OutboxMapper {
             on_invalid: settings.on_invalid,
             dead_letter_subject: Subject::from(settings.dead_letter_subject.as_str()),
             message_keys: Vec::new(),
+            header_columns: settings.header_columns.clone(),
+            cloudevents: settings.cloudevents,
+            cloudevents_source: settings.cloudevents_source.clone(),
+            database: settings.pg_url.dbname(),
         };
         if let Some(prefix) = &settings.message_prefix {
-            let (keys, layout) = message_layout(&mapper.columns, &mapper.template, prefix);
+            let source = mapper.ce_source("messages");
+            let (keys, layout) =
+                message_layout(&mapper.columns, &mapper.template, &mapper.header_columns, prefix, source);
             mapper.message_keys = keys;
             mapper.layouts.insert(MESSAGE_RELATION, layout);
         }
         Ok(mapper)
+    }
+
+    /// The CloudEvents `source` of events from `what` (`schema.table`, or `messages`): `--cloudevents-source`, or
+    /// `/<database>/<what>`.
+    fn ce_source(&self, what: &str) -> Arc<str> {
+        match &self.cloudevents_source {
+            Some(source) => Arc::from(source.as_str()),
+            None => Arc::from(format!("/{}/{what}", self.database)),
+        }
     }
 
     /// Sets the server's `max_payload`: an event whose wire size plus [`ADDED_HEADERS_MAX`] exceeds it is invalid.
@@ -398,15 +433,18 @@ impl OutboxMapper {
         };
         let payload = find(&self.columns.payload)
             .ok_or_else(|| missing(&self.columns.payload, "the message data", "--payload-column"))?;
-        let payload_kind = match relation.columns.get(payload).map(|c| c.type_oid) {
-            Some(pgoutput::oid::BYTEA) => PayloadKind::Bytea,
-            _ => PayloadKind::Text,
-        };
+        let payload_kind = data_kind(relation.columns.get(payload).map(|c| c.type_oid));
         let mut template = Vec::new();
         for column in self.template.columns() {
             let idx = find(column).ok_or_else(|| missing(column, "the subject template", "--subject"))?;
             template.push((column.to_owned(), idx));
         }
+        let mut header_columns = Vec::new();
+        for h in &self.header_columns {
+            let idx = find(&h.column).ok_or_else(|| missing(&h.column, "a header column", "--header-columns"))?;
+            header_columns.push((h.header.clone(), idx));
+        }
+        let ce_source = self.ce_source(&label);
         let layout = Layout {
             id: find(&self.columns.id),
             payload,
@@ -416,6 +454,9 @@ impl OutboxMapper {
             aggregate_id: find(&self.columns.aggregate_id),
             event_type: find(&self.columns.event_type),
             template,
+            header_columns,
+            ce_source_value: cloudevents::source_value(&ce_source),
+            ce_source,
             columns: relation.columns.len(),
             label: label.clone(),
         };
@@ -477,7 +518,7 @@ impl OutboxMapper {
         }
         let position = Position { commit_lsn, index };
         let payload: Bytes = match tuple.0.get(layout.payload) {
-            Some(TupleValue::Text(b)) if layout.payload_kind == PayloadKind::Text => b.clone(),
+            Some(TupleValue::Text(b)) if layout.payload_kind != DataKind::Bytes => b.clone(),
             Some(v @ TupleValue::Text(_)) => match pgoutput::convert(pgoutput::oid::BYTEA, v) {
                 Ok(pgoutput::Value::Bytea(bytes)) => Bytes::from(bytes),
                 _ => Bytes::new(),
@@ -526,10 +567,55 @@ impl OutboxMapper {
                 return Err(invalid(reason, &headers, payload.len()));
             }
         }
+        // Header columns after the `headers` object's keys: a column wins over a key of the same name.
+        for (name, idx) in &layout.header_columns {
+            if let Some(v) = text(tuple, Some(*idx)) {
+                let Some(value) = header_value(&v) else {
+                    return Err(invalid(
+                        format!("header column {name} value contains CR or LF"),
+                        &headers,
+                        payload.len(),
+                    ));
+                };
+                headers.insert(name.clone(), value);
+            }
+        }
         let column = |c: &str| layout.template.iter().find(|(name, _)| name == c).map(|&(_, idx)| idx);
         let subject = match self.template.render(|c| text(tuple, column(c))) {
             Ok(s) => s,
             Err(reason) => return Err(invalid(reason, &headers, payload.len())),
+        };
+        let payload = match self.cloudevents {
+            cloudevents::Mode::Off => payload,
+            mode => {
+                let event_type = text(tuple, layout.event_type).filter(|t| !t.is_empty());
+                let Some(event_type) = event_type else {
+                    let reason = format!(
+                        "CloudEvents need a type: the event type column {} is NULL, empty or missing",
+                        self.columns.event_type
+                    );
+                    return Err(invalid(reason, &headers, payload.len()));
+                };
+                let subject = text(tuple, layout.aggregate_id);
+                let attributes = cloudevents::Attributes {
+                    id: &id,
+                    source: &layout.ce_source,
+                    event_type: &event_type,
+                    subject: subject.as_deref(),
+                    time: &txn.commit_time,
+                    time_value: &txn.commit_time_value,
+                    kind: layout.payload_kind,
+                };
+                if mode == cloudevents::Mode::Binary {
+                    cloudevents::binary(&attributes, &layout.ce_source_value, &mut headers);
+                    payload
+                } else {
+                    match cloudevents::structured(&attributes, &payload, &mut headers) {
+                        Ok(envelope) => envelope,
+                        Err(reason) => return Err(invalid(reason.to_owned(), &headers, payload.len())),
+                    }
+                }
+            }
         };
         // Measured on the message itself: what async-nats and the server will count, less what the publisher adds.
         let size = wire_size(&headers, payload.len());
@@ -557,7 +643,13 @@ impl OutboxMapper {
 /// The "relation" of logical messages (`--message-prefix`), built once: the JSON key of each of its columns and its
 /// layout. Its columns are the outbox columns (named as configured, filled from the fixed keys `id`,
 /// `aggregate_type`, ...) and any other column the subject template names (filled from the key of that name).
-fn message_layout(columns: &Columns, template: &SubjectTemplate, prefix: &str) -> (Vec<String>, Layout) {
+fn message_layout(
+    columns: &Columns,
+    template: &SubjectTemplate,
+    header_columns: &[HeaderColumn],
+    prefix: &str,
+    ce_source: Arc<str>,
+) -> (Vec<String>, Layout) {
     let mut names: Vec<(String, String)> = [
         (&columns.id, "id"),
         (&columns.aggregate_type, "aggregate_type"),
@@ -569,26 +661,29 @@ fn message_layout(columns: &Columns, template: &SubjectTemplate, prefix: &str) -
     .into_iter()
     .map(|(column, key)| (column.clone(), key.to_owned()))
     .collect();
-    let mut positions = Vec::new();
-    for column in template.columns() {
-        let idx = match names.iter().position(|(n, _)| n == column) {
-            Some(idx) => idx,
-            None => {
-                names.push((column.to_owned(), column.to_owned()));
-                names.len() - 1
-            }
-        };
-        positions.push((column.to_owned(), idx));
-    }
+    let mut position = |column: &str| match names.iter().position(|(n, _)| n == column) {
+        Some(idx) => idx,
+        None => {
+            names.push((column.to_owned(), column.to_owned()));
+            names.len() - 1
+        }
+    };
+    let positions: Vec<(String, usize)> =
+        template.columns().into_iter().map(|column| (column.to_owned(), position(column))).collect();
+    let header_positions = header_columns.iter().map(|h| (h.header.clone(), position(&h.column))).collect();
     let layout = Layout {
         id: Some(0),
         payload: 4,
-        payload_kind: PayloadKind::Text,
+        // A message's payload is any JSON value, sent as its JSON text.
+        payload_kind: DataKind::Json,
         headers: Some(5),
         aggregate_type: Some(1),
         aggregate_id: Some(2),
         event_type: Some(3),
         template: positions,
+        header_columns: header_positions,
+        ce_source_value: cloudevents::source_value(&ce_source),
+        ce_source,
         columns: names.len(),
         label: Arc::from(format!("message:{prefix}")),
     };
@@ -914,6 +1009,210 @@ mod tests {
         let stop = mapper(&settings(|_| {}), &OUTBOX_COLUMNS);
         let i = invalid(m.map(RELATION_ID, &rows[0], &TxnStamp::new(Lsn(0x40), 0), 0));
         assert!(stop.on_invalid(Box::new(i)).is_err(), "--on-invalid stop gives the event back");
+    }
+
+    /// The default table with a text column `traceparent` and a bigint `tenant` after the six outbox columns.
+    const TRACED_COLUMNS: [(&str, u32); 8] = [
+        ("id", oid::UUID),
+        ("aggregate_type", oid::TEXT),
+        ("aggregate_id", oid::TEXT),
+        ("event_type", oid::TEXT),
+        ("payload", oid::JSONB),
+        ("headers", oid::JSONB),
+        ("traceparent", oid::TEXT),
+        ("tenant", oid::INT8),
+    ];
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn header_columns_add_headers_skip_nulls_and_refuse_what_nats_cannot_carry() {
+        let s = settings(|r| r.header_columns = Some("traceparent,tenant:Tenant".into()));
+        let mut m = mapper(&s, &TRACED_COLUMNS);
+        let row = |trace: Option<&str>, tenant: Option<&str>, headers: Option<&str>| {
+            tuple(&[Some(ID), Some("order"), Some("1"), Some("created"), Some("{}"), headers, trace, tenant])
+        };
+        let txn = TxnStamp::new(Lsn(0x30), 0);
+        let e = m.map(RELATION_ID, &row(Some(TRACEPARENT), Some("42"), None), &txn, 0).expect("event");
+        assert_eq!(e.header("traceparent"), Some(TRACEPARENT));
+        assert_eq!(e.header("Tenant"), Some("42"));
+        assert_eq!(e.sorted_headers().len(), 9);
+        let e = m.map(RELATION_ID, &row(None, None, None), &txn, 0).expect("event");
+        assert_eq!((e.header("traceparent"), e.header("Tenant"), e.sorted_headers().len()), (None, None, 7));
+        // A column wins over a `headers` key of the same name.
+        let e = m.map(RELATION_ID, &row(Some("col"), None, Some(r#"{"traceparent": "key"}"#)), &txn, 0).expect("e");
+        assert_eq!(e.header("traceparent"), Some("col"));
+        let i = invalid(m.map(RELATION_ID, &row(Some("a\r\nb"), None, None), &txn, 2));
+        assert_eq!(i.reason, "header column traceparent value contains CR or LF");
+        assert_eq!(i.position.index, 2);
+        // An unknown column fails the relation, naming the option.
+        let mut m = OutboxMapper::new(&s).expect("mapper");
+        match m.relation(&relation(&OUTBOX_COLUMNS)) {
+            Err(SourceError::MissingColumn { column, option, .. }) => {
+                assert_eq!((column.as_str(), option.as_str()), ("traceparent", "--header-columns"))
+            }
+            other => panic!("expected a missing column, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn header_columns_and_partitions_of_logical_messages() {
+        let s = settings(|r| {
+            r.message_prefix = Some("outbox".into());
+            r.subject = "events.{aggregate_id|partition:4}.{event_type}".into();
+            r.header_columns = Some("traceparent,tenant:Tenant".into());
+        });
+        let mut m = OutboxMapper::new(&s).expect("mapper");
+        let content = format!(
+            r#"{{"id": "m1", "aggregate_id": "foobar", "event_type": "created", "traceparent": "{TRACEPARENT}",
+                "tenant": 7, "payload": 1}}"#
+        );
+        let e = m.map_message(content.as_bytes(), &TxnStamp::new(Lsn(0x30), 0), 0).expect("event");
+        // FNV-1a 32 of "foobar" is 0xbf9cf968, which is 0 mod 4.
+        assert_eq!(e.subject.as_str(), "events.0.created");
+        assert_eq!(e.header("traceparent"), Some(TRACEPARENT));
+        assert_eq!(e.header("Tenant"), Some("7"));
+        let e =
+            m.map_message(br#"{"id": "m2", "aggregate_id": "ab", "event_type": "x"}"#, &TxnStamp::new(Lsn(1), 0), 1);
+        let e = e.expect("event");
+        assert_eq!((e.subject.as_str(), e.header("traceparent")), ("events.2.x", None), "0x4d2505ca % 4 = 2");
+        let i = invalid(m.map_message(br#"{"id": "m3", "event_type": "x"}"#, &TxnStamp::new(Lsn(1), 0), 2));
+        assert!(i.reason.contains("NULL"), "{}", i.reason);
+    }
+
+    fn cloudevents_mapper(mode: &str, payload_type: u32) -> OutboxMapper {
+        let s = settings(|r| {
+            r.cloudevents = mode.into();
+            r.pg_url = "postgres://u@localhost/shop".into();
+            // Event types with a space are fine for CloudEvents, not in a subject token.
+            r.subject = "outbox.{aggregate_type}".into();
+        });
+        mapper(
+            &s,
+            &crate::mapping::fixture::outbox_relation(payload_type)
+                .columns
+                .iter()
+                .map(|c| (c.name.as_str(), c.type_oid))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn cloudevents_binary_adds_percent_encoded_attributes_and_keeps_the_payload() {
+        let txn = TxnStamp::new(Lsn(0x30), 1_000_000);
+        let row = |agg_id: Option<&str>, payload: &str| {
+            tuple(&[Some(ID), Some("order"), agg_id, Some("order created"), Some(payload), Some(r#"{"u": "1"}"#)])
+        };
+        let mut m = cloudevents_mapper("binary", oid::JSONB);
+        let e = m.map(RELATION_ID, &row(Some("Zoë \"1\" 100%"), r#"{"a": 1}"#), &txn, 0).expect("event");
+        assert_eq!(&e.payload[..], br#"{"a": 1}"#);
+        let h = e.sorted_headers();
+        let ce: Vec<(&str, &str)> = h.iter().filter(|(k, _)| k.starts_with("ce-")).map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(
+            ce,
+            [
+                ("ce-datacontenttype", "application/json"),
+                ("ce-id", ID),
+                ("ce-source", "/shop/public.outbox"),
+                ("ce-specversion", "1.0"),
+                ("ce-subject", "Zo%C3%AB%20%221%22%20100%25"),
+                ("ce-time", "2000-01-01T00:00:01.000000Z"),
+                ("ce-type", "order%20created"),
+            ]
+        );
+        assert_eq!(h.len(), 8 + 7, "Nats-Msg-Id, 6 Outbox-*, the user header and 7 ce-");
+        assert_eq!(e.header("Content-Type"), None, "the NATS binding's binary mode has no Content-Type");
+        // No aggregate id: no subject attribute; text and bytea payloads name their content types.
+        let e = m.map(RELATION_ID, &row(None, "{}"), &txn, 0).expect("event");
+        assert_eq!(e.header("ce-subject"), None);
+        let mut m = cloudevents_mapper("binary", oid::TEXT);
+        let e = m.map(RELATION_ID, &row(Some("1"), "hello"), &txn, 0).expect("event");
+        assert_eq!(e.header("ce-datacontenttype"), Some("text/plain;%20charset=utf-8"));
+        let mut m = cloudevents_mapper("binary", oid::BYTEA);
+        let e = m.map(RELATION_ID, &row(Some("1"), "\\x00ff"), &txn, 0).expect("event");
+        assert_eq!(
+            (e.header("ce-datacontenttype"), &e.payload[..]),
+            (Some("application/octet-stream"), &[0, 0xff][..])
+        );
+        // Without a type there is no CloudEvent: the event is invalid; its record carries no ce- header.
+        let no_type = tuple(&[Some(ID), Some("order"), Some("1"), None, Some("{}"), None]);
+        let i = invalid(m.map(RELATION_ID, &no_type, &txn, 3));
+        assert!(i.reason.contains("CloudEvents need a type"), "{}", i.reason);
+    }
+
+    #[test]
+    fn cloudevents_structured_wraps_the_payload_and_counts_the_envelope() {
+        let txn = TxnStamp::new(Lsn(0x30), 0);
+        let row = |payload: &str| {
+            tuple(&[Some(ID), Some("order"), Some("1001"), Some("created"), Some(payload), Some(r#"{"u": "1"}"#)])
+        };
+        let envelope = |e: &Event| serde_json::from_slice::<serde_json::Value>(&e.payload).expect("json envelope");
+        let mut m = cloudevents_mapper("structured", oid::JSONB);
+        let e = m.map(RELATION_ID, &row(r#"{"a": [1, 2.50]}"#), &txn, 0).expect("event");
+        assert_eq!(e.header("Content-Type"), Some("application/cloudevents+json"));
+        assert_eq!(e.header("Outbox-Event-Type"), Some("created"));
+        assert_eq!(e.header("u"), Some("1"));
+        assert!(e.sorted_headers().keys().all(|k| !k.starts_with("ce-")));
+        assert_eq!(
+            std::str::from_utf8(&e.payload).ok(),
+            Some(format!(
+                r#"{{"specversion":"1.0","id":"{ID}","source":"/shop/public.outbox","type":"created","subject":"1001","time":"2000-01-01T00:00:00.000000Z","datacontenttype":"application/json","data":{{"a": [1, 2.50]}}}}"#
+            ).as_str())
+        );
+        let mut m = cloudevents_mapper("structured", oid::TEXT);
+        let e = m.map(RELATION_ID, &row("line \"one\"\ttwo"), &txn, 0).expect("event");
+        assert_eq!(envelope(&e)["data"], "line \"one\"\ttwo");
+        assert_eq!(envelope(&e)["datacontenttype"], "text/plain; charset=utf-8");
+        let mut m = cloudevents_mapper("structured", oid::BYTEA);
+        let e = m.map(RELATION_ID, &row("\\x00ff10"), &txn, 0).expect("event");
+        assert_eq!(envelope(&e)["data_base64"], "AP8Q");
+        assert!(envelope(&e).get("data").is_none());
+        // max_payload counts the envelope: a payload that fits plain does not fit wrapped.
+        let plain = mapper(&settings(|_| {}), &OUTBOX_COLUMNS)
+            .map(RELATION_ID, &row("{}"), &txn, 0)
+            .expect("event")
+            .wire_size();
+        let mut m = cloudevents_mapper("structured", oid::JSONB);
+        m.set_max_payload(plain + ADDED_HEADERS_MAX);
+        let i = invalid(m.map(RELATION_ID, &row("{}"), &txn, 0));
+        assert!(i.reason.contains("max_payload"), "{}", i.reason);
+        assert!(i.size > plain);
+        let mut m = cloudevents_mapper("structured", oid::JSONB);
+        m.set_max_payload(1 << 20);
+        let record = m.on_invalid(Box::new(i)).expect_err("stop gives the event back");
+        let dl = record.dead_letter(&Subject::from("outbox.dead-letter"), None);
+        assert!(dl.sorted_headers().keys().all(|k| !crate::mapping::cloudevents::is_cloudevents_header(k)));
+        assert_eq!(dl.header("u"), Some("1"));
+    }
+
+    #[test]
+    fn cloudevents_source_is_configurable_and_messages_have_their_own() {
+        let s = settings(|r| {
+            r.cloudevents = "binary".into();
+            r.cloudevents_source = Some("https://shop.example/orders".into());
+        });
+        let mut m = mapper(&s, &OUTBOX_COLUMNS);
+        let row = tuple(&[Some(ID), Some("order"), Some("1"), Some("created"), Some("{}"), None]);
+        let e = m.map(RELATION_ID, &row, &TxnStamp::new(Lsn(1), 0), 0).expect("event");
+        assert_eq!(e.header("ce-source"), Some("https://shop.example/orders"));
+        let s = settings(|r| {
+            r.cloudevents = "structured".into();
+            r.message_prefix = Some("outbox".into());
+            r.pg_url = "postgres://u@localhost/shop".into();
+        });
+        let mut m = OutboxMapper::new(&s).expect("mapper");
+        let e = m
+            .map_message(
+                br#"{"id": "m1", "aggregate_type": "a", "event_type": "t", "payload": [1]}"#,
+                &TxnStamp::new(Lsn(1), 0),
+                0,
+            )
+            .expect("event");
+        let envelope: serde_json::Value = serde_json::from_slice(&e.payload).expect("json");
+        assert_eq!(
+            (envelope["source"].as_str(), envelope["data"].clone()),
+            (Some("/shop/messages"), serde_json::json!([1]))
+        );
+        assert_eq!(envelope["datacontenttype"], "application/json");
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Property tests of the mapper and its header-map construction: arbitrary column values (any unicode, control
 //! characters, NULLs, empty and very long strings, invalid UTF-8) and arbitrary `headers` JSON (any keys, values and
 //! nesting, or not JSON at all) give either a message async-nats accepts as is, or an invalid event with a reason,
-//! whose dead-letter record async-nats accepts too. Never a panic.
+//! whose dead-letter record async-nats accepts too. Never a panic. The same holds with the output options of design.md
+//! §4e: every `--cloudevents` mode (a structured envelope counts against max_payload), header columns with any value
+//! and a partitioned subject.
 
 use pgoutput::{oid, Lsn};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 
 use crate::config::{RawSettings, Settings};
-use crate::mapping::fixture::{assert_wire_ready, outbox_relation, tuple, RELATION_ID};
+use crate::mapping::fixture::{assert_wire_ready, relation, tuple, OUTBOX_COLUMNS, RELATION_ID};
 use crate::mapping::outbox::{MapError, OutboxMapper, TxnStamp};
 
 /// Strings that matter for headers and subjects: any unicode, ASCII with separators and controls, long runs.
@@ -57,9 +59,40 @@ fn column() -> impl Strategy<Value = Option<Vec<u8>>> {
     ]
 }
 
-fn settings(dead_letter: bool) -> Settings {
-    let raw = RawSettings { on_invalid: if dead_letter { "dead-letter" } else { "stop" }.into(), ..Default::default() };
+/// The output options of design.md §4e a case runs with.
+#[derive(Debug, Clone)]
+struct Output {
+    cloudevents: &'static str,
+    header_columns: bool,
+    partitioned: bool,
+}
+
+fn output() -> impl Strategy<Value = Output> {
+    (prop_oneof![Just("off"), Just("binary"), Just("structured")], any::<bool>(), any::<bool>())
+        .prop_map(|(cloudevents, header_columns, partitioned)| Output { cloudevents, header_columns, partitioned })
+}
+
+fn settings(dead_letter: bool, output: &Output) -> Settings {
+    let raw = RawSettings {
+        on_invalid: if dead_letter { "dead-letter" } else { "stop" }.into(),
+        cloudevents: output.cloudevents.into(),
+        header_columns: output.header_columns.then(|| "traceparent,tenant:Tenant".into()),
+        subject: if output.partitioned {
+            "outbox.{aggregate_type}.{aggregate_id|partition:7}".into()
+        } else {
+            RawSettings::default().subject
+        },
+        ..Default::default()
+    };
     Settings::validate(raw).expect("valid settings")
+}
+
+/// The outbox table with the payload type given and two more text columns (the header columns' sources).
+fn outbox_relation(payload_type: u32) -> pgoutput::Relation {
+    let mut columns: Vec<(&str, u32)> = OUTBOX_COLUMNS.to_vec();
+    columns[4].1 = payload_type;
+    columns.extend([("traceparent", oid::TEXT), ("tenant", oid::TEXT)]);
+    relation(&columns)
 }
 
 proptest! {
@@ -70,7 +103,9 @@ proptest! {
         values in vec(column(), 4),
         payload in column(),
         headers in headers_column(),
-        bytea in any::<bool>(),
+        extra in vec(column(), 2),
+        payload_type in prop_oneof![Just(oid::JSONB), Just(oid::JSON), Just(oid::TEXT), Just(oid::BYTEA)],
+        output in output(),
         max_payload in prop_oneof![Just(1024usize * 1024), 300usize..6000],
         index in any::<u32>(),
         commit_lsn in any::<u64>(),
@@ -79,14 +114,25 @@ proptest! {
         let mut values = values;
         values.push(payload);
         values.push(headers);
+        values.extend(extra);
         let row = tuple(&values);
         let txn = TxnStamp::new(Lsn(commit_lsn), commit_time);
         for dead_letter in [false, true] {
-            let mut mapper = OutboxMapper::new(&settings(dead_letter)).expect("mapper");
-            mapper.relation(&outbox_relation(if bytea { oid::BYTEA } else { oid::JSONB })).expect("relation");
+            let mut mapper = OutboxMapper::new(&settings(dead_letter, &output)).expect("mapper");
+            mapper.relation(&outbox_relation(payload_type)).expect("relation");
             mapper.set_max_payload(max_payload);
             match mapper.map(RELATION_ID, &row, &txn, index) {
-                Ok(event) => assert_wire_ready(&event, max_payload),
+                Ok(event) => {
+                    assert_wire_ready(&event, max_payload);
+                    if output.cloudevents == "structured" {
+                        // The envelope is JSON whatever the row held, with the id the stream deduplicates on.
+                        // (Raw values: `data` is the row's JSON as Postgres validated it, numbers of any size.)
+                        let envelope: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
+                            serde_json::from_slice(&event.payload).expect("a JSON envelope");
+                        let id = envelope.get("id").and_then(|id| serde_json::from_str::<String>(id.get()).ok());
+                        prop_assert_eq!(id.as_deref(), Some(event.id.as_str()));
+                    }
+                }
                 Err(MapError::Invalid(invalid)) => {
                     prop_assert!(!invalid.reason.is_empty());
                     match mapper.on_invalid(invalid) {

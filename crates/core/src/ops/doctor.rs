@@ -333,6 +333,7 @@ async fn one_table_checks(
     let has = |name: &str| columns.iter().any(|c| c.name == name);
     let mut needed: Vec<(String, &str)> = vec![(settings.columns.payload.clone(), "--payload-column")];
     needed.extend(settings.subject.columns().into_iter().map(|c| (c.to_owned(), "--subject")));
+    needed.extend(settings.header_columns.iter().map(|h| (h.column.clone(), "--header-columns")));
     let missing: Vec<&(String, &str)> = needed.iter().filter(|(c, _)| !has(c)).collect();
     if missing.is_empty() {
         checks.ok("table", format!("{table} has {} columns, including {}", columns.len(), settings.columns.payload));
@@ -342,9 +343,28 @@ async fn one_table_checks(
                 "table",
                 format!("{table} has no column {column}"),
                 format!(
-                    "ALTER TABLE {} ADD COLUMN {} text NOT NULL; or set {option}",
+                    "ALTER TABLE {} ADD COLUMN {} text{}; or set {option}",
                     table.quoted(),
-                    quote_ident(column)
+                    quote_ident(column),
+                    // A header column may be NULL (no header); the others must hold a value.
+                    if *option == "--header-columns" { "" } else { " NOT NULL" }
+                ),
+            );
+        }
+    }
+    // CloudEvents (design.md §4e): every event needs a type, taken from the event type column.
+    if settings.cloudevents != crate::mapping::cloudevents::Mode::Off {
+        let event_type = &settings.columns.event_type;
+        if has(event_type) {
+            checks.ok("cloudevents", format!("{} mode, type from {table}.{event_type}", settings.cloudevents.as_str()));
+        } else {
+            checks.fail(
+                "cloudevents",
+                format!("{table} has no column {event_type}: every event would be invalid without a CloudEvents type"),
+                format!(
+                    "ALTER TABLE {} ADD COLUMN {} text NOT NULL; or set --event-type-column, or --cloudevents off",
+                    table.quoted(),
+                    quote_ident(event_type)
                 ),
             );
         }

@@ -223,8 +223,8 @@ pub async fn drop(client: &Client, publication: &str) -> Result<(), SourceError>
     client.batch_execute(&sql).await.map_err(|e| SourceError::query(format!("dropping publication {publication}"), e))
 }
 
-/// The one check of the outbox tables (run, setup): each exists and has the payload column and every column the
-/// subject template names.
+/// The one check of the outbox tables (run, setup): each exists and has the payload column, every column the
+/// subject template names and every `--header-columns` column.
 pub async fn check_table(
     control: &tokio_postgres::Client,
     settings: &crate::config::Settings,
@@ -254,6 +254,11 @@ async fn check_one_table(
     for column in settings.subject.columns() {
         if !has(column) {
             return Err(missing(column, "the subject template", "--subject"));
+        }
+    }
+    for h in &settings.header_columns {
+        if !has(&h.column) {
+            return Err(missing(&h.column, "a header column", "--header-columns"));
         }
     }
     Ok(())

@@ -50,7 +50,11 @@ pub(super) struct Lab {
 impl Lab {
     /// Starts PostgreSQL and nats-server and creates the outbox, the publication, [`MAIN_SLOT`] and [`STREAM`]
     /// (the stream configuration `run` would create).
-    pub async fn start(max_in_flight: usize, relay: PathBuf) -> anyhow::Result<Self> {
+    pub async fn start(
+        max_in_flight: usize,
+        relay: PathBuf,
+        cloudevents: walrelay_core::mapping::cloudevents::Mode,
+    ) -> anyhow::Result<Self> {
         let (pg, nats) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Postgres, Nats)> {
             Ok((Postgres::start().context("starting PostgreSQL")?, Nats::start().context("starting nats-server")?))
         })
@@ -62,6 +66,7 @@ impl Lab {
             slot: MAIN_SLOT.into(),
             stream: STREAM.into(),
             max_in_flight,
+            cloudevents: cloudevents.as_str().into(),
             ..RawSettings::default()
         };
         let settings = Settings::validate(raw)?;
@@ -154,6 +159,10 @@ impl Lab {
             "--log",
             "warn",
         ]);
+        // Only when asked for: a relay executable older than --cloudevents still runs the bench without it.
+        if self.settings.cloudevents != walrelay_core::mapping::cloudevents::Mode::Off {
+            cmd.args(["--cloudevents", self.settings.cloudevents.as_str()]);
+        }
         let process = Process::spawn(cmd).with_context(|| format!("starting {}", exe.display()))?;
         Ok(Relay { process })
     }
