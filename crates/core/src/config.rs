@@ -45,6 +45,29 @@ pub enum OnInvalid {
     DeadLetter,
 }
 
+/// `--nats-batch`: how the publisher talks to JetStream (design.md §4, issue 21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatsBatch {
+    /// Fast-batch publishing (ADR-50) when the server (2.14+) and the stream (`allow_batched`) allow it,
+    /// per-message acks otherwise.
+    #[default]
+    Auto,
+    /// Always one publish ack per message.
+    Off,
+}
+
+impl FromStr for NatsBatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "off" => Ok(Self::Off),
+            other => Err(format!("expected `auto` or `off`, got `{other}`")),
+        }
+    }
+}
+
 impl FromStr for OnInvalid {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -105,6 +128,8 @@ pub struct RawSettings {
     // Pruning (design.md §4c).
     pub prune_after: Option<String>,
     pub created_at_column: String,
+    // Fast-batch publishing (design.md §4, issue 21).
+    pub nats_batch: String,
 }
 
 impl Default for RawSettings {
@@ -149,6 +174,7 @@ impl Default for RawSettings {
             message_prefix: None,
             prune_after: None,
             created_at_column: "created_at".into(),
+            nats_batch: "auto".into(),
         }
     }
 }
@@ -362,6 +388,9 @@ pub struct Settings {
     pub prune_after: Option<std::time::Duration>,
     /// `--created-at-column`.
     pub created_at_column: String,
+    // Fast-batch publishing (design.md §4, issue 21).
+    /// `--nats-batch`: fast-batch publishing when the server and stream allow it (`auto`), or never (`off`).
+    pub nats_batch: NatsBatch,
 }
 
 impl Settings {
@@ -453,6 +482,11 @@ impl Settings {
             value: raw.on_invalid.clone(),
             reason,
         })?;
+        let nats_batch = raw.nats_batch.parse().map_err(|reason| ConfigError::Invalid {
+            option: "--nats-batch",
+            value: raw.nats_batch.clone(),
+            reason,
+        })?;
         let duplicate_window = parse_duration("--duplicate-window", &raw.duplicate_window)?;
         if duplicate_window < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
@@ -531,6 +565,7 @@ impl Settings {
                 }
             },
             pg_password,
+            nats_batch,
         })
     }
 

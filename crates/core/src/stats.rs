@@ -42,6 +42,8 @@ struct Handles {
     confirmed_lsn: metrics::Gauge,
     in_flight: metrics::Gauge,
     lag_bytes: metrics::Gauge,
+    // Fast-batch publishing (issue 21).
+    batched: metrics::Counter,
 }
 
 impl Default for Stats {
@@ -62,7 +64,13 @@ impl Stats {
             confirmed_lsn: metrics::gauge!("walrelay_confirmed_lsn"),
             in_flight: metrics::gauge!("walrelay_in_flight_events"),
             lag_bytes: metrics::gauge!("walrelay_lag_bytes"),
+            batched: metrics::counter!("walrelay_batched_publishes_total"),
         };
+        metrics::describe_counter!(
+            "walrelay_batched_publishes_total",
+            "Events published in fast batches (nats-server 2.14+ with allow_batched; one cumulative ack per flow window)"
+        );
+        metrics.batched.absolute(0);
         for counter in [&metrics.published, &metrics.acked, &metrics.skipped, &metrics.dead_lettered, &metrics.sessions]
         {
             counter.absolute(0);
@@ -83,6 +91,11 @@ impl Stats {
     pub fn published(&self) {
         self.published.fetch_add(1, Ordering::Relaxed);
         self.metrics.published.increment(1);
+    }
+
+    /// An event was sent in a fast batch (besides [`Stats::published`]).
+    pub fn batched(&self) {
+        self.metrics.batched.increment(1);
     }
 
     /// An event was acked by JetStream.

@@ -34,8 +34,11 @@ use crate::{
     config::Settings,
     mapping::event::Position,
     mapping::outbox::InvalidEvent,
-    sink::publisher::{PublishError, Publisher},
     sink::stream::{self, HighWater},
+    sink::{
+        batch::{self, BatchOptions},
+        publisher::{PublishError, Publisher},
+    },
     source::replication::{self, ReplicationStream, StartAt},
     source::slot,
     source::standby,
@@ -137,6 +140,10 @@ struct Relay<'a> {
     /// (e.g. behind more than 1000 foreign messages): later sessions count it as relayed while the stream still
     /// reaches that sequence.
     held: Option<(Position, u64)>,
+    /// Events the next session publishes with per-message acks before it uses fast batches again: after a session
+    /// that failed while publishing in fast batches, so that a duplicate or refusal the batch could not pin to its
+    /// event shows up exactly, as without fast batch (sink::batch).
+    per_message_first: usize,
 }
 
 /// Runs the relay until shutdown (Ok) or a permanent error.
@@ -172,6 +179,7 @@ pub async fn run(settings: &Settings, shutdown: watch::Receiver<bool>, stats: Ar
         server: None,
         reused_id: None,
         held: None,
+        per_message_first: 0,
     };
     attempt = 0;
     let mut repeats = Repeats::default();
@@ -325,7 +333,12 @@ impl Relay<'_> {
         };
         info.check()?;
         let (client, js, mut rejection) = stream::connect_watched(settings).await?;
-        stream::ensure(&js, settings, !settings.no_create).await?;
+        let (target, _) = stream::ensure(&js, settings, !settings.no_create).await?;
+        let batch = BatchOptions {
+            enabled: batch::enabled(settings, &client, &target.cached_info().config),
+            flow: batch::flow_for(settings.max_in_flight),
+            per_message_first: std::mem::take(&mut self.per_message_first),
+        };
         let mut hw = stream::high_water(&js, &settings.stream).await?;
         if let Some((position, sequence)) = self.held.filter(|&(_, sequence)| hw.last_sequence >= sequence) {
             hw.position = hw.position.max(Some(position));
@@ -367,6 +380,7 @@ impl Relay<'_> {
             nats_version = %client.server_info().version,
             standby = server.in_recovery,
             timeline = server.timeline.unwrap_or(0),
+            publish_mode = if batch.enabled { "fast-batch" } else { "per-message" },
             "relay started"
         );
         self.log_resume(&server, confirmed, &hw);
@@ -374,7 +388,7 @@ impl Relay<'_> {
             settings,
             shutdown: self.shutdown.clone(),
             stats: &self.stats,
-            publisher: Publisher::fenced(&client, hw.last_sequence, settings.publish_timeout).await?,
+            publisher: Publisher::fast_batch(&client, hw.last_sequence, settings.publish_timeout, batch).await?,
             checkpoint: Checkpoint::new(confirmed),
             assembler,
             open_tag: None,
@@ -382,6 +396,9 @@ impl Relay<'_> {
             wal_end: start,
         };
         let result = session.main_loop(&mut repl, &mut rejection).await;
+        if result.is_err() && session.publisher.transport().batched_total() > 0 {
+            self.per_message_first = settings.max_in_flight;
+        }
         // Whatever happened: collect what is acked, confirm it, and end the replication session.
         let confirmed = session.settle().await;
         ReplicationStream::update_applied_lsn(&repl, confirmed);

@@ -204,6 +204,9 @@ impl<X: Transport> Session<'_, X> {
                 self.publisher.send(event, tag).await?;
                 self.checkpoint.published(tag);
                 self.stats.published();
+                if self.publisher.transport().last_batched() {
+                    self.stats.batched();
+                }
             }
             Assembled::Nothing | Assembled::Stopped { .. } => {}
         }
