@@ -149,66 +149,18 @@ struct ApiError {
     description: String,
 }
 
-/// [`Transport`] that publishes in fast batches (or, when told, with per-message acks through a [`NatsTransport`]).
-pub struct FastBatch {
-    plain: NatsTransport,
-    client: async_nats::Client,
+/// What the server has said about the batches in flight, and the answers it makes: the pure part of [`FastBatch`].
+#[derive(Debug, Default)]
+struct Ledger {
     /// `<inbox>`; replies come on `<inbox>.>`.
     inbox: String,
-    replies: async_nats::Subscriber,
-    options: BatchOptions,
     /// Open batch last; earlier ones are committing.
     batches: VecDeque<Batch>,
-    next_id: u64,
     /// Answers ready to hand out.
     ready: VecDeque<Reply>,
-    /// Fires [`QUIET`] after the last batched publish.
-    quiet: Pin<Box<Sleep>>,
-    last_batched: bool,
-    batched: u64,
 }
 
-impl<T> Publisher<T, FastBatch> {
-    /// A fenced publisher (as [`Publisher::fenced`]) that publishes in fast batches when `options.enabled`.
-    pub async fn fast_batch(
-        client: &async_nats::Client,
-        last_sequence: u64,
-        timeout: Duration,
-        options: BatchOptions,
-    ) -> Result<Self, PublishError> {
-        Ok(Self::new(FastBatch::new(client, options).await?, Some(last_sequence), timeout))
-    }
-}
-
-impl FastBatch {
-    /// Subscribes to a fresh inbox for the batch replies (and one for per-message acks).
-    pub async fn new(client: &async_nats::Client, options: BatchOptions) -> Result<Self, PublishError> {
-        let plain = NatsTransport::new(client).await?;
-        let inbox = client.new_inbox();
-        let replies = client.subscribe(format!("{inbox}.>")).await.map_err(|e| {
-            let info = client.server_info();
-            let url = format!("nats://{}:{}", info.host, info.port);
-            PublishError::Connect { url, reason: format!("subscribing to the fast-batch acks: {e}") }
-        })?;
-        Ok(Self {
-            plain,
-            client: client.clone(),
-            inbox,
-            replies,
-            options,
-            batches: VecDeque::new(),
-            next_id: 0,
-            ready: VecDeque::new(),
-            quiet: Box::pin(tokio::time::sleep(QUIET)),
-            last_batched: false,
-            batched: 0,
-        })
-    }
-
-    fn reply_subject(&self, id: &str, seq: u64, op: u8) -> Subject {
-        Subject::from(format!("{}.{id}.{}.fail.{seq}.{op}.$FI", self.inbox, self.options.flow))
-    }
-
+impl Ledger {
     /// Whether the open batch must wait for the server before it takes another message: for its first reply, or
     /// because [`OUTSTANDING_ACKS`] flow windows are unacked.
     fn must_wait(&self) -> bool {
@@ -225,44 +177,26 @@ impl FastBatch {
         self.batches.back().is_some_and(|b| !b.committing && b.started && !b.members.is_empty())
     }
 
-    /// Commits the open batch without storing the commit message (op 3); its final pub ack answers the rest.
-    async fn commit(&mut self) {
-        let Some(b) = self.batches.back() else { return };
-        let (subject, reply) = (b.subject.clone(), self.reply_subject(&b.id, b.seq + 1, 3));
-        match self.client.publish_with_reply(subject, reply, Bytes::new()).await {
-            Ok(()) => {
-                if let Some(b) = self.batches.back_mut() {
-                    b.committing = true;
-                }
-            }
-            Err(err) => {
-                tracing::debug!(error = %err, "could not send a fast-batch commit, retrying");
-                self.quiet.as_mut().reset(Instant::now() + QUIET);
-            }
-        }
-    }
-
     /// Files one message from the batch inbox.
-    fn handle(&mut self, message: async_nats::Message) {
+    fn handle(&mut self, subject: &str, no_responders: bool, payload: &[u8]) {
         // `<inbox>.<id>.<flow>.<gap>.<seq>.<op>.$FI`: the batch, and the message the reply is about.
-        let Some(rest) = message.subject.as_str().strip_prefix(self.inbox.as_str()).and_then(|r| r.strip_prefix('.'))
-        else {
+        let Some(rest) = subject.strip_prefix(self.inbox.as_str()).and_then(|r| r.strip_prefix('.')) else {
             return;
         };
         let mut tokens = rest.split('.');
         let id = tokens.next().unwrap_or_default();
         let about = tokens.nth(2).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
         let Some(index) = self.batches.iter().position(|b| b.id == id) else { return };
-        if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        if no_responders {
             let reason = "no stream found for the subject (no responders)".to_owned();
             return self.end(index, about, Err(Refusal { code: 0, reason }));
         }
-        let body = match serde_json::from_slice::<Body>(&message.payload) {
+        let body = match serde_json::from_slice::<Body>(payload) {
             Ok(body) => body,
             Err(_) => {
                 let reason = format!(
                     "unexpected reply to a fast-batch publish: {}",
-                    String::from_utf8_lossy(&message.payload).escape_debug()
+                    String::from_utf8_lossy(payload).escape_debug()
                 );
                 return self.end(index, about, Err(Refusal { code: 0, reason }));
             }
@@ -296,7 +230,7 @@ impl FastBatch {
             (_, None) => {
                 let reason = format!(
                     "unexpected reply to a fast-batch publish: {}",
-                    String::from_utf8_lossy(&message.payload).escape_debug()
+                    String::from_utf8_lossy(payload).escape_debug()
                 );
                 self.end(index, about, Err(Refusal { code: 0, reason }));
             }
@@ -327,7 +261,13 @@ impl FastBatch {
         let Some(mut b) = self.batches.remove(index) else { return };
         let id = b.id.clone();
         let failure = b.failure.take();
-        let mut members = std::mem::take(&mut b.members).into_iter().peekable();
+        let mut members = std::mem::take(&mut b.members);
+        if let Err(refusal) = &outcome {
+            if let Some(m) = members.iter().position(|m| m.seq == count).and_then(|i| members.remove(i)) {
+                self.ready.push_back(Reply { token: m.token, outcome: Err(refusal.clone()) });
+            }
+        }
+        let mut members = members.into_iter().peekable();
         match outcome {
             // A one-message batch whose message was a duplicate: the server answers as a plain publish would.
             Ok(stored) if stored.duplicate => {
@@ -351,12 +291,7 @@ impl FastBatch {
                     self.ready.push_back(Reply { token: m.token, outcome: Err(Refusal { code: 0, reason }) });
                 }
             }
-            Err(refusal) => {
-                if let Some(m) = members.next_if(|m| m.seq == count) {
-                    self.ready.push_back(Reply { token: m.token, outcome: Err(refusal.clone()) });
-                }
-                b.failure = Some(failure.clone().unwrap_or(refusal));
-            }
+            Err(refusal) => b.failure = Some(failure.clone().unwrap_or(refusal)),
         }
         // What the batch did not get to: the first gets the server's reason, the rest say the batch ended.
         let reason = b.failure.or(failure).map(|r| r.reason);
@@ -368,6 +303,82 @@ impl FastBatch {
             };
             self.ready.push_back(Reply { token: m.token, outcome: Err(Refusal { code: 0, reason }) });
         }
+    }
+}
+
+/// [`Transport`] that publishes in fast batches (or, when told, with per-message acks through a [`NatsTransport`]).
+pub struct FastBatch {
+    plain: NatsTransport,
+    client: async_nats::Client,
+    replies: async_nats::Subscriber,
+    options: BatchOptions,
+    ledger: Ledger,
+    next_id: u64,
+    /// Fires [`QUIET`] after the last batched publish.
+    quiet: Pin<Box<Sleep>>,
+    last_batched: bool,
+    batched: u64,
+}
+
+impl<T> Publisher<T, FastBatch> {
+    /// A fenced publisher (as [`Publisher::fenced`]) that publishes in fast batches when `options.enabled`.
+    pub async fn fast_batch(
+        client: &async_nats::Client,
+        last_sequence: u64,
+        timeout: Duration,
+        options: BatchOptions,
+    ) -> Result<Self, PublishError> {
+        Ok(Self::new(FastBatch::new(client, options).await?, Some(last_sequence), timeout))
+    }
+}
+
+impl FastBatch {
+    /// Subscribes to a fresh inbox for the batch replies (and one for per-message acks).
+    pub async fn new(client: &async_nats::Client, options: BatchOptions) -> Result<Self, PublishError> {
+        let plain = NatsTransport::new(client).await?;
+        let inbox = client.new_inbox();
+        let replies = client.subscribe(format!("{inbox}.>")).await.map_err(|e| {
+            let info = client.server_info();
+            let url = format!("nats://{}:{}", info.host, info.port);
+            PublishError::Connect { url, reason: format!("subscribing to the fast-batch acks: {e}") }
+        })?;
+        Ok(Self {
+            plain,
+            client: client.clone(),
+            replies,
+            options,
+            ledger: Ledger { inbox, ..Ledger::default() },
+            next_id: 0,
+            quiet: Box::pin(tokio::time::sleep(QUIET)),
+            last_batched: false,
+            batched: 0,
+        })
+    }
+
+    fn reply_subject(&self, id: &str, seq: u64, op: u8) -> Subject {
+        Subject::from(format!("{}.{id}.{}.fail.{seq}.{op}.$FI", self.ledger.inbox, self.options.flow))
+    }
+
+    /// Commits the open batch without storing the commit message (op 3); its final pub ack answers the rest.
+    async fn commit(&mut self) {
+        let Some(b) = self.ledger.batches.back() else { return };
+        let (subject, reply) = (b.subject.clone(), self.reply_subject(&b.id, b.seq + 1, 3));
+        match self.client.publish_with_reply(subject, reply, Bytes::new()).await {
+            Ok(()) => {
+                if let Some(b) = self.ledger.batches.back_mut() {
+                    b.committing = true;
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "could not send a fast-batch commit, retrying");
+                self.quiet.as_mut().reset(Instant::now() + QUIET);
+            }
+        }
+    }
+
+    fn receive(&mut self, message: &async_nats::Message) {
+        let no_responders = message.status == Some(async_nats::StatusCode::NO_RESPONDERS);
+        self.ledger.handle(message.subject.as_str(), no_responders, &message.payload);
     }
 
     /// Messages published in fast batches by this transport.
@@ -390,10 +401,10 @@ impl Transport for FastBatch {
             self.last_batched = false;
             return self.plain.publish(token, subject, headers, payload).await;
         };
-        if self.batches.back().is_none_or(|b| b.committing) {
+        if self.ledger.batches.back().is_none_or(|b| b.committing) {
             self.next_id += 1;
-            let nuid = self.inbox.rsplit('.').next().unwrap_or_default();
-            self.batches.push_back(Batch {
+            let nuid = self.ledger.inbox.rsplit('.').next().unwrap_or_default();
+            self.ledger.batches.push_back(Batch {
                 id: format!("{nuid}{}", self.next_id),
                 seq: 0,
                 members: VecDeque::new(),
@@ -405,15 +416,15 @@ impl Transport for FastBatch {
                 subject: subject.clone(),
             });
         }
-        let open = self.batches.back().map(|b| b.id.clone());
-        while self.must_wait() {
+        let open = self.ledger.batches.back().map(|b| b.id.clone());
+        while self.ledger.must_wait() {
             match self.replies.next().await {
-                Some(message) => self.handle(message),
+                Some(message) => self.receive(&message),
                 None => return Err(SendError { reason: "the NATS connection closed".into(), refused: false }),
             }
         }
         // The batch ended while waiting (an error): this message goes on its own, answered on its own.
-        let Some(b) = self.batches.back_mut().filter(|b| Some(&b.id) == open.as_ref() && !b.committing) else {
+        let Some(b) = self.ledger.batches.back_mut().filter(|b| Some(&b.id) == open.as_ref() && !b.committing) else {
             self.last_batched = false;
             return self.plain.publish(token, subject, headers, payload).await;
         };
@@ -430,7 +441,7 @@ impl Transport for FastBatch {
                 ),
             }
         })?;
-        if let Some(b) = self.batches.back_mut() {
+        if let Some(b) = self.ledger.batches.back_mut() {
             b.seq = seq;
             b.subject = subject;
             b.members.push_back(Member { seq, token, expected: last + 1 });
@@ -443,13 +454,13 @@ impl Transport for FastBatch {
 
     async fn next_reply(&mut self) -> Option<Reply> {
         loop {
-            if let Some(reply) = self.ready.pop_front() {
+            if let Some(reply) = self.ledger.ready.pop_front() {
                 return Some(reply);
             }
-            let commit_due = self.commit_due();
+            let commit_due = self.ledger.commit_due();
             tokio::select! {
                 biased;
-                message = self.replies.next() => self.handle(message?),
+                message = self.replies.next() => self.receive(&message?),
                 reply = self.plain.next_reply() => return reply,
                 () = &mut self.quiet, if commit_due => self.commit().await,
             }
@@ -478,6 +489,115 @@ mod tests {
         assert!(!server_supports("2.9.10"));
         assert!(!server_supports("2.12.1"));
         assert!(!server_supports(""));
+    }
+
+    const INBOX: &str = "_INBOX.abc";
+
+    /// A ledger with one started batch `b1` of `n` messages sent (tokens 0.., batch sequences 1..), the fence
+    /// starting at stream sequence `first`.
+    fn ledger(n: u64, first: u64) -> Ledger {
+        let mut l = Ledger { inbox: INBOX.into(), ..Ledger::default() };
+        let members = (1..=n).map(|seq| Member { seq, token: seq - 1, expected: first + seq - 1 }).collect();
+        l.batches.push_back(Batch {
+            id: "b1".into(),
+            seq: n,
+            members,
+            started: false,
+            flow: 1,
+            acked: 0,
+            committing: false,
+            failure: None,
+            subject: Subject::from("outbox.a.b"),
+        });
+        l
+    }
+
+    /// The server's reply about message `seq` of `b1`.
+    fn reply(l: &mut Ledger, seq: u64, body: &str) {
+        l.handle(&format!("{INBOX}.b1.256.fail.{seq}.1.$FI"), false, body.as_bytes());
+    }
+
+    /// (token, stored sequence or error code) of the answers so far.
+    fn answers(l: &mut Ledger) -> Vec<(u64, Result<u64, u64>)> {
+        l.ready.drain(..).map(|r| (r.token, r.outcome.map(|s| s.sequence).map_err(|e| e.code))).collect()
+    }
+
+    #[test]
+    fn a_flow_ack_answers_the_messages_before_it_and_holds_back_its_own() {
+        let mut l = ledger(6, 11);
+        reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":2}"#);
+        assert!(l.batches[0].started && answers(&mut l).is_empty());
+        reply(&mut l, 4, r#"{"type":"ack","seq":4,"msgs":4}"#);
+        assert_eq!(answers(&mut l), [(0, Ok(11)), (1, Ok(12)), (2, Ok(13))]);
+        assert_eq!((l.batches[0].acked, l.batches[0].flow), (4, 4));
+        // An old ack again changes nothing.
+        reply(&mut l, 2, r#"{"type":"ack","seq":2,"msgs":4}"#);
+        assert!(answers(&mut l).is_empty());
+        // The final pub ack of the commit (op 3 as message 7): the last message stored at its fenced sequence.
+        l.handle(&format!("{INBOX}.b1.256.fail.7.3.$FI"), false, br#"{"stream":"S","seq":16,"batch":"b1","count":6}"#);
+        assert_eq!(answers(&mut l), [(3, Ok(14)), (4, Ok(15)), (5, Ok(16))]);
+        assert!(l.batches.is_empty());
+    }
+
+    #[test]
+    fn a_final_pub_ack_short_of_the_fence_refuses_the_first_unstored_message() {
+        // Messages 5 and 6 were dropped as duplicates: the stream ends at 14, not 16.
+        let mut l = ledger(6, 11);
+        reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":2}"#);
+        reply(&mut l, 7, r#"{"stream":"S","seq":14,"batch":"b1","count":6}"#);
+        assert_eq!(answers(&mut l), [(0, Ok(11)), (1, Ok(12)), (2, Ok(13)), (3, Ok(14)), (4, Err(0)), (5, Err(0))]);
+    }
+
+    #[test]
+    fn a_failed_fence_check_refuses_that_message_and_ends_the_batch() {
+        let mut l = ledger(5, 1);
+        reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":10}"#);
+        let err =
+            r#"{"type":"err","seq":3,"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 1"}}"#;
+        reply(&mut l, 3, err);
+        assert_eq!(answers(&mut l), [(2, Err(super::super::transport::WRONG_LAST_SEQUENCE))]);
+        reply(&mut l, 5, r#"{"stream":"S","seq":2,"batch":"b1","count":2}"#);
+        assert_eq!(answers(&mut l), [(0, Ok(1)), (1, Ok(2)), (3, Err(0)), (4, Err(0))]);
+        assert!(l.batches.is_empty());
+    }
+
+    #[test]
+    fn a_gap_or_an_unknown_batch_ends_it_with_errors() {
+        let mut l = ledger(3, 1);
+        reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":10}"#);
+        reply(&mut l, 3, r#"{"type":"gap","last_seq":2,"seq":3}"#);
+        reply(&mut l, 3, r#"{"stream":"S","seq":1,"batch":"b1","count":1}"#);
+        let got = l.ready.drain(..).collect::<Vec<_>>();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].outcome, Ok(Stored { sequence: 1, duplicate: false }));
+        assert!(got[1].outcome.as_ref().is_err_and(|e| e.reason.contains("gap")), "{got:?}");
+        let mut l = ledger(3, 1);
+        reply(
+            &mut l,
+            3,
+            r#"{"error":{"code":400,"err_code":10208,"description":"batch publish ID unknown"},"stream":"S","seq":0}"#,
+        );
+        assert_eq!(answers(&mut l), [(2, Err(10208)), (0, Err(0)), (1, Err(0))]);
+    }
+
+    #[test]
+    fn a_duplicate_first_message_is_answered_as_a_plain_publish_would_be() {
+        let mut l = ledger(1, 8);
+        reply(&mut l, 1, r#"{"stream":"S","seq":3,"duplicate":true,"batch":"b1","count":1}"#);
+        let got = l.ready.pop_front().expect("answer");
+        assert_eq!((got.token, got.outcome), (0, Ok(Stored { sequence: 3, duplicate: true })));
+    }
+
+    #[test]
+    fn waits_for_the_first_reply_and_at_most_two_flow_windows() {
+        let mut l = ledger(7, 1);
+        assert!(l.must_wait(), "before the first reply");
+        reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":4}"#);
+        assert!(!l.must_wait());
+        l.batches[0].seq = 8;
+        assert!(l.must_wait(), "two windows of 4 unacked");
+        reply(&mut l, 4, r#"{"type":"ack","seq":4,"msgs":4}"#);
+        assert!(!l.must_wait() && l.commit_due());
     }
 
     #[test]
