@@ -50,6 +50,8 @@ fn usage_and_configuration_errors_exit_2_before_connecting() {
         (vec!["run", "--publish-timeout", "0s"], vec![], "--publish-timeout"),
         (vec!["run", "--progress-interval", "0s"], vec![], "--progress-interval"),
         (vec!["run", "--replay-retention", "0s"], vec![], "--replay-retention"),
+        (vec!["run", "--nats-batch", "on"], vec![], "--nats-batch"),
+        (vec!["run"], vec![("WALRELAY_NATS_BATCH", "always")], "--nats-batch"),
         (vec!["run", "--config", unknown_key.to_str().unwrap()], vec![], "no_such_option"),
         (vec!["run"], vec![("WALRELAY_CONFIG", missing.to_str().unwrap())], "does not exist"),
     ];
@@ -87,6 +89,7 @@ fn help_documents_every_option_with_its_environment_variable() {
         ("--nats-tls-cert", "WALRELAY_NATS_TLS_CERT"),
         ("--nats-tls-key", "WALRELAY_NATS_TLS_KEY"),
         ("--nats-tls-first", "WALRELAY_NATS_TLS_FIRST"),
+        ("--nats-batch", "WALRELAY_NATS_BATCH"),
     ] {
         assert!(help.contains(flag) && help.contains(env), "{flag} / {env} missing from --help:\n{help}");
     }

@@ -712,6 +712,15 @@ mod tests {
     }
 
     #[test]
+    fn nats_batch_is_auto_by_default_or_off() {
+        let batch =
+            |value: &str| Settings::validate(RawSettings { nats_batch: value.into(), ..RawSettings::default() });
+        assert_eq!(Settings::validate(RawSettings::default()).ok().map(|s| s.nats_batch), Some(NatsBatch::Auto));
+        assert_eq!(batch("off").ok().map(|s| s.nats_batch), Some(NatsBatch::Off));
+        assert!(matches!(batch("on"), Err(ConfigError::Invalid { option: "--nats-batch", .. })));
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("--x", "90s").ok(), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("--x", "10m").ok(), Some(Duration::from_secs(600)));
