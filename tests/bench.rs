@@ -68,6 +68,32 @@ fn one_run_prints_every_phase_as_one_json_object() {
     assert!((1..2000).contains(&big["drain"]["events"].as_u64().unwrap()), "{big}");
     assert!(big["relay_peak_rss_kib"].as_u64().unwrap() > 1000);
     assert_eq!(r["instructions"], Value::Null);
+    // The tests' nats-server (Debian's 2.9.10 unless WALRELAY_NATS_SERVER, cleared here, names another) has no fast
+    // batch: per-message acks, in the drain and the ceiling alike.
+    assert_eq!((&r["environment"]["publish_mode"], &ceiling["mode"]), (&"per-message".into(), &"per-message".into()));
+}
+
+/// `--nats-server` picks the server: a current one (2.14+) gets fast-batch publishing, in the drain and the JetStream
+/// ceiling alike, and the human lines say so.
+#[test]
+fn a_current_nats_server_is_benchmarked_in_fast_batch_mode() {
+    let server = walrelay_tests::walrelay_testkit::locate::nats_server_new().unwrap();
+    let server = server.to_str().unwrap();
+    let args = ["--events", "2000", "--latency-events", "0", "--big-txn-rows", "0", "--nats-server", server];
+    let out = bench(&[&args[..], &["--json"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["environment"]["nats_server"].as_str().unwrap().starts_with("2.1"), "{}", r["environment"]);
+    assert_eq!(r["environment"]["publish_mode"], "fast-batch");
+    assert_eq!(r["jetstream_ceiling"]["mode"], "fast-batch");
+    let out = bench(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().next().unwrap().ends_with(", publish mode: fast batch"), "{text}");
+    assert!(text.contains("its publisher (fast batch) and window 1024"), "{text}");
+    let out = bench(&["--nats-server", "/nonexistent/nats-server"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nats-server"));
 }
 
 #[test]

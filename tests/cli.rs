@@ -54,6 +54,8 @@ fn usage_and_configuration_errors_exit_2_before_connecting() {
         (vec!["run"], vec![("WALRELAY_NATS_SYNC_INTERVAL", "-1s")], "--nats-sync-interval"),
         (vec!["verify", "--from", "yesterday"], vec![], "--from"),
         (vec!["verify", "--from", "0/10", "--to", "0/5"], vec![], "--to"),
+        (vec!["run", "--nats-batch", "on"], vec![], "--nats-batch"),
+        (vec!["run"], vec![("WALRELAY_NATS_BATCH", "always")], "--nats-batch"),
         (vec!["run", "--config", unknown_key.to_str().unwrap()], vec![], "no_such_option"),
         (vec!["run"], vec![("WALRELAY_CONFIG", missing.to_str().unwrap())], "does not exist"),
     ];
@@ -92,6 +94,7 @@ fn help_documents_every_option_with_its_environment_variable() {
         ("--nats-tls-key", "WALRELAY_NATS_TLS_KEY"),
         ("--nats-tls-first", "WALRELAY_NATS_TLS_FIRST"),
         ("--nats-sync-interval", "WALRELAY_NATS_SYNC_INTERVAL"),
+        ("--nats-batch", "WALRELAY_NATS_BATCH"),
     ] {
         assert!(help.contains(flag) && help.contains(env), "{flag} / {env} missing from --help:\n{help}");
     }

@@ -579,6 +579,16 @@ fn light_load() -> Load {
     Load { producers: 3, batch: 1..=20, per_producer: u64::MAX, pause_per_row: Duration::from_micros(500) }
 }
 
+/// Fast-batch publishing (issue 21) is in use exactly when the server has it: the relay's start line says which
+/// publish mode its session runs (run these scenarios with WALRELAY_NATS_SERVER naming a 2.14+ nats-server to cover
+/// fast batch).
+fn assert_publish_mode(label: &str, js: &jetstream::Context, relay: &Process) {
+    let version = js.client().server_info().version;
+    let fast = relay.output().contains("publish_mode=\"fast-batch\"");
+    eprintln!("{label}: nats-server {version}, publish mode: {}", if fast { "fast batch" } else { "per-message acks" });
+    assert_eq!(fast, walrelay_core::sink::batch::server_supports(&version), "{label}: publish mode");
+}
+
 fn run_args(extra: &[&'static str]) -> Vec<&'static str> {
     let mut args = vec!["--publish-timeout", PUBLISH_TIMEOUT];
     args.extend_from_slice(extra);
@@ -594,6 +604,7 @@ where
     let mut rng = Rng::seeded(label);
     let relay = env.spawn_run(&run_args(&[]));
     let js = env.js().await;
+    assert_publish_mode(label, &js, &relay);
     let producers = Producers::start(&env.pg_url(), &light_load(), &mut rng);
     wait_growth(&js, &env.stream, 0, 300, Duration::from_secs(60), &relay).await;
     tokio::time::sleep(rng.millis(0..=500)).await;
@@ -637,6 +648,7 @@ async fn relay_killed_at_20_random_moments_during_100k_events() {
     let js = env.js().await;
     let load = Load { producers: 4, batch: 50..=200, per_producer: 25_000, pause_per_row: Duration::from_micros(800) };
     let mut relay = env.spawn_run(&run_args(&[]));
+    assert_publish_mode(label, &js, &relay);
     let producers = Producers::start(&env.pg_url(), &load, &mut rng);
     let started = Instant::now();
     for kill in 1..=20 {
@@ -769,6 +781,7 @@ async fn nats_cluster_stream_leader_killed() {
         .expect("spawn relay");
     relay.wait_for_output("relay started", Duration::from_secs(60)).expect("relay started");
     let js = jetstream::new(async_nats::connect(cluster.url_list().as_slice()).await.expect("connect nats cluster"));
+    assert_publish_mode(label, &js, &relay);
     let producers = Producers::start(&pg_url, &light_load(), &mut rng);
     wait_growth(&js, &stream, 0, 300, Duration::from_secs(60), &relay).await;
     tokio::time::sleep(rng.millis(0..=500)).await;

@@ -572,3 +572,56 @@ async fn a_stream_ahead_of_the_servers_wal_stops_run_instead_of_skipping() {
     assert!(output.contains("beyond this server's WAL position") && output.contains("stream OUTBOX"), "{output}");
     assert_eq!(stream_count(&js, &env.stream).await, 1, "nothing published");
 }
+
+/// The value of an unlabelled metric in a Prometheus scrape.
+fn metric(body: &str, name: &str) -> Option<u64> {
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Fast-batch publishing (issue 21) on a current nats-server: the stream walrelay creates allows it, every event goes
+/// out in a fast batch (`walrelay_batched_publishes_total` = the number of events), and the stream holds every event
+/// once, in commit order, at the sequences the fence gave them; with `--nats-batch off` the same server gets
+/// per-message acks and a stream without `allow_batched`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_batch_is_used_on_a_current_server_unless_turned_off() {
+    use walrelay_tests::{http_get, walrelay_testkit::locate};
+    for mode in ["auto", "off"] {
+        let nats = Nats::builder().bin(locate::nats_server_new().unwrap()).start().unwrap();
+        let env = Env::with(Postgres::start().unwrap(), nats);
+        let mut setup = env.walrelay(&["setup", "--nats-batch", mode]);
+        assert!(setup.output().unwrap().status.success(), "{mode}: setup");
+        let addr = format!("127.0.0.1:{}", walrelay_tests::walrelay_testkit::free_port());
+        let relay = env.spawn_run(&["--nats-batch", mode, "--metrics-addr", &addr]);
+        if mode == "auto" {
+            relay.wait_for_output("publish_mode=\"fast-batch\"", LONG).unwrap();
+        }
+        let pg = env.client().await;
+        // A burst (4 transactions of 1000) and then single events, which the quiet commit acks.
+        let mut expected = Vec::new();
+        for t in 0..4 {
+            expected.extend(insert_events(&pg, "f", t * 1000, 1000).await);
+        }
+        let js = env.js().await;
+        wait_stream_count(&js, &env.stream, 4000, LONG).await;
+        for i in 0..3 {
+            expected.extend(insert_events(&pg, "g", i, 1).await);
+            wait_stream_count(&js, &env.stream, 4001 + i, LONG).await;
+        }
+        let n = expected.len() as u64;
+        wait_for("every event acked", LONG, || async {
+            http_get(&addr, "/metrics").is_some_and(|(_, b)| metric(&b, "walrelay_events_acked_total") == Some(n))
+        })
+        .await;
+        let (_, body) = http_get(&addr, "/metrics").unwrap();
+        let batched = metric(&body, "walrelay_batched_publishes_total");
+        assert_eq!(metric(&body, "walrelay_events_published_total"), Some(n), "{mode}: {body}");
+        assert_eq!(batched, Some(if mode == "auto" { n } else { 0 }), "{mode}: {body}");
+        assert!(body.contains("# HELP walrelay_batched_publishes_total"), "{body}");
+        let messages = stream_messages(&js, &env.stream).await;
+        assert_eq!(messages.iter().map(|m| m.id().to_owned()).collect::<Vec<_>>(), expected, "{mode}");
+        assert!(messages.iter().enumerate().all(|(i, m)| m.sequence == i as u64 + 1), "{mode}: sequences");
+        let info = js.get_stream(&env.stream).await.unwrap().info().await.unwrap().clone();
+        assert_eq!(info.config.allow_batch_publish, mode == "auto", "{mode}: allow_batched");
+        stop(&relay);
+    }
+}

@@ -89,6 +89,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Gauge,
         "Events JetStream acked that wait for --nats-sync-interval before the slot confirms them.",
     ),
+    (
+        "walrelay_batched_publishes_total",
+        Kind::Counter,
+        "Events published in fast batches (nats-server 2.14+ with allow_batched; one cumulative ack per flow window).",
+    ),
 ];
 
 /// The buckets of [`COMMIT_TO_ACK_SECONDS`], in seconds: from a millisecond (a relay keeping up) to ten minutes (one
@@ -174,6 +179,8 @@ struct Handles {
     slot_invalidated: metrics::Gauge,
     /// Registered at the first limited `safe_wal_size`, so the metric is absent while it is unlimited.
     slot_safe_wal_size: OnceLock<metrics::Gauge>,
+    // Fast-batch publishing (sink::batch).
+    batched: metrics::Counter,
 }
 
 impl Default for Stats {
@@ -200,11 +207,13 @@ impl Stats {
             slot_retained: metrics::gauge!("walrelay_slot_retained_bytes"),
             slot_invalidated: metrics::gauge!("walrelay_slot_invalidated"),
             slot_safe_wal_size: OnceLock::new(),
+            batched: metrics::counter!("walrelay_batched_publishes_total"),
         };
         describe();
         metrics::gauge!("walrelay_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         metrics::gauge!(READY).set(0.0);
         metrics::gauge!(NATS_CONNECTED).set(0.0);
+        metrics.batched.absolute(0);
         for counter in [&metrics.published, &metrics.acked, &metrics.skipped, &metrics.dead_lettered, &metrics.sessions]
         {
             counter.absolute(0);
@@ -226,6 +235,11 @@ impl Stats {
     pub fn published(&self) {
         self.published.fetch_add(1, Ordering::Relaxed);
         self.metrics.published.increment(1);
+    }
+
+    /// An event was sent in a fast batch (besides [`Stats::published`]).
+    pub fn batched(&self) {
+        self.metrics.batched.increment(1);
     }
 
     /// An event was acked by JetStream.

@@ -248,6 +248,12 @@ struct GlobalArgs {
     #[arg(long, env = "WALRELAY_HEADER_COLUMNS", global = true, help_heading = "Mapping")]
     #[serde(skip_serializing_if = "Option::is_none")]
     header_columns: Option<String>,
+    // Fast-batch publishing (design.md §4, issue 21).
+    /// JetStream publish mode: auto (fast-batch publishing when nats-server 2.14+ and the stream's allow_batched
+    /// allow it, per-message acks otherwise) | off (always per-message acks) [default: auto]
+    #[arg(long, env = "WALRELAY_NATS_BATCH", global = true, help_heading = "NATS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_batch: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -48,6 +48,29 @@ pub enum OnInvalid {
     DeadLetter,
 }
 
+/// `--nats-batch`: how the publisher talks to JetStream (design.md §4, issue 21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatsBatch {
+    /// Fast-batch publishing (ADR-50) when the server (2.14+) and the stream (`allow_batched`) allow it,
+    /// per-message acks otherwise.
+    #[default]
+    Auto,
+    /// Always one publish ack per message.
+    Off,
+}
+
+impl FromStr for NatsBatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "off" => Ok(Self::Off),
+            other => Err(format!("expected `auto` or `off`, got `{other}`")),
+        }
+    }
+}
+
 impl FromStr for OnInvalid {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -117,6 +140,8 @@ pub struct RawSettings {
     pub cloudevents: String,
     pub cloudevents_source: Option<String>,
     pub header_columns: Option<String>,
+    // Fast-batch publishing (design.md §4, issue 21).
+    pub nats_batch: String,
 }
 
 impl Default for RawSettings {
@@ -169,6 +194,7 @@ impl Default for RawSettings {
             cloudevents: "off".into(),
             cloudevents_source: None,
             header_columns: None,
+            nats_batch: "auto".into(),
         }
     }
 }
@@ -398,6 +424,9 @@ pub struct Settings {
     pub cloudevents_source: Option<String>,
     /// `--header-columns`, parsed.
     pub header_columns: Vec<crate::mapping::header_columns::HeaderColumn>,
+    // Fast-batch publishing (design.md §4, issue 21).
+    /// `--nats-batch`: fast-batch publishing when the server and stream allow it (`auto`), or never (`off`).
+    pub nats_batch: NatsBatch,
 }
 
 impl Settings {
@@ -487,6 +516,11 @@ impl Settings {
         let on_invalid = raw.on_invalid.parse().map_err(|reason| ConfigError::Invalid {
             option: "--on-invalid",
             value: raw.on_invalid.clone(),
+            reason,
+        })?;
+        let nats_batch = raw.nats_batch.parse().map_err(|reason| ConfigError::Invalid {
+            option: "--nats-batch",
+            value: raw.nats_batch.clone(),
             reason,
         })?;
         let duplicate_window = parse_duration("--duplicate-window", &raw.duplicate_window)?;
@@ -609,6 +643,7 @@ impl Settings {
                 }
             },
             pg_password,
+            nats_batch,
         })
     }
 
@@ -816,6 +851,15 @@ mod tests {
         assert_eq!(parse_size("--max-lag", "100").ok(), Some(100));
         assert!(matches!(parse_size("--max-lag", "12 parsecs"), Err(ConfigError::Invalid { .. })));
         assert!(matches!(parse_size("--max-lag", "MB"), Err(ConfigError::Invalid { .. })));
+    }
+
+    #[test]
+    fn nats_batch_is_auto_by_default_or_off() {
+        let batch =
+            |value: &str| Settings::validate(RawSettings { nats_batch: value.into(), ..RawSettings::default() });
+        assert_eq!(Settings::validate(RawSettings::default()).ok().map(|s| s.nats_batch), Some(NatsBatch::Auto));
+        assert_eq!(batch("off").ok().map(|s| s.nats_batch), Some(NatsBatch::Off));
+        assert!(matches!(batch("on"), Err(ConfigError::Invalid { option: "--nats-batch", .. })));
     }
 
     #[test]

@@ -637,7 +637,34 @@ async fn stream_checks(
     } else {
         checks.ok("duplicate_window", detail);
     }
+    publish_mode_check(js, settings, config.allow_batch_publish, checks);
     Some((storage, config.num_replicas))
+}
+
+/// How `run` will publish to this stream (`--nats-batch`, sink::batch): fast batch needs nats-server 2.14+ and the
+/// stream's `allow_batched`, which `setup` and `run` set only on streams they create.
+fn publish_mode_check(js: &jetstream::Context, settings: &Settings, allow_batched: bool, checks: &mut Checks) {
+    let name = &settings.stream;
+    let version = js.client().server_info().version;
+    if settings.nats_batch == crate::config::NatsBatch::Off {
+        checks.ok("publish_mode", "per-message acks (--nats-batch off)");
+    } else if !crate::sink::batch::server_supports(&version) {
+        checks.ok(
+            "publish_mode",
+            format!("per-message acks: nats-server {version} has no fast-batch publishing (2.14+)"),
+        );
+    } else if allow_batched {
+        checks.ok("publish_mode", format!("fast batch: {name} has allow_batched"));
+    } else {
+        checks.warn(
+            "publish_mode",
+            format!("per-message acks: {name} does not allow fast-batch publishing (allow_batched is off)"),
+            format!(
+                "set allow_batched on the stream (a JetStream stream update of {name} with \"allow_batched\": true, e.g. \
+                 `nats stream edit {name} --config <file>`), or keep per-message acks with --nats-batch off"
+            ),
+        );
+    }
 }
 
 async fn query_one<T>(control: &Client, sql: &str, context: &str) -> Result<T, SourceError>

@@ -35,8 +35,11 @@ use crate::{
     config::Settings,
     mapping::event::Position,
     mapping::outbox::InvalidEvent,
-    sink::publisher::{PublishError, Publisher},
     sink::stream::{self, HighWater, Probe, StreamProbe},
+    sink::{
+        batch::{self, BatchOptions},
+        publisher::{PublishError, Publisher},
+    },
     source::replication::{self, ReplicationStream, StartAt},
     source::slot,
     source::standby,
@@ -141,6 +144,10 @@ struct Relay<'a> {
     /// The newest message a session confirmed after a durability check (`--nats-sync-interval`): a later session
     /// that finds the stream without it reports events lost beyond what the slot holds.
     durable: Option<Mark>,
+    /// Events the next session publishes with per-message acks before it uses fast batches again: after a session
+    /// that failed while publishing in fast batches, so that a duplicate or refusal the batch could not pin to its
+    /// event shows up exactly, as without fast batch (sink::batch).
+    per_message_first: usize,
 }
 
 /// Runs the relay until shutdown (Ok) or a permanent error. A stop ends with one line, `stopped`, naming the LSN
@@ -188,6 +195,7 @@ async fn supervise(settings: &Settings, shutdown: watch::Receiver<bool>, stats: 
         reused_id: None,
         held: None,
         durable: None,
+        per_message_first: 0,
     };
     attempt = 0;
     let mut repeats = Repeats::default();
@@ -346,6 +354,11 @@ impl Relay<'_> {
         info.check()?;
         let (client, js, mut rejection) = stream::connect_watched(settings).await?;
         let (handle, _) = stream::ensure(&js, settings, !settings.no_create).await?;
+        let batch = BatchOptions {
+            enabled: batch::enabled(settings, &client, &handle.cached_info().config),
+            flow: batch::flow_for(settings.max_in_flight),
+            per_message_first: std::mem::take(&mut self.per_message_first),
+        };
         let probe = StreamProbe::new(handle);
         let mut hw = stream::high_water(&js, &settings.stream).await?;
         if let Some((position, sequence)) = self.held.filter(|&(_, sequence)| hw.last_sequence >= sequence) {
@@ -401,6 +414,7 @@ impl Relay<'_> {
             nats_version = %client.server_info().version,
             standby = server.in_recovery,
             timeline = server.timeline.unwrap_or(0),
+            publish_mode = if batch.enabled { "fast-batch" } else { "per-message" },
             "relay started"
         );
         self.log_resume(&server, confirmed, &hw);
@@ -408,7 +422,7 @@ impl Relay<'_> {
             settings,
             shutdown: self.shutdown.clone(),
             stats: &self.stats,
-            publisher: Publisher::fenced(&client, hw.last_sequence, settings.publish_timeout).await?,
+            publisher: Publisher::fast_batch(&client, hw.last_sequence, settings.publish_timeout, batch).await?,
             checkpoint: checkpoint.confirmed_from(confirmed),
             assembler,
             open_tag: None,
@@ -421,6 +435,9 @@ impl Relay<'_> {
             result = session.main_loop(&mut repl, &mut rejection) => result,
             never = watch_slot(&control, &settings.slot, settings.progress_interval, &self.stats) => match never {},
         };
+        if result.is_err() && session.publisher.transport().batched_total() > 0 {
+            self.per_message_first = settings.max_in_flight;
+        }
         // Whatever happened: collect what is acked, confirm it, and end the replication session.
         let confirmed = session.settle().await;
         if let Some(mark) = session.checkpoint.durable() {

@@ -312,6 +312,9 @@ impl<X: Transport> Session<'_, X> {
                 self.checkpoint.published(tag);
                 self.commit_times.published(tag);
                 self.stats.published();
+                if self.publisher.transport().last_batched() {
+                    self.stats.batched();
+                }
             }
             Assembled::Nothing | Assembled::Stopped { .. } => {}
         }

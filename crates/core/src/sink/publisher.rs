@@ -248,7 +248,7 @@ impl<T> Publisher<T, NatsTransport> {
 }
 
 /// The transport over `client`; a failed subscription to the acks is a connection error naming the server.
-async fn transport(client: &async_nats::Client) -> Result<NatsTransport, PublishError> {
+pub(super) async fn transport(client: &async_nats::Client) -> Result<NatsTransport, PublishError> {
     NatsTransport::new(client).await.map_err(|e| {
         let info = client.server_info();
         let url = format!("nats://{}:{}", info.host, info.port);

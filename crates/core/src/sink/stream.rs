@@ -45,9 +45,12 @@ pub fn stream_subjects(settings: &Settings) -> Vec<String> {
     subjects
 }
 
-/// The stream configuration walrelay creates.
-pub fn stream_config(settings: &Settings) -> stream::Config {
+/// The stream configuration walrelay creates on a server of `server_version`: with `allow_batched` (fast-batch
+/// publishing, [`super::batch`]) where the server has it and `--nats-batch` is not `off`.
+pub fn stream_config(settings: &Settings, server_version: &str) -> stream::Config {
     stream::Config {
+        allow_batch_publish: settings.nats_batch == crate::config::NatsBatch::Auto
+            && super::batch::server_supports(server_version),
         name: settings.stream.clone(),
         subjects: stream_subjects(settings),
         storage: stream::StorageType::File,
@@ -86,7 +89,8 @@ pub async fn ensure(
             if !create {
                 return Err(PublishError::MissingStream { stream: settings.stream.clone() });
             }
-            let s = match js.create_stream(stream_config(settings)).await {
+            let version = js.client().server_info().version;
+            let s = match js.create_stream(stream_config(settings, &version)).await {
                 Ok(s) => s,
                 Err(err)
                     if matches!(err.kind(), jetstream::context::CreateStreamErrorKind::JetStream(e)
@@ -98,7 +102,8 @@ pub async fn ensure(
                     return Err(PublishError::Stream { stream: settings.stream.clone(), reason: err.to_string() })
                 }
             };
-            tracing::info!(stream = %settings.stream, subjects = ?stream_subjects(settings), "stream created");
+            let allow_batched = s.cached_info().config.allow_batch_publish;
+            tracing::info!(stream = %settings.stream, subjects = ?stream_subjects(settings), allow_batched, "stream created");
             Ok((s, true))
         }
         Err(err) => Err(PublishError::Stream { stream: settings.stream.clone(), reason: err.to_string() }),

@@ -70,6 +70,16 @@ pub trait Transport: Send {
 
     /// The next reply; `None` when no reply can come any more (the connection is closed). Cancel-safe.
     fn next_reply(&mut self) -> impl Future<Output = Option<Reply>> + Send;
+
+    /// Whether the last message handed over went out in a fast batch ([`super::batch`]) rather than with its own ack.
+    fn last_batched(&self) -> bool {
+        false
+    }
+
+    /// How many messages went out in fast batches so far.
+    fn batched(&self) -> u64 {
+        0
+    }
 }
 
 /// [`Transport`] over an async-nats connection: reply subjects `<inbox>.<token>`, one subscription for all replies.

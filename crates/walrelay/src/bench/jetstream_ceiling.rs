@@ -12,11 +12,15 @@ use serde::Serialize;
 use walrelay_core::{
     config::Settings,
     mapping::event::{header, Event, Position},
-    sink::{publisher::Publisher, stream},
+    sink::{
+        batch::{self, BatchOptions},
+        publisher::Publisher,
+        stream,
+    },
 };
 
 use super::{
-    lab::{Lab, STREAM},
+    lab::{Lab, PublishMode, STREAM},
     procfs::{Mark, Throughput, Watched},
     stored::StoredMessage,
 };
@@ -33,6 +37,8 @@ pub(super) struct Ceiling {
     pub warmup: u64,
     /// The publisher's window (the relay's `--max-in-flight`).
     pub window: usize,
+    /// How it published: as the relay did in the drain.
+    pub mode: PublishMode,
     /// The timed part: messages, seconds, msgs/s, CPU of this process (the publisher) and nats-server per message.
     #[serde(flatten)]
     pub throughput: Throughput,
@@ -67,7 +73,7 @@ impl WireMessage {
 
 /// Measures the ceiling with the messages the relay `sent` (in stream order). Deletes the relay's stream first:
 /// JetStream streams cannot share subjects.
-pub(super) async fn measure(lab: &Lab, sent: &[StoredMessage]) -> anyhow::Result<Ceiling> {
+pub(super) async fn measure(lab: &Lab, sent: &[StoredMessage], mode: PublishMode) -> anyhow::Result<Ceiling> {
     anyhow::ensure!(!sent.is_empty(), "no relayed messages to rebuild");
     let len = sent.len() as u64;
     let count = len.max(MIN_MESSAGES);
@@ -92,15 +98,15 @@ pub(super) async fn measure(lab: &Lab, sent: &[StoredMessage]) -> anyhow::Result
         .flatten()
         .collect();
     let window = raw.max_in_flight;
-    let (first, last) = publish(&lab.nats_client, &raw, messages, warmup, &watched).await?;
+    let (first, last) = publish(&lab.nats_client, &raw, messages, warmup, &watched, mode).await?;
     let stored = lab.stream_count(RAW_STREAM).await;
     anyhow::ensure!(stored == warmup + count, "stream {RAW_STREAM} holds {stored} messages, {} sent", warmup + count);
     lab.js.delete_stream(RAW_STREAM).await?;
-    Ok(Ceiling { warmup, window, throughput: Throughput::between(&first, &last) })
+    Ok(Ceiling { warmup, window, mode, throughput: Throughput::between(&first, &last) })
 }
 
-/// Publishes `messages` through the relay's [`Publisher`] (fenced, as `run` publishes) with the relay's window and
-/// publish timeout from `settings`; the first `warmup` are sent and acked before the first mark. Returns the marks
+/// Publishes `messages` through the relay's [`Publisher`] (fenced, as `run` publishes, in fast batches when `mode`
+/// says so) with the relay's window and publish timeout from `settings`; the first `warmup` are sent and acked before the first mark. Returns the marks
 /// around the timed part. The one place that knows the publisher's API.
 async fn publish(
     client: &async_nats::Client,
@@ -108,6 +114,7 @@ async fn publish(
     messages: Vec<WireMessage>,
     warmup: u64,
     watched: &[Watched],
+    mode: PublishMode,
 ) -> anyhow::Result<(Mark, Mark)> {
     let table: Arc<str> = Arc::from("public.outbox");
     let position = Position { commit_lsn: pgoutput::Lsn::ZERO, index: 0 };
@@ -125,7 +132,9 @@ async fn publish(
         .collect();
     let total = events.len() as u64;
     let window = settings.max_in_flight;
-    let mut publisher = Publisher::fenced(client, 0, settings.publish_timeout).await?;
+    let options =
+        BatchOptions { enabled: mode == PublishMode::FastBatch, flow: batch::flow_for(window), per_message_first: 0 };
+    let mut publisher = Publisher::fast_batch(client, 0, settings.publish_timeout, options).await?;
     let mut first = None;
     for (i, event) in (0u64..).zip(events) {
         if i == warmup {

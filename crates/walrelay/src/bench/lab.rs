@@ -53,10 +53,15 @@ impl Lab {
     pub async fn start(
         max_in_flight: usize,
         relay: PathBuf,
+        nats_server: Option<PathBuf>,
         cloudevents: walrelay_core::mapping::cloudevents::Mode,
     ) -> anyhow::Result<Self> {
         let (pg, nats) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Postgres, Nats)> {
-            Ok((Postgres::start().context("starting PostgreSQL")?, Nats::start().context("starting nats-server")?))
+            let mut nats = Nats::builder();
+            if let Some(bin) = nats_server {
+                nats = nats.bin(bin);
+            }
+            Ok((Postgres::start().context("starting PostgreSQL")?, nats.start().context("starting nats-server")?))
         })
         .await??;
         pg.psql(walrelay_core::mapping::outbox::DEFAULT_TABLE_DDL)?;
@@ -157,7 +162,8 @@ impl Lab {
             "--max-in-flight",
             &self.settings.max_in_flight.to_string(),
             "--log",
-            "warn",
+            // The session's start line says which publish mode it runs (PublishMode).
+            "warn,walrelay_core::relay=info",
         ]);
         // Only when asked for: a relay executable older than --cloudevents still runs the bench without it.
         if self.settings.cloudevents != walrelay_core::mapping::cloudevents::Mode::Off {
@@ -187,6 +193,16 @@ impl Relay {
         self.process.pid()
     }
 
+    /// The publish mode its session runs, from its `relay started` line (a build without fast batch does not name
+    /// one: per-message acks).
+    pub fn publish_mode(&self) -> PublishMode {
+        if self.process.output_tail(200).contains("publish_mode=\"fast-batch\"") {
+            PublishMode::FastBatch
+        } else {
+            PublishMode::PerMessage
+        }
+    }
+
     /// An error with the relay's last output if it exited.
     pub fn ensure_running(&self) -> anyhow::Result<()> {
         match self.process.exit_status() {
@@ -208,6 +224,25 @@ impl Relay {
             }
         })
         .await?
+    }
+}
+
+/// How the relay publishes to JetStream (`--nats-batch`, sink::batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum PublishMode {
+    /// One publish ack per message.
+    PerMessage,
+    /// Fast-batch publishing (nats-server 2.14+, ADR-50).
+    FastBatch,
+}
+
+impl std::fmt::Display for PublishMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PerMessage => "per-message acks",
+            Self::FastBatch => "fast batch",
+        })
     }
 }
 

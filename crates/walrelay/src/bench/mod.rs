@@ -10,7 +10,8 @@
 //! 3. **walsender ceiling**: the same WAL read from a second slot (created before the backlog) through the project's
 //!    replication session and assembler, nothing published.
 //! 4. **JetStream ceiling**: the messages the relay stored, rebuilt and published by the relay's publisher and
-//!    window into a fresh stream with the same configuration.
+//!    window into a fresh stream with the same configuration, in the publish mode the drain ran (fast batch or
+//!    per-message acks, [`lab::PublishMode`]).
 //! 5. **big transaction**: one transaction of `--big-txn-rows` rows drained by a fresh relay; its peak RSS.
 //!
 //! `--instructions` instead counts the relay's instructions per event under callgrind ([`instructions`]).
@@ -79,17 +80,23 @@ pub struct BenchArgs {
     /// it must take `run` with the flags of design.md §4
     #[arg(long, value_name = "PATH")]
     relay: Option<std::path::PathBuf>,
+    /// The nats-server executable (default: the one the tests use: WALRELAY_NATS_SERVER, then PATH, /usr/sbin,
+    /// /usr/local/bin); e.g. target/servers/bin/nats-server for a current one with fast-batch publishing
+    #[arg(long, value_name = "PATH")]
+    nats_server: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
     /// Checks the numbers and the relay executable before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(relay) = &self.relay {
-            if !relay.is_file() {
+        for (option, path, what) in
+            [("--relay", &self.relay, "walrelay"), ("--nats-server", &self.nats_server, "nats-server")]
+        {
+            if let Some(path) = path.as_ref().filter(|p| !p.is_file()) {
                 return Err(ConfigError::Invalid {
-                    option: "--relay",
-                    value: relay.display().to_string(),
-                    reason: "no such file: give the path of a walrelay executable".into(),
+                    option,
+                    value: path.display().to_string(),
+                    reason: format!("no such file: give the path of a {what} executable"),
                 });
             }
         }
@@ -115,7 +122,7 @@ pub async fn run(args: &BenchArgs, cloudevents: walrelay_core::mapping::cloudeve
         Some(path) => path.clone(),
         None => std::env::current_exe().context("locating the walrelay executable")?,
     };
-    let lab = Lab::start(args.max_in_flight, relay, cloudevents).await?;
+    let lab = Lab::start(args.max_in_flight, relay, args.nats_server.clone(), cloudevents).await?;
     let result = async {
         let mut report = Report::new(environment(&lab).await?);
         if args.instructions {
@@ -147,6 +154,8 @@ async fn measure(lab: &Lab, args: &BenchArgs, report: &mut Report) -> anyhow::Re
     progress("backlog drain: relay started");
     let relay = lab.spawn_relay(MAIN_SLOT, &[])?;
     report.drain = Some(drain::watch(lab, &relay, MAIN_SLOT, (0, events), Poll::Backlog).await?);
+    let mode = relay.publish_mode();
+    report.environment.publish_mode = Some(mode);
     if live_events > 0 {
         progress(&format!("live: {live_events} events at {}/s", args.latency_rate));
         let (offered, acked) = tokio::join!(
@@ -169,7 +178,7 @@ async fn measure(lab: &Lab, args: &BenchArgs, report: &mut Report) -> anyhow::Re
     let sent = stored::read(&lab.js, STREAM, 1, events).await?;
     let payload_bytes = sent.iter().map(|m| m.payload.len()).sum::<usize>() as f64 / sent.len().max(1) as f64;
     report.backlog = Some(Backlog { written, payload_bytes });
-    report.jetstream_ceiling = Some(jetstream_ceiling::measure(lab, &sent).await?);
+    report.jetstream_ceiling = Some(jetstream_ceiling::measure(lab, &sent, mode).await?);
     drop(sent);
     report.compute_ratios();
 
@@ -206,6 +215,7 @@ async fn environment(lab: &Lab) -> anyhow::Result<Environment> {
         postgres,
         nats_server,
         relay: lab.relay.display().to_string(),
+        publish_mode: None,
     })
 }
 

@@ -25,6 +25,9 @@ pub(super) struct Environment {
     pub nats_server: String,
     /// The walrelay executable measured as the relay.
     pub relay: String,
+    /// How the relay published in the drain (the JetStream ceiling publishes the same way); null with
+    /// `--instructions`.
+    pub publish_mode: Option<super::lab::PublishMode>,
 }
 
 /// The backlog the drain starts from.
@@ -139,14 +142,15 @@ impl Report {
         let e = &self.environment;
         let mut lines = vec![format!(
             "environment: {} cores (load average {} at start; other processes may share them), {} build, \
-             PostgreSQL {}, nats-server {}, {}, relay {}",
+             PostgreSQL {}, nats-server {}, {}, relay {}{}",
             e.cores,
             e.load_average.as_deref().unwrap_or("unknown"),
             e.profile,
             e.postgres,
             e.nats_server,
             e.date,
-            e.relay
+            e.relay,
+            e.publish_mode.map(|m| format!(", publish mode: {m}")).unwrap_or_default()
         )];
         if e.profile != "release" {
             lines.push(
@@ -170,9 +174,10 @@ impl Report {
             let t = &c.throughput;
             lines.push(format!(
                 "JetStream ceiling: {} messages (after {} warm-up) with the relay's subjects, headers and ids, its \
-                 publisher and window {}: {:.2}s = {:.0} msgs/s (CPU per message: {})",
+                 publisher ({}) and window {}: {:.2}s = {:.0} msgs/s (CPU per message: {})",
                 t.events,
                 c.warmup,
+                c.mode,
                 c.window,
                 t.secs,
                 t.per_sec,

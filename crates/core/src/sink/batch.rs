@@ -1,0 +1,609 @@
+//! Fast-batch publishing (nats-server 2.14+, ADR-50 "fast ingest"): the same fenced publishes as
+//! [`NatsTransport`], acknowledged by one cumulative flow ack every `flow` messages instead of one ack per message.
+//!
+//! In: wire-ready messages with a token each, as for any [`Transport`]. Out: one [`Reply`] per token, in any order,
+//! exactly as the per-message path gives them, so the [`Publisher`] (order, fence, timeouts) and the ack tracker
+//! behind it take them unchanged: a flow ack for batch sequence `n` is expanded here into one `Stored` reply per
+//! message it covers.
+//!
+//! The control data rides in the reply subject, `<inbox>.<batch id>.<flow>.fail.<batch seq>.<op>.$FI`
+//! (op 0 starts a batch, 1 appends, 3 commits without storing the commit message). Why each message's stream
+//! sequence is known without a per-message ack: every message still carries `Nats-Expected-Last-Sequence` (the
+//! ordering fence, design.md rule 7) and the gap mode is `fail`, so the server stores message `k` only at the
+//! sequence the fence names, and a flow ack for `n` means messages `1..=n` went through in order. The one thing a
+//! flow ack cannot tell is a message JetStream dropped as a duplicate (`Nats-Msg-Id` seen before): the server skips it
+//! silently, and only the next stored message's fence check (which then fails) or the batch's final pub ack (whose
+//! stream sequence then falls short) shows it. So the message a flow ack ends on is held back until the next flow ack
+//! or the final pub ack proves it, and a batch is committed (op 3) whenever the publisher has been quiet for
+//! [`QUIET`] with messages unproven, which also acks a window the flow interval would not complete.
+//!
+//! Flow control: the server says how often it acks (`msgs`, at most the `flow` asked for) and the publisher never
+//! has more than [`OUTSTANDING_ACKS`] flow windows unacked: [`Transport::publish`] waits for acks before sending more.
+//! A new batch waits for the server's first reply (its flow settings) before its second message, as ADR-50 requires.
+//!
+//! Errors: a gap, a failed expected-header check, an abandoned or unknown batch, or a leader change end the batch
+//! with a final pub ack (gap mode `fail`); every message it does not prove stored is answered with a refusal, so the
+//! publisher fails once, the relay drains, re-reads the stream's tail and resumes after it (rule 7). The relay's next
+//! session sends its first events with per-message acks, so a duplicate shows up there with the sequence of the
+//! message holding its id, as without fast batch.
+//! See <https://github.com/nats-io/nats-architecture-and-design/blob/main/adr/ADR-50.md>.
+
+use std::{collections::VecDeque, pin::Pin, time::Duration};
+
+use async_nats::{jetstream::stream, HeaderMap, Subject};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::time::{Instant, Sleep};
+
+use super::{
+    publisher::{PublishError, Publisher},
+    transport::{NatsTransport, Refusal, Reply, SendError, Stored, Transport},
+};
+use crate::{
+    config::{NatsBatch, Settings},
+    mapping::event::header,
+};
+
+/// Flow windows a publisher may have sent and not had acked before it waits (ADR-50: 2 keeps the server busy while
+/// the client waits for the older window's ack).
+pub const OUTSTANDING_ACKS: u64 = 2;
+
+/// How long the publisher sends nothing before it commits the open batch to have its last messages acked.
+pub const QUIET: Duration = Duration::from_millis(2);
+
+/// The most messages per flow ack a client may ask for that the server grants (nats-server caps it at 500).
+const MAX_FLOW: usize = 500;
+
+/// The first nats-server version with fast-batch publishing.
+const FIRST_VERSION: (u64, u64) = (2, 14);
+
+/// Whether a server (its `INFO` version, e.g. `2.15.1`) speaks fast batch.
+pub fn server_supports(version: &str) -> bool {
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= FIRST_VERSION
+}
+
+/// Whether `run` and the benchmark publish in fast batches: `--nats-batch auto`, a 2.14+ server and a stream with
+/// `allow_batched`.
+pub fn enabled(settings: &Settings, client: &async_nats::Client, config: &stream::Config) -> bool {
+    settings.nats_batch == NatsBatch::Auto
+        && server_supports(&client.server_info().version)
+        && config.allow_batch_publish
+}
+
+/// The flow (messages per ack) to ask for: a quarter of the in-flight window, so that [`OUTSTANDING_ACKS`] windows
+/// and the message held back fit in it and the relay never stalls on its own window while an ack is due.
+pub fn flow_for(max_in_flight: usize) -> u16 {
+    u16::try_from((max_in_flight / 4).clamp(1, MAX_FLOW)).unwrap_or(1)
+}
+
+/// How a [`FastBatch`] publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Fast batch at all (otherwise every message goes with its own ack).
+    pub enabled: bool,
+    /// Messages per flow ack to ask for (the server may ack more often).
+    pub flow: u16,
+    /// Send this many messages with per-message acks first (after a session that failed in a batch).
+    pub per_message_first: usize,
+}
+
+/// One message sent in a batch and not yet answered.
+#[derive(Debug)]
+struct Member {
+    /// Its batch sequence.
+    seq: u64,
+    /// The publisher's token.
+    token: u64,
+    /// The stream sequence the fence gives it.
+    expected: u64,
+}
+
+/// One fast batch.
+#[derive(Debug)]
+struct Batch {
+    id: String,
+    /// The last batch sequence sent.
+    seq: u64,
+    members: VecDeque<Member>,
+    /// The server's first reply (its flow settings) came.
+    started: bool,
+    /// Messages per flow ack, as the server last said.
+    flow: u64,
+    /// The batch sequence of the last flow ack.
+    acked: u64,
+    /// The commit (op 3) went out; the final pub ack is due.
+    committing: bool,
+    /// Why the server is ending the batch (a gap or an error it reported before the final pub ack).
+    failure: Option<Refusal>,
+    /// The subject of the last message (the commit goes to it, so it reaches the stream).
+    subject: Subject,
+}
+
+/// A reply on the batch inbox, as the server sends it: a flow ack, gap or error (`type`), or a (final) pub ack.
+#[derive(Deserialize)]
+struct Body {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    msgs: u64,
+    #[serde(default)]
+    last_seq: u64,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// What the server has said about the batches in flight, and the answers it makes: the pure part of [`FastBatch`].
+#[derive(Debug, Default)]
+struct Ledger {
+    /// `<inbox>`; replies come on `<inbox>.>`.
+    inbox: String,
+    /// Open batch last; earlier ones are committing.
+    batches: VecDeque<Batch>,
+    /// Answers ready to hand out.
+    ready: VecDeque<Reply>,
+}
+
+impl Ledger {
+    /// Whether the open batch must wait for the server before it takes another message: for its first reply, or
+    /// because [`OUTSTANDING_ACKS`] flow windows are unacked.
+    fn must_wait(&self) -> bool {
+        match self.batches.back() {
+            Some(b) if !b.committing => {
+                (b.seq >= 1 && !b.started) || (b.started && b.seq >= b.acked + b.flow * OUTSTANDING_ACKS)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the open batch has messages that only a commit will get acked now that the publisher is quiet.
+    fn commit_due(&self) -> bool {
+        self.batches.back().is_some_and(|b| !b.committing && b.started && !b.members.is_empty())
+    }
+
+    /// Files one message from the batch inbox.
+    fn handle(&mut self, subject: &str, no_responders: bool, payload: &[u8]) {
+        // `<inbox>.<id>.<flow>.<gap>.<seq>.<op>.$FI`: the batch, and the message the reply is about.
+        let Some(rest) = subject.strip_prefix(self.inbox.as_str()).and_then(|r| r.strip_prefix('.')) else {
+            return;
+        };
+        let mut tokens = rest.split('.');
+        let id = tokens.next().unwrap_or_default();
+        let about = tokens.nth(2).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let Some(index) = self.batches.iter().position(|b| b.id == id) else { return };
+        if no_responders {
+            let reason = "no stream found for the subject (no responders)".to_owned();
+            return self.end(index, about, Err(Refusal { code: 0, reason }));
+        }
+        let body = match serde_json::from_slice::<Body>(payload) {
+            Ok(body) => body,
+            Err(_) => {
+                let reason = format!(
+                    "unexpected reply to a fast-batch publish: {}",
+                    String::from_utf8_lossy(payload).escape_debug()
+                );
+                return self.end(index, about, Err(Refusal { code: 0, reason }));
+            }
+        };
+        match (body.kind.as_deref(), body.error) {
+            (Some("ack"), _) => self.flow_ack(index, body.seq, body.msgs),
+            (Some("gap"), _) => {
+                let reason = format!(
+                    "fast batch: the server missed messages {} to {} of the batch (a gap: lost messages or a new \
+                     stream leader)",
+                    body.last_seq,
+                    body.seq.saturating_sub(1)
+                );
+                self.batches[index].failure.get_or_insert(Refusal { code: 0, reason });
+            }
+            (Some("err"), Some(e)) => {
+                let refusal = Refusal { code: e.err_code, reason: e.description };
+                // The error is about message `seq`; the final pub ack follows.
+                if let Some(m) = self.batches[index].members.iter().position(|m| m.seq == body.seq) {
+                    if let Some(member) = self.batches[index].members.remove(m) {
+                        self.ready.push_back(Reply { token: member.token, outcome: Err(refusal.clone()) });
+                    }
+                }
+                self.batches[index].failure.get_or_insert(refusal);
+            }
+            (_, Some(e)) => self.end(index, about, Err(Refusal { code: e.err_code, reason: e.description })),
+            (_, None) if body.count.is_some() || body.seq > 0 => {
+                let count = body.count.unwrap_or(about);
+                self.end(index, count, Ok(Stored { sequence: body.seq, duplicate: body.duplicate }))
+            }
+            (_, None) => {
+                let reason = format!(
+                    "unexpected reply to a fast-batch publish: {}",
+                    String::from_utf8_lossy(payload).escape_debug()
+                );
+                self.end(index, about, Err(Refusal { code: 0, reason }));
+            }
+        }
+    }
+
+    /// A flow ack for batch sequence `seq`: the server acks every `msgs` from now on. Answers the messages before
+    /// `seq`; the one it ends on waits for the next proof (it could have been a skipped duplicate).
+    fn flow_ack(&mut self, index: usize, seq: u64, msgs: u64) {
+        let b = &mut self.batches[index];
+        b.started = true;
+        b.flow = msgs.max(1);
+        if seq <= b.acked {
+            return;
+        }
+        b.acked = seq;
+        while b.members.front().is_some_and(|m| m.seq < seq) {
+            if let Some(m) = b.members.pop_front() {
+                let stored = Stored { sequence: m.expected, duplicate: false };
+                self.ready.push_back(Reply { token: m.token, outcome: Ok(stored) });
+            }
+        }
+    }
+
+    /// The batch ended: with its final pub ack (messages `1..=count` went through, the last stored at the stream
+    /// sequence it names) or with an error about message `count`. Answers every message still waiting.
+    fn end(&mut self, index: usize, count: u64, outcome: Result<Stored, Refusal>) {
+        let Some(mut b) = self.batches.remove(index) else { return };
+        let id = b.id.clone();
+        let failure = b.failure.take();
+        let mut members = std::mem::take(&mut b.members);
+        if let Err(refusal) = &outcome {
+            if let Some(m) = members.iter().position(|m| m.seq == count).and_then(|i| members.remove(i)) {
+                self.ready.push_back(Reply { token: m.token, outcome: Err(refusal.clone()) });
+            }
+        }
+        let mut members = members.into_iter().peekable();
+        match outcome {
+            // A one-message batch whose message was a duplicate: the server answers as a plain publish would.
+            Ok(stored) if stored.duplicate => {
+                if let Some(m) = members.next_if(|m| m.seq <= count) {
+                    self.ready.push_back(Reply { token: m.token, outcome: Ok(stored) });
+                }
+            }
+            Ok(Stored { sequence, .. }) => {
+                while let Some(m) = members.next_if(|m| m.seq <= count && m.expected <= sequence) {
+                    self.ready.push_back(Reply {
+                        token: m.token,
+                        outcome: Ok(Stored { sequence: m.expected, duplicate: false }),
+                    });
+                }
+                if let Some(m) = members.next_if(|m| m.seq <= count) {
+                    let reason = format!(
+                        "fast batch {id} ended at stream sequence {sequence}, so the stream did not store this message \
+                         at sequence {}: JetStream dropped it as a duplicate (its Nats-Msg-Id is in the stream)",
+                        m.expected
+                    );
+                    self.ready.push_back(Reply { token: m.token, outcome: Err(Refusal { code: 0, reason }) });
+                }
+            }
+            Err(refusal) => b.failure = Some(failure.clone().unwrap_or(refusal)),
+        }
+        // What the batch did not get to: the first gets the server's reason, the rest say the batch ended.
+        let reason = b.failure.or(failure).map(|r| r.reason);
+        for (i, m) in members.enumerate() {
+            let reason = match (&reason, i) {
+                (Some(r), 0) => r.clone(),
+                (Some(r), _) => format!("fast batch {id} ended before this message: {r}"),
+                (None, _) => format!("fast batch {id} ended before this message"),
+            };
+            self.ready.push_back(Reply { token: m.token, outcome: Err(Refusal { code: 0, reason }) });
+        }
+    }
+}
+
+/// [`Transport`] that publishes in fast batches (or, when told, with per-message acks through a [`NatsTransport`]).
+pub struct FastBatch {
+    plain: NatsTransport,
+    client: async_nats::Client,
+    replies: async_nats::Subscriber,
+    options: BatchOptions,
+    ledger: Ledger,
+    next_id: u64,
+    /// Fires [`QUIET`] after the last batched publish.
+    quiet: Pin<Box<Sleep>>,
+    last_batched: bool,
+    batched: u64,
+}
+
+impl<T> Publisher<T, FastBatch> {
+    /// A fenced publisher (as [`Publisher::fenced`]) that publishes in fast batches when `options.enabled`.
+    pub async fn fast_batch(
+        client: &async_nats::Client,
+        last_sequence: u64,
+        timeout: Duration,
+        options: BatchOptions,
+    ) -> Result<Self, PublishError> {
+        Ok(Self::new(FastBatch::new(client, options).await?, Some(last_sequence), timeout))
+    }
+}
+
+impl FastBatch {
+    /// Subscribes to a fresh inbox for the batch replies (and one for per-message acks).
+    pub async fn new(client: &async_nats::Client, options: BatchOptions) -> Result<Self, PublishError> {
+        let plain = super::publisher::transport(client).await?;
+        let inbox = client.new_inbox();
+        let replies = client.subscribe(format!("{inbox}.>")).await.map_err(|e| {
+            let info = client.server_info();
+            let url = format!("nats://{}:{}", info.host, info.port);
+            PublishError::Connect { url, reason: format!("subscribing to the fast-batch acks: {e}") }
+        })?;
+        Ok(Self {
+            plain,
+            client: client.clone(),
+            replies,
+            options,
+            ledger: Ledger { inbox, ..Ledger::default() },
+            next_id: 0,
+            quiet: Box::pin(tokio::time::sleep(QUIET)),
+            last_batched: false,
+            batched: 0,
+        })
+    }
+
+    fn reply_subject(&self, id: &str, seq: u64, op: u8) -> Subject {
+        Subject::from(format!("{}.{id}.{}.fail.{seq}.{op}.$FI", self.ledger.inbox, self.options.flow))
+    }
+
+    /// Commits the open batch without storing the commit message (op 3); its final pub ack answers the rest.
+    async fn commit(&mut self) {
+        let Some(b) = self.ledger.batches.back() else { return };
+        let (subject, reply) = (b.subject.clone(), self.reply_subject(&b.id, b.seq + 1, 3));
+        match self.client.publish_with_reply(subject, reply, Bytes::new()).await {
+            Ok(()) => {
+                if let Some(b) = self.ledger.batches.back_mut() {
+                    b.committing = true;
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "could not send a fast-batch commit, retrying");
+                self.quiet.as_mut().reset(Instant::now() + QUIET);
+            }
+        }
+    }
+
+    fn receive(&mut self, message: &async_nats::Message) {
+        let no_responders = message.status == Some(async_nats::StatusCode::NO_RESPONDERS);
+        self.ledger.handle(message.subject.as_str(), no_responders, &message.payload);
+    }
+
+    /// Messages published in fast batches by this transport.
+    pub fn batched_total(&self) -> u64 {
+        self.batched
+    }
+}
+
+impl Transport for FastBatch {
+    async fn publish(
+        &mut self,
+        token: u64,
+        subject: Subject,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), SendError> {
+        let fence = headers.get(header::EXPECTED_LAST_SEQUENCE).and_then(|v| v.as_str().parse::<u64>().ok());
+        let Some(last) = fence.filter(|_| self.options.enabled && self.options.per_message_first == 0) else {
+            self.options.per_message_first = self.options.per_message_first.saturating_sub(1);
+            self.last_batched = false;
+            return self.plain.publish(token, subject, headers, payload).await;
+        };
+        if self.ledger.batches.back().is_none_or(|b| b.committing) {
+            self.next_id += 1;
+            let nuid = self.ledger.inbox.rsplit('.').next().unwrap_or_default();
+            self.ledger.batches.push_back(Batch {
+                id: format!("{nuid}{}", self.next_id),
+                seq: 0,
+                members: VecDeque::new(),
+                started: false,
+                flow: 1,
+                acked: 0,
+                committing: false,
+                failure: None,
+                subject: subject.clone(),
+            });
+        }
+        let open = self.ledger.batches.back().map(|b| b.id.clone());
+        while self.ledger.must_wait() {
+            match self.replies.next().await {
+                Some(message) => self.receive(&message),
+                None => return Err(SendError { reason: "the NATS connection closed".into(), refused: false }),
+            }
+        }
+        // The batch ended while waiting (an error): this message goes on its own, answered on its own.
+        let Some(b) = self.ledger.batches.back_mut().filter(|b| Some(&b.id) == open.as_ref() && !b.committing) else {
+            self.last_batched = false;
+            return self.plain.publish(token, subject, headers, payload).await;
+        };
+        let seq = b.seq + 1;
+        let id = b.id.clone();
+        let reply = self.reply_subject(&id, seq, if seq == 1 { 0 } else { 1 });
+        self.client.publish_with_reply_and_headers(subject.clone(), reply, headers, payload).await.map_err(|e| {
+            SendError {
+                reason: e.to_string(),
+                refused: matches!(
+                    e.kind(),
+                    async_nats::client::PublishErrorKind::MaxPayloadExceeded
+                        | async_nats::client::PublishErrorKind::InvalidSubject
+                ),
+            }
+        })?;
+        if let Some(b) = self.ledger.batches.back_mut() {
+            b.seq = seq;
+            b.subject = subject;
+            b.members.push_back(Member { seq, token, expected: last + 1 });
+        }
+        self.quiet.as_mut().reset(Instant::now() + QUIET);
+        self.last_batched = true;
+        self.batched += 1;
+        Ok(())
+    }
+
+    async fn next_reply(&mut self) -> Option<Reply> {
+        loop {
+            if let Some(reply) = self.ledger.ready.pop_front() {
+                return Some(reply);
+            }
+            let commit_due = self.ledger.commit_due();
+            tokio::select! {
+                biased;
+                message = self.replies.next() => self.receive(&message?),
+                reply = self.plain.next_reply() => return reply,
+                () = &mut self.quiet, if commit_due => self.commit().await,
+            }
+        }
+    }
+
+    fn last_batched(&self) -> bool {
+        self.last_batched
+    }
+
+    fn batched(&self) -> u64 {
+        self.batched
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_with_fast_batch() {
+        assert!(server_supports("2.14.0"));
+        assert!(server_supports("2.15.1"));
+        assert!(server_supports("3.0.0"));
+        assert!(server_supports("2.14.0-RC.1"));
+        assert!(!server_supports("2.9.10"));
+        assert!(!server_supports("2.12.1"));
+        assert!(!server_supports(""));
+    }
+
+    const INBOX: &str = "_INBOX.abc";
+
+    /// A ledger with one started batch `b1` of `n` messages sent (tokens 0.., batch sequences 1..), the fence
+    /// starting at stream sequence `first`.
+    fn ledger(n: u64, first: u64) -> Ledger {
+        let mut l = Ledger { inbox: INBOX.into(), ..Ledger::default() };
+        let members = (1..=n).map(|seq| Member { seq, token: seq - 1, expected: first + seq - 1 }).collect();
+        l.batches.push_back(Batch {
+            id: "b1".into(),
+            seq: n,
+            members,
+            started: false,
+            flow: 1,
+            acked: 0,
+            committing: false,
+            failure: None,
+            subject: Subject::from("outbox.a.b"),
+        });
+        l
+    }
+
+    /// The server's reply about message `seq` of `b1`.
+    fn reply(l: &mut Ledger, seq: u64, body: &str) {
+        l.handle(&format!("{INBOX}.b1.256.fail.{seq}.1.$FI"), false, body.as_bytes());
+    }
+
+    /// (token, stored sequence or error code) of the answers so far.
+    fn answers(l: &mut Ledger) -> Vec<(u64, Result<u64, u64>)> {
+        l.ready.drain(..).map(|r| (r.token, r.outcome.map(|s| s.sequence).map_err(|e| e.code))).collect()
+    }
+
+    #[test]
+    fn a_flow_ack_answers_the_messages_before_it_and_holds_back_its_own() {
+        let mut l = ledger(6, 11);
+        reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":2}"#);
+        assert!(l.batches[0].started && answers(&mut l).is_empty());
+        reply(&mut l, 4, r#"{"type":"ack","seq":4,"msgs":4}"#);
+        assert_eq!(answers(&mut l), [(0, Ok(11)), (1, Ok(12)), (2, Ok(13))]);
+        assert_eq!((l.batches[0].acked, l.batches[0].flow), (4, 4));
+        // An old ack again changes nothing.
+        reply(&mut l, 2, r#"{"type":"ack","seq":2,"msgs":4}"#);
+        assert!(answers(&mut l).is_empty());
+        // The final pub ack of the commit (op 3 as message 7): the last message stored at its fenced sequence.
+        l.handle(&format!("{INBOX}.b1.256.fail.7.3.$FI"), false, br#"{"stream":"S","seq":16,"batch":"b1","count":6}"#);
+        assert_eq!(answers(&mut l), [(3, Ok(14)), (4, Ok(15)), (5, Ok(16))]);
+        assert!(l.batches.is_empty());
+    }
+
+    #[test]
+    fn a_final_pub_ack_short_of_the_fence_refuses_the_first_unstored_message() {
+        // Messages 5 and 6 were dropped as duplicates: the stream ends at 14, not 16.
+        let mut l = ledger(6, 11);
+        reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":2}"#);
+        reply(&mut l, 7, r#"{"stream":"S","seq":14,"batch":"b1","count":6}"#);
+        assert_eq!(answers(&mut l), [(0, Ok(11)), (1, Ok(12)), (2, Ok(13)), (3, Ok(14)), (4, Err(0)), (5, Err(0))]);
+    }
+
+    #[test]
+    fn a_failed_fence_check_refuses_that_message_and_ends_the_batch() {
+        let mut l = ledger(5, 1);
+        reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":10}"#);
+        let err =
+            r#"{"type":"err","seq":3,"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 1"}}"#;
+        reply(&mut l, 3, err);
+        assert_eq!(answers(&mut l), [(2, Err(super::super::transport::WRONG_LAST_SEQUENCE))]);
+        reply(&mut l, 5, r#"{"stream":"S","seq":2,"batch":"b1","count":2}"#);
+        assert_eq!(answers(&mut l), [(0, Ok(1)), (1, Ok(2)), (3, Err(0)), (4, Err(0))]);
+        assert!(l.batches.is_empty());
+    }
+
+    #[test]
+    fn a_gap_or_an_unknown_batch_ends_it_with_errors() {
+        let mut l = ledger(3, 1);
+        reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":10}"#);
+        reply(&mut l, 3, r#"{"type":"gap","last_seq":2,"seq":3}"#);
+        reply(&mut l, 3, r#"{"stream":"S","seq":1,"batch":"b1","count":1}"#);
+        let got = l.ready.drain(..).collect::<Vec<_>>();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].outcome, Ok(Stored { sequence: 1, duplicate: false }));
+        assert!(got[1].outcome.as_ref().is_err_and(|e| e.reason.contains("gap")), "{got:?}");
+        let mut l = ledger(3, 1);
+        reply(
+            &mut l,
+            3,
+            r#"{"error":{"code":400,"err_code":10208,"description":"batch publish ID unknown"},"stream":"S","seq":0}"#,
+        );
+        assert_eq!(answers(&mut l), [(2, Err(10208)), (0, Err(0)), (1, Err(0))]);
+    }
+
+    #[test]
+    fn a_duplicate_first_message_is_answered_as_a_plain_publish_would_be() {
+        let mut l = ledger(1, 8);
+        reply(&mut l, 1, r#"{"stream":"S","seq":3,"duplicate":true,"batch":"b1","count":1}"#);
+        let got = l.ready.pop_front().expect("answer");
+        assert_eq!((got.token, got.outcome), (0, Ok(Stored { sequence: 3, duplicate: true })));
+    }
+
+    #[test]
+    fn waits_for_the_first_reply_and_at_most_two_flow_windows() {
+        let mut l = ledger(7, 1);
+        assert!(l.must_wait(), "before the first reply");
+        reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":4}"#);
+        assert!(!l.must_wait());
+        l.batches[0].seq = 8;
+        assert!(l.must_wait(), "two windows of 4 unacked");
+        reply(&mut l, 4, r#"{"type":"ack","seq":4,"msgs":4}"#);
+        assert!(!l.must_wait() && l.commit_due());
+    }
+
+    #[test]
+    fn flow_fits_the_window() {
+        assert_eq!(flow_for(1024), 256);
+        assert_eq!(flow_for(1), 1);
+        assert_eq!(flow_for(100_000), 500);
+    }
+}
