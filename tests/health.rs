@@ -1,6 +1,8 @@
-//! `/healthz` and `/readyz` of `walrelay run --metrics-addr` (design.md §4c, issue 12) against real PostgreSQL and
-//! NATS: not ready before a session streams and while standing by, ready while relaying, not ready within 5 s of
-//! nats-server stopping; live throughout. `/metrics` (design.md §4g): every metric with `# HELP`, readiness, NATS
+//! `/healthz`, `/readyz` and `/standbyz` of `walrelay run --metrics-addr` (design.md §4c, issues 12 and 22) against
+//! real PostgreSQL and NATS: not ready before a session streams and while standing by, ready while relaying, not
+//! ready within 5 s of nats-server stopping; live throughout. `/standbyz` (Kubernetes' readiness with a standby,
+//! docs/deploy.md) is 200 on the active relay and on a healthy standby, 503 before the first session and on a
+//! standby that cannot reach NATS. `/metrics` (design.md §4g): every metric with `# HELP`, readiness, NATS
 //! connection, acked LSN, the slot's retained WAL and safe_wal_size, the commit-to-ack histogram and build info.
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -53,16 +55,21 @@ async fn readyz_follows_the_session_nats_and_standing_by() {
     assert!(body.starts_with("retrying: ") || body == "connecting\n", "{body:?}");
     assert_eq!(body.lines().count(), 1, "one-line reason: {body:?}");
     healthz(&a_addr);
+    let (code, body) = http_get(&a_addr, "/standbyz").unwrap();
+    assert_eq!(code, 503, "no session yet: not a healthy member of the pair either ({body:?})");
+    assert!(body.starts_with("retrying: ") || body == "connecting\n", "{body:?}");
 
     env.nats.start_again().unwrap();
     a.wait_for_output("relay started", LONG).unwrap();
     assert_eq!(wait_code(&a_addr, "/readyz", 200, LONG).await, "ready\n");
     healthz(&a_addr);
+    assert_eq!(http_get(&a_addr, "/standbyz"), Some((200, "ready\n".to_owned())));
 
     // A second relay on the same slot stands by: live, not ready.
     let b = Process::spawn(env.walrelay(&["run", "--metrics-addr", &b_addr])).unwrap();
     b.wait_for_output("standing by", LONG).unwrap();
     assert_eq!(http_get(&b_addr, "/readyz"), Some((503, "standing by: slot is in use\n".to_owned())));
+    assert_eq!(http_get(&b_addr, "/standbyz"), Some((200, "standing by\n".to_owned())));
     healthz(&b_addr);
     assert_eq!(http_get(&a_addr, "/readyz").map(|r| r.0), Some(200), "the active relay stays ready");
 
@@ -82,15 +89,22 @@ async fn readyz_follows_the_session_nats_and_standing_by() {
     let body = wait_code(&a_addr, "/readyz", 503, Duration::from_secs(5)).await;
     assert!(stopped.elapsed() < Duration::from_secs(5));
     assert!(body == "nats disconnected\n" || body.starts_with("retrying: "), "{body:?}");
+    let body = wait_code(&a_addr, "/standbyz", 503, LONG).await;
+    assert!(body == "nats disconnected\n" || body.starts_with("retrying: "), "{body:?}");
+    // The standby's next attempt (every second) cannot reach NATS: it could not take over, so it is not ready.
+    let body = wait_code(&b_addr, "/standbyz", 503, LONG).await;
+    assert!(body.starts_with("retrying: "), "{body:?}");
     healthz(&a_addr);
     healthz(&b_addr);
 
-    // NATS back: ready again; the standby takes over when the active relay stops, and is ready then.
+    // NATS back: ready again, the standby stands by again; it takes over when the active relay stops, and is ready.
     env.nats.start_again().unwrap();
     wait_code(&a_addr, "/readyz", 200, LONG).await;
+    assert_eq!(wait_code(&b_addr, "/standbyz", 200, LONG).await, "standing by\n");
     stop(&a);
     b.wait_for_output("slot acquired, taking over", LONG).unwrap();
     assert_eq!(wait_code(&b_addr, "/readyz", 200, LONG).await, "ready\n");
+    assert_eq!(http_get(&b_addr, "/standbyz"), Some((200, "ready\n".to_owned())));
     expected.extend(insert_events(&pg, "h", 5, 3).await);
     let js = env.js().await;
     wait_stream_count(&js, &env.stream, 8, LONG).await;

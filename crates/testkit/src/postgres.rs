@@ -9,7 +9,8 @@
 //! <https://www.postgresql.org/docs/current/server-shutdown.html>.
 //!
 //! When the test process runs as root, initdb and the server run as the `postgres` system user (initdb refuses
-//! root), in a directory under `/tmp` owned by that user.
+//! root), or `nobody` where there is no `postgres` user, in a directory under `/tmp` owned by that user. That user
+//! must reach the binaries: [`crate::locate`] hands out their directory with links resolved.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -35,6 +36,8 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 pub const PSQL_TIMEOUT: Duration = Duration::from_secs(600);
 /// The database superuser created by initdb.
 pub const SUPERUSER: &str = "postgres";
+/// The unprivileged user the server runs as when we are root and there is no `postgres` user.
+const FALLBACK_USER: &str = "nobody";
 /// How many times a first start is retried on another port when the chosen one was taken meanwhile.
 const PORT_ATTEMPTS: usize = 3;
 
@@ -153,21 +156,26 @@ impl Postgres {
     }
 }
 
-/// The user to run initdb and the server as: `postgres` when we are root, else ourselves (`None`).
+/// The user to run initdb and the server as: when we are root, `postgres` (Debian's package creates it), else
+/// `nobody` (a machine with only the servers `scripts/install-servers` installs has no `postgres` user); else
+/// ourselves (`None`).
 fn server_user() -> Result<Option<RunAs>, KitError> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
-    let not_found = |reason: String| KitError::UserNotFound {
-        name: SUPERUSER.into(),
-        purpose: "run initdb and postgres, which refuse to run as root".into(),
-        reason,
-    };
-    match User::from_name(SUPERUSER) {
-        Ok(Some(user)) => Ok(Some(RunAs { uid: user.uid, gid: user.gid })),
-        Ok(None) => Err(not_found("it does not exist (`apt-get install postgresql` creates it)".into())),
-        Err(err) => Err(not_found(err.to_string())),
+    let mut reasons = Vec::new();
+    for name in [SUPERUSER, FALLBACK_USER] {
+        match User::from_name(name) {
+            Ok(Some(user)) => return Ok(Some(RunAs { uid: user.uid, gid: user.gid })),
+            Ok(None) => reasons.push(format!("{name}: no such user")),
+            Err(err) => reasons.push(format!("{name}: {err}")),
+        }
     }
+    Err(KitError::UserNotFound {
+        name: format!("{SUPERUSER} or {FALLBACK_USER}"),
+        purpose: "run initdb and postgres, which refuse to run as root".into(),
+        reason: format!("{} (`apt-get install postgresql` creates {SUPERUSER})", reasons.join("; ")),
+    })
 }
 
 /// A fresh directory for one server, owned by the user the server runs as.
