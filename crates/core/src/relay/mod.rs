@@ -506,7 +506,7 @@ impl Relay<'_> {
     ) -> Result<(), RelayError> {
         let Some(mark) = self.durable.clone() else { return Ok(()) };
         let held = match probe.message_at(mark.sequence).await? {
-            Some(held) => held.id.as_deref() == Some(mark.id.as_str()),
+            Some(held) => held.is(&mark.id),
             None => false,
         };
         if held {

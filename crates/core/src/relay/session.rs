@@ -241,7 +241,7 @@ impl<X: Transport> Session<'_, X> {
         repl: &impl ReplicationStream,
     ) -> Result<(), RelayError> {
         let found = match held {
-            Ok(Some(HeldMessage { id: Some(id), .. })) if id == mark.id => {
+            Ok(Some(held)) if held.is(&mark.id) => {
                 if self.checkpoint.release(&mark, issued) {
                     self.report(repl);
                 }

@@ -103,6 +103,7 @@ impl super::stream::Probe for MemoryStream {
         let held = self.state().messages.iter().find(|m| m.sequence == sequence).map(|m| super::stream::HeldMessage {
             id: m.header(header::MSG_ID).map(str::to_owned),
             stored_at: std::time::SystemTime::now(),
+            removed: false,
         });
         Box::pin(async move { Ok(held) })
     }

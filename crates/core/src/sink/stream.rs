@@ -224,6 +224,18 @@ pub struct HeldMessage {
     pub id: Option<String>,
     /// When the stream stored it (the server's clock).
     pub stored_at: std::time::SystemTime,
+    /// The message is gone but the stream's last sequence still reaches it: removed on purpose (a limit such as
+    /// `max_age`, a work-queue or interest ack, a purge or delete), not lost with an unsynced tail, which takes the
+    /// last sequence down with it. Such a check passes: the message was stored, and a lost tail would show.
+    pub removed: bool,
+}
+
+impl HeldMessage {
+    /// Whether this is the message the relay stored as `id` (async-nats trims header values it reads back, so the
+    /// id is compared trimmed), or one removed on purpose after it was stored.
+    pub fn is(&self, id: &str) -> bool {
+        self.removed || self.id.as_deref() == Some(id.trim())
+    }
 }
 
 /// Reads which message a stream holds at a sequence: the I/O half of `--nats-sync-interval` (design.md §4d), which
@@ -261,8 +273,22 @@ impl Probe for StreamProbe {
                 Ok(msg) => Ok(Some(HeldMessage {
                     id: msg.headers.get(header::MSG_ID).map(|v| v.as_str().to_owned()),
                     stored_at: msg.time.into(),
+                    removed: false,
                 })),
-                Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    // Lost with a tail, or removed on purpose? The last sequence tells (one more request, only here).
+                    let mut s = s;
+                    match s.info().await {
+                        Ok(info) if info.state.last_sequence >= sequence => {
+                            Ok(Some(HeldMessage { id: None, stored_at: std::time::SystemTime::now(), removed: true }))
+                        }
+                        Ok(_) => Ok(None),
+                        Err(err) => Err(PublishError::Stream {
+                            stream: s.cached_info().config.name.clone(),
+                            reason: err.to_string(),
+                        }),
+                    }
+                }
                 Err(err) => {
                     Err(PublishError::Stream { stream: s.cached_info().config.name.clone(), reason: err.to_string() })
                 }
@@ -326,7 +352,23 @@ pub async fn high_water(js: &jetstream::Context, stream_name: &str) -> Result<Hi
 
 #[cfg(test)]
 mod tests {
-    use super::{subjects_overlap, HighWater, Lsn, Position};
+    use super::{subjects_overlap, HeldMessage, HighWater, Lsn, Position};
+
+    #[test]
+    fn a_durability_check_matches_the_trimmed_id_or_a_message_removed_on_purpose() {
+        let held = |id: Option<&str>, removed| HeldMessage {
+            id: id.map(str::to_owned),
+            stored_at: std::time::SystemTime::now(),
+            removed,
+        };
+        // async-nats trims header values it reads back: an id published with padding is still this message.
+        assert!(held(Some("a1"), false).is("a1  "));
+        assert!(held(Some("a1"), false).is("a1"));
+        assert!(!held(Some("b2"), false).is("a1"), "another message at the sequence is a loss");
+        assert!(!held(None, false).is("a1"));
+        // Gone while the stream's last sequence still reaches it: max_age, a work-queue ack, a purge.
+        assert!(held(None, true).is("a1"));
+    }
 
     #[test]
     fn a_backfilled_mark_holds_no_streamed_event() {
