@@ -447,7 +447,9 @@ fn command_line() -> clap::Command {
             for arg in &globals {
                 let unused = used.is_some_and(|used| arg.get_help_heading().is_some_and(|h| !used.contains(&h)))
                     && !ALSO_USED.contains(&(name.as_str(), arg.get_id().as_str()));
-                if unused {
+                // A command's own option of the same name (bench's --max-in-flight) stands in for the global one.
+                let own = sc.get_arguments().any(|a| a.get_id() == arg.get_id());
+                if unused && !own {
                     sc = sc.arg(arg.clone().hide(true));
                 }
             }
