@@ -115,8 +115,17 @@ impl Checkpoint {
 
     /// The stream's tail message when the session started and when the stream stored it: events skipped because
     /// the stream holds them ([`held`](Self::held)) count as acked then, at that sequence.
+    ///
+    /// What the previous session acked and did not confirm waits with that tail from the start: the new session
+    /// re-reads only from the tail's transaction on, so a transaction before it is covered by nothing else, and a
+    /// keepalive during the catch-up must not confirm past it before the interval (found by review).
     pub fn with_held(mut self, mark: Mark, stored_at: Instant) -> Self {
-        self.held = Some(Stamp { at: stored_at, mark });
+        let stamp = Stamp { at: stored_at, mark };
+        if self.interval.is_some() {
+            let end_lsn = self.confirmed;
+            self.waiting.push_back(Wait { first: stored_at, newest: stamp.clone(), end_lsn, events: 0 });
+        }
+        self.held = Some(stamp);
         self
     }
 
@@ -447,5 +456,22 @@ mod tests {
         assert_eq!(c.confirmed(), Lsn(200));
         assert!(c.release(&mark(8), t0 + MIN));
         assert_eq!(c.confirmed(), Lsn(300));
+    }
+
+    #[test]
+    fn after_a_restart_a_keepalive_does_not_pass_what_the_last_session_left_waiting() {
+        // The last session acked a transaction before the tail's and stopped before its interval; the new one starts
+        // at the tail's transaction, so nothing it reads covers the earlier one, and a keepalive during the catch-up
+        // carries a position past it.
+        let t0 = Instant::now();
+        let mut c = Checkpoint::new(Lsn(100), Some(MIN)).with_held(mark(7), t0);
+        assert!(!c.idle(Lsn(150)), "a keepalive must wait with the tail");
+        assert_eq!(c.confirmed(), Lsn(100));
+        assert!(!c.release(&mark(7), t0 + Duration::from_secs(59)));
+        assert!(!c.idle(Lsn(150)));
+        c.release(&mark(7), t0 + MIN);
+        assert!(c.is_idle());
+        assert!(c.idle(Lsn(150)), "once the tail is durable, keepalives confirm again");
+        assert_eq!(c.confirmed(), Lsn(150));
     }
 }

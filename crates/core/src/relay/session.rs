@@ -252,6 +252,12 @@ impl<X: Transport> Session<'_, X> {
             Ok(Some(HeldMessage { id: None, .. })) => "holds a message without a Nats-Msg-Id".to_owned(),
             Ok(None) => "holds no message there".to_owned(),
             Err(err) => {
+                // A check that keeps failing (e.g. a NATS user without STREAM.MSG.GET) would pin the slot for ever
+                // with only a warning: once the oldest waiting entry is overdue by a whole interval, end the session.
+                let interval = self.settings.nats_sync_interval.unwrap_or_default();
+                if self.checkpoint.due(issued.checked_sub(interval).unwrap_or(issued)) {
+                    return Err(err.into());
+                }
                 tracing::warn!(error = %err, sequence = mark.sequence, "durability check failed, trying again");
                 return Ok(());
             }
