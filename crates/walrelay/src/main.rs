@@ -427,8 +427,14 @@ fn used_headings(command: &str) -> Option<&'static [&'static str]> {
 }
 
 /// Options outside a command's groups that it uses too: (command, option id).
-const ALSO_USED: &[(&str, &str)] =
-    &[("replay", "max_in_flight"), ("replay", "publish_timeout"), ("skip", "publish_timeout"), ("status", "table")];
+const ALSO_USED: &[(&str, &str)] = &[
+    ("bench", "cloudevents"),
+    ("bench", "nats_batch"),
+    ("replay", "max_in_flight"),
+    ("replay", "publish_timeout"),
+    ("skip", "publish_timeout"),
+    ("status", "table"),
+];
 
 /// The command line: the derived parser, with each command's `--help` listing only the global options it uses
 /// (the others stay accepted: design.md §4, "every command accepts all of them"), the duration and size formats under
@@ -577,7 +583,7 @@ async fn dispatch(command: Command, prepared: Prepared, settings: Settings) -> a
             ops::teardown::run(&settings, &opts).await.map(|()| 0)
         }
         Command::Demo => return demo::run().await,
-        Command::Bench(a) => return bench::run(&a, settings.cloudevents).await,
+        Command::Bench(a) => return bench::run(&a, &settings).await,
     };
     match result {
         Ok(code) => Ok(code),

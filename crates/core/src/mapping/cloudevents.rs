@@ -164,7 +164,8 @@ pub struct Attributes<'a> {
 /// Binary mode: adds the `ce-` headers; the payload stays as it is.
 pub fn binary(attributes: &Attributes<'_>, source_value: &HeaderValue, headers: &mut HeaderMap) {
     let a = attributes;
-    headers.insert(HeaderName::from_static(header::SPECVERSION), header_value(SPEC_VERSION).unwrap_or_default());
+    let fixed = &*FIXED_VALUES;
+    headers.insert(HeaderName::from_static(header::SPECVERSION), fixed.specversion.clone());
     headers.insert(HeaderName::from_static(header::ID), encoded(a.id));
     headers.insert(HeaderName::from_static(header::SOURCE), source_value.clone());
     headers.insert(HeaderName::from_static(header::TYPE), encoded(a.event_type));
@@ -173,12 +174,28 @@ pub fn binary(attributes: &Attributes<'_>, source_value: &HeaderValue, headers: 
     }
     headers.insert(HeaderName::from_static(header::TIME), a.time_value.clone());
     let content_type = match a.kind {
-        DataKind::Json => "application/json",
-        DataKind::Text => "text/plain;%20charset=utf-8",
-        DataKind::Bytes => "application/octet-stream",
+        DataKind::Json => &fixed.json,
+        DataKind::Text => &fixed.text,
+        DataKind::Bytes => &fixed.bytes,
     };
-    headers.insert(HeaderName::from_static(header::DATACONTENTTYPE), header_value(content_type).unwrap_or_default());
+    headers.insert(HeaderName::from_static(header::DATACONTENTTYPE), content_type.clone());
 }
+
+/// The binary mode's header values that never change, checked once (cloning one is cheaper than checking it again
+/// per event): `ce-specversion` and each `ce-datacontenttype`, percent-encoded.
+struct FixedValues {
+    specversion: HeaderValue,
+    json: HeaderValue,
+    text: HeaderValue,
+    bytes: HeaderValue,
+}
+
+static FIXED_VALUES: std::sync::LazyLock<FixedValues> = std::sync::LazyLock::new(|| FixedValues {
+    specversion: encoded(SPEC_VERSION),
+    json: encoded(DataKind::Json.content_type()),
+    text: encoded(DataKind::Text.content_type()),
+    bytes: encoded(DataKind::Bytes.content_type()),
+});
 
 /// The binary mode's `ce-source` value for a source, encoded once per table.
 pub fn source_value(source: &str) -> HeaderValue {

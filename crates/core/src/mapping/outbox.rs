@@ -28,7 +28,7 @@ use pgoutput::{Lsn, Relation, Tuple, TupleValue};
 use crate::{
     config::{Columns, OnInvalid, Settings, Tables},
     mapping::cloudevents::{self, DataKind},
-    mapping::event::{header, header_name, header_value, number_value, wire_size, Event, Position},
+    mapping::event::{header, header_name, header_value, message_headers, number_value, wire_size, Event, Position},
     mapping::header_columns::HeaderColumn,
     mapping::subject::SubjectTemplate,
     sink::publisher::ADDED_HEADERS_MAX,
@@ -216,7 +216,7 @@ impl InvalidEvent {
             format!("dead-letter:{}", sanitize_header_value(&self.id))
         };
         let reason = shorten(&self.reason, text_max);
-        let mut headers = HeaderMap::new();
+        let mut headers = message_headers();
         headers.insert(HeaderName::from_static(header::MSG_ID), header_value(&id).unwrap_or_default());
         for (k, v) in &self.headers {
             let ours = k.starts_with("Outbox-");
@@ -541,7 +541,7 @@ impl OutboxMapper {
                 }
             },
         };
-        let mut headers = HeaderMap::new();
+        let mut headers = message_headers();
         headers.insert(HeaderName::from_static(header::MSG_ID), header_value(&id).unwrap_or_default());
         for (name, idx) in [
             (header::AGGREGATE_TYPE, layout.aggregate_type),

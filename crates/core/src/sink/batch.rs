@@ -355,8 +355,23 @@ impl FastBatch {
         })
     }
 
+    /// `<inbox>.<id>.<flow>.fail.<seq>.<op>.$FI`, built without the formatting machinery (one per message).
     fn reply_subject(&self, id: &str, seq: u64, op: u8) -> Subject {
-        Subject::from(format!("{}.{id}.{}.fail.{seq}.{op}.$FI", self.ledger.inbox, self.options.flow))
+        let (mut flow_digits, mut seq_digits, mut op_digits) =
+            (itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new());
+        let parts = [
+            self.ledger.inbox.as_str(),
+            ".",
+            id,
+            ".",
+            flow_digits.format(self.options.flow),
+            ".fail.",
+            seq_digits.format(seq),
+            ".",
+            op_digits.format(op),
+            ".$FI",
+        ];
+        Subject::from(parts.concat())
     }
 
     /// Commits the open batch without storing the commit message (op 3); its final pub ack answers the rest.

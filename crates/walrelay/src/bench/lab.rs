@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use async_nats::jetstream;
 use walrelay_core::{
-    config::{RawSettings, Settings},
+    config::{NatsBatch, RawSettings, Settings},
     sink::stream,
     source::{self, publication, slot, PgHost},
 };
@@ -54,7 +54,7 @@ impl Lab {
         max_in_flight: usize,
         relay: PathBuf,
         nats_server: Option<PathBuf>,
-        cloudevents: walrelay_core::mapping::cloudevents::Mode,
+        global: &Settings,
     ) -> anyhow::Result<Self> {
         let (pg, nats) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Postgres, Nats)> {
             let mut nats = Nats::builder();
@@ -71,7 +71,8 @@ impl Lab {
             slot: MAIN_SLOT.into(),
             stream: STREAM.into(),
             max_in_flight,
-            cloudevents: cloudevents.as_str().into(),
+            cloudevents: global.cloudevents.as_str().into(),
+            nats_batch: if global.nats_batch == NatsBatch::Off { "off" } else { "auto" }.into(),
             ..RawSettings::default()
         };
         let settings = Settings::validate(raw)?;
@@ -168,6 +169,9 @@ impl Lab {
         // Only when asked for: a relay executable older than --cloudevents still runs the bench without it.
         if self.settings.cloudevents != walrelay_core::mapping::cloudevents::Mode::Off {
             cmd.args(["--cloudevents", self.settings.cloudevents.as_str()]);
+        }
+        if self.settings.nats_batch == NatsBatch::Off {
+            cmd.args(["--nats-batch", "off"]);
         }
         let process = Process::spawn(cmd).with_context(|| format!("starting {}", exe.display()))?;
         Ok(Relay { process })

@@ -115,14 +115,15 @@ impl BenchArgs {
     }
 }
 
-/// Runs the benchmark and prints its figures. `cloudevents` is the global `--cloudevents` (design.md §4e), passed on
-/// to the relay under test, so its cost can be measured against `off`.
-pub async fn run(args: &BenchArgs, cloudevents: walrelay_core::mapping::cloudevents::Mode) -> anyhow::Result<u8> {
+/// Runs the benchmark and prints its figures. Of the global options, `--cloudevents` (design.md §4e) and
+/// `--nats-batch` are passed on to the relay under test (only when not the default, so an older relay still runs),
+/// so their cost can be measured against the default.
+pub async fn run(args: &BenchArgs, global: &walrelay_core::config::Settings) -> anyhow::Result<u8> {
     let relay = match &args.relay {
         Some(path) => path.clone(),
         None => std::env::current_exe().context("locating the walrelay executable")?,
     };
-    let lab = Lab::start(args.max_in_flight, relay, args.nats_server.clone(), cloudevents).await?;
+    let lab = Lab::start(args.max_in_flight, relay, args.nats_server.clone(), global).await?;
     let result = async {
         let mut report = Report::new(environment(&lab).await?);
         if args.instructions {
