@@ -23,7 +23,7 @@ use std::{
 
 use async_nats::jetstream;
 use tokio::task::JoinHandle;
-use walrelay_testkit::{walrelay_bin, NatsCluster, Postgres, Process};
+use walrelay_testkit::{walrelay_bin, Nats, NatsCluster, Postgres, Process};
 use walrelay_tests::{stream_count, stream_messages, wait_for, Env, Stored, OUTBOX_DDL};
 
 /// Publish ack timeout given to every relay: short, so a stalled broker is noticed quickly.
@@ -595,6 +595,16 @@ fn run_args(extra: &[&'static str]) -> Vec<&'static str> {
     args
 }
 
+/// The end of a scenario that keeps every event: the producers stop, a sentinel commits and reaches the stream
+/// through `relay`, and the stream must hold exactly what committed, each event once, in commit order.
+async fn finish_exact(label: &str, env: &Env, js: &jetstream::Context, producers: Producers, relay: &Process) {
+    let logs = producers.finish(true).await;
+    let sentinel = commit_sentinel_and_drain(&env.pg_url(), js, &env.stream, &[relay]).await;
+    assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
+    let messages = stream_messages(js, &env.stream).await;
+    verify(label, &messages, &logs, &sentinel, Expect::All);
+}
+
 /// The common shape: relay and producers running, `fault` injected once the stream flows, then the stream must
 /// flow again, the producers stop, and the stream must hold exactly what committed.
 async fn single_fault<F>(label: &str, env: &mut Env, must_interrupt: bool, fault: F)
@@ -625,11 +635,7 @@ where
         "{label}: the fault did not reach the relay:\n{}",
         relay.output_tail(40)
     );
-    let logs = producers.finish(true).await;
-    let sentinel = commit_sentinel_and_drain(&env.pg_url(), &js, &env.stream, &[&relay]).await;
-    assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
-    let messages = stream_messages(&js, &env.stream).await;
-    verify(label, &messages, &logs, &sentinel, Expect::All);
+    finish_exact(label, env, &js, producers, &relay).await;
     assert!(relay.exit_status().is_none(), "{label}: the relay exited:\n{}", relay.output_tail(40));
 }
 
@@ -840,11 +846,7 @@ async fn standby_relay_takes_over_after_active_is_killed() {
     assert!(standby.output().contains("slot acquired, taking over"));
     let now = count(&js, &env.stream).await;
     wait_growth(&js, &env.stream, now, 300, Duration::from_secs(60), &standby).await;
-    let logs = producers.finish(true).await;
-    let sentinel = commit_sentinel_and_drain(&env.pg_url(), &js, &env.stream, &[&standby]).await;
-    assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
-    let messages = stream_messages(&js, &env.stream).await;
-    verify(label, &messages, &logs, &sentinel, Expect::All);
+    finish_exact(label, &env, &js, producers, &standby).await;
 }
 
 /// The stream is deleted under a running relay started with `--no-create`: it exits 1 naming the remedy; following
@@ -1011,6 +1013,40 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     assert!(ok, "cp -a {} {}", from.display(), to.display());
 }
 
+/// A copy of a NATS server's store, as it was when taken.
+struct StoreCopy(tempfile::TempDir);
+
+impl StoreCopy {
+    /// Stops the server (a clean stop flushes, so the copy is consistent), copies its store and starts it again.
+    fn take(nats: &mut Nats) -> StoreCopy {
+        let copy = StoreCopy(tempfile::tempdir().expect("snapshot dir"));
+        blocking(|| {
+            nats.stop();
+            copy_tree(nats.store_dir(), &copy.store());
+            nats.start_again()
+        })
+        .expect("nats up again");
+        copy
+    }
+
+    /// The server crashes (kill -9) and comes back with this older store: what it acked since is lost, as after an
+    /// OS crash before its sync.
+    fn crash_back_to(&self, nats: &mut Nats) {
+        blocking(|| {
+            nats.kill9();
+            std::fs::remove_dir_all(nats.store_dir()).expect("remove store");
+            copy_tree(&self.store(), nats.store_dir());
+            nats.start_again()
+        })
+        .expect("nats restarted from the older store");
+    }
+
+    /// The copied store directory.
+    fn store(&self) -> std::path::PathBuf {
+        self.0.path().join("store")
+    }
+}
+
 /// A NATS server loses acked messages the way an OS crash before its sync does: its store goes back to a copy
 /// older than the acks. With `--nats-sync-interval 10s` the slot has not passed them; the relay notices on its own
 /// (no new event is written) and publishes them again from the slot after the surviving tail, so the stream is exact
@@ -1030,14 +1066,7 @@ async fn nats_losing_acked_messages_is_healed_from_the_slot() {
         a.extend(walrelay_tests::insert_events(&client, "a", t * 10, 10).await);
     }
     walrelay_tests::wait_stream_count(&js, &env.stream, 30, Duration::from_secs(60)).await;
-    let snapshot = tempfile::tempdir().expect("snapshot dir");
-    let copy = snapshot.path().join("store");
-    blocking(|| {
-        env.nats.stop();
-        copy_tree(env.nats.store_dir(), &copy);
-        env.nats.start_again()
-    })
-    .expect("nats up again");
+    let copy = StoreCopy::take(&mut env.nats);
     // B: 4 more transactions, acked by the server, which then crashes and comes back with the older store.
     let mut b = Vec::new();
     for t in 0..4 {
@@ -1047,13 +1076,7 @@ async fn nats_losing_acked_messages_is_healed_from_the_slot() {
     let first_b = before[30].commit_lsn();
     let confirmed = env.confirmed_flush();
     assert!(confirmed < first_b, "{label}: the slot passed B ({confirmed:X} >= {first_b:X}) before its interval");
-    blocking(|| {
-        env.nats.kill9();
-        std::fs::remove_dir_all(env.nats.store_dir()).expect("remove store");
-        copy_tree(&copy, env.nats.store_dir());
-        env.nats.start_again()
-    })
-    .expect("nats restarted from the older store");
+    copy.crash_back_to(&mut env.nats);
     let lost_at = Instant::now();
     assert_eq!(count(&js, &env.stream).await, 30, "{label}: the restored store holds A only");
     // Nothing more is written. Until the stream holds B again, the slot must not pass B.
@@ -1116,11 +1139,7 @@ async fn relay_killed_twice_under_a_30s_sync_interval() {
         relay = blocking(|| env.spawn_run(&args));
         wait_growth(&js, &env.stream, held, 300, Duration::from_secs(60), &relay).await;
     }
-    let logs = producers.finish(true).await;
-    let sentinel = commit_sentinel_and_drain(&env.pg_url(), &js, &env.stream, &[&relay]).await;
-    assert_logs_match_table(&env.pg_url(), &logs, &sentinel).await;
-    let messages = stream_messages(&js, &env.stream).await;
-    verify(label, &messages, &logs, &sentinel, Expect::All);
+    finish_exact(label, &env, &js, producers, &relay).await;
     assert!(relay.output().contains("relay started"), "{label}");
 }
 
@@ -1136,14 +1155,7 @@ async fn a_loss_beyond_the_slot_is_reported_with_its_remedy() {
     let js = env.js().await;
     let client = env.client().await;
     // The store as it is before any event: the stream exists and is empty.
-    let snapshot = tempfile::tempdir().expect("snapshot dir");
-    let copy = snapshot.path().join("store");
-    blocking(|| {
-        env.nats.stop();
-        copy_tree(env.nats.store_dir(), &copy);
-        env.nats.start_again()
-    })
-    .expect("nats up again");
+    let copy = StoreCopy::take(&mut env.nats);
     let relay = env.spawn_run(&run_args(&["--nats-sync-interval", "1s", "--replay-retention", "1h"]));
     let a = walrelay_tests::insert_events(&client, "a", 0, 10).await;
     let stored = messages_once(&js, &env.stream, 10, Duration::from_secs(60), &relay).await;
@@ -1152,13 +1164,7 @@ async fn a_loss_beyond_the_slot_is_reported_with_its_remedy() {
         env.confirmed_flush() > commit
     })
     .await;
-    blocking(|| {
-        env.nats.kill9();
-        std::fs::remove_dir_all(env.nats.store_dir()).expect("remove store");
-        copy_tree(&copy, env.nats.store_dir());
-        env.nats.start_again()
-    })
-    .expect("nats restarted from the older store");
+    copy.crash_back_to(&mut env.nats);
     // The next event finds the stream shorter (the fence), the next session finds A gone.
     let b = walrelay_tests::insert_events(&client, "b", 0, 3).await;
     let after = messages_once(&js, &env.stream, 3, Duration::from_secs(60), &relay).await;

@@ -1012,22 +1012,15 @@ mod tests {
     }
 
     /// The default table with a text column `traceparent` and a bigint `tenant` after the six outbox columns.
-    const TRACED_COLUMNS: [(&str, u32); 8] = [
-        ("id", oid::UUID),
-        ("aggregate_type", oid::TEXT),
-        ("aggregate_id", oid::TEXT),
-        ("event_type", oid::TEXT),
-        ("payload", oid::JSONB),
-        ("headers", oid::JSONB),
-        ("traceparent", oid::TEXT),
-        ("tenant", oid::INT8),
-    ];
+    fn traced_columns() -> Vec<(&'static str, u32)> {
+        [&OUTBOX_COLUMNS[..], &[("traceparent", oid::TEXT), ("tenant", oid::INT8)]].concat()
+    }
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     #[test]
     fn header_columns_add_headers_skip_nulls_and_refuse_what_nats_cannot_carry() {
         let s = settings(|r| r.header_columns = Some("traceparent,tenant:Tenant".into()));
-        let mut m = mapper(&s, &TRACED_COLUMNS);
+        let mut m = mapper(&s, &traced_columns());
         let row = |trace: Option<&str>, tenant: Option<&str>, headers: Option<&str>| {
             tuple(&[Some(ID), Some("order"), Some("1"), Some("created"), Some("{}"), headers, trace, tenant])
         };

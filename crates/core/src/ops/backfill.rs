@@ -132,14 +132,7 @@ pub async fn run(settings: &Settings) -> Result<(), RelayError> {
     if let Some(info) = slot::info(&control, &settings.slot).await? {
         slot::ensure_failover(settings, &host, &server, &info).await?;
     }
-    let (client, js) = stream::connect(settings).await?;
-    let (_, created) = stream::ensure(&js, settings, true).await?;
-    println!(
-        "stream {}: {} (subjects {})",
-        settings.stream,
-        if created { "created" } else { "exists" },
-        stream::stream_subjects(settings).join(", ")
-    );
+    let (client, js) = super::setup::ensure_stream(settings).await?;
     let published = publish(settings, &control, &client, &js, &staging, &plan).await?;
     drop_staging(&control, &staging).await?;
     println!(

@@ -32,7 +32,16 @@ pub async fn run(settings: &Settings) -> Result<(), RelayError> {
             println!("slot {}: created at {lsn}", settings.slot);
         }
     }
-    let (_client, js) = stream::connect(settings).await?;
+    ensure_stream(settings).await?;
+    Ok(())
+}
+
+/// Connects to NATS and creates the stream if it is missing, saying which (setup's last step, and the backfill's
+/// before it publishes).
+pub(crate) async fn ensure_stream(
+    settings: &Settings,
+) -> Result<(async_nats::Client, async_nats::jetstream::Context), RelayError> {
+    let (client, js) = stream::connect(settings).await?;
     let (_, created) = stream::ensure(&js, settings, true).await?;
     println!(
         "stream {}: {} (subjects {})",
@@ -40,5 +49,5 @@ pub async fn run(settings: &Settings) -> Result<(), RelayError> {
         if created { "created" } else { "exists" },
         stream::stream_subjects(settings).join(", ")
     );
-    Ok(())
+    Ok((client, js))
 }

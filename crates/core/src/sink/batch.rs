@@ -38,7 +38,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{
     publisher::{PublishError, Publisher},
-    transport::{NatsTransport, Refusal, Reply, SendError, Stored, Transport},
+    transport::{ApiError, NatsTransport, Refusal, Reply, SendError, Stored, Transport},
 };
 use crate::{
     config::{NatsBatch, Settings},
@@ -141,14 +141,6 @@ struct Body {
     error: Option<ApiError>,
 }
 
-#[derive(Deserialize)]
-struct ApiError {
-    #[serde(default)]
-    err_code: u64,
-    #[serde(default)]
-    description: String,
-}
-
 /// What the server has said about the batches in flight, and the answers it makes: the pure part of [`FastBatch`].
 #[derive(Debug, Default)]
 struct Ledger {
@@ -213,7 +205,7 @@ impl Ledger {
                 self.batches[index].failure.get_or_insert(Refusal { code: 0, reason });
             }
             (Some("err"), Some(e)) => {
-                let refusal = Refusal { code: e.err_code, reason: e.description };
+                let refusal = Refusal::from(e);
                 // The error is about message `seq`; the final pub ack follows.
                 if let Some(m) = self.batches[index].members.iter().position(|m| m.seq == body.seq) {
                     if let Some(member) = self.batches[index].members.remove(m) {
@@ -222,7 +214,7 @@ impl Ledger {
                 }
                 self.batches[index].failure.get_or_insert(refusal);
             }
-            (_, Some(e)) => self.end(index, about, Err(Refusal { code: e.err_code, reason: e.description })),
+            (_, Some(e)) => self.end(index, about, Err(e.into())),
             (_, None) if body.count.is_some() || body.seq > 0 => {
                 let count = body.count.unwrap_or(about);
                 self.end(index, count, Ok(Stored { sequence: body.seq, duplicate: body.duplicate }))

@@ -141,12 +141,19 @@ struct AckBody {
     error: Option<ApiError>,
 }
 
+/// A JetStream API error in a reply (to a publish or a fast-batch message), as the server sends it.
 #[derive(Deserialize)]
-struct ApiError {
+pub(super) struct ApiError {
     #[serde(default)]
     err_code: u64,
     #[serde(default)]
     description: String,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal { code: e.err_code, reason: e.description }
+    }
 }
 
 /// Parses one reply: a 503 status means no stream listens on the subject.
@@ -155,7 +162,7 @@ pub fn parse_reply(status: Option<StatusCode>, payload: &[u8]) -> Result<Stored,
         return Err(Refusal { code: 0, reason: "no stream found for the subject (no responders)".into() });
     }
     match serde_json::from_slice::<AckBody>(payload) {
-        Ok(AckBody { error: Some(e), .. }) => Err(Refusal { code: e.err_code, reason: e.description }),
+        Ok(AckBody { error: Some(e), .. }) => Err(e.into()),
         Ok(AckBody { seq, duplicate, error: None }) if seq > 0 => Ok(Stored { sequence: seq, duplicate }),
         Ok(_) | Err(_) => Err(Refusal {
             code: 0,
