@@ -579,6 +579,11 @@ fn light_load() -> Load {
     Load { producers: 3, batch: 1..=20, per_producer: u64::MAX, pause_per_row: Duration::from_micros(500) }
 }
 
+/// What the scenarios that check the publish mode add to the relay's options: a sync interval, without which the relay
+/// does not publish in fast batches (`--nats-sync-interval always`, the test support's default, keeps per-message
+/// acks: sink::batch::Mode::SyncAlways). One second keeps the scenarios quick.
+const FAST_BATCH: &[&str] = &["--nats-sync-interval", "1s"];
+
 /// Fast-batch publishing (issue 21) is in use exactly when the server has it: the relay's start line says which
 /// publish mode its session runs (run these scenarios with WALRELAY_NATS_SERVER naming a 2.14+ nats-server to cover
 /// fast batch).
@@ -612,7 +617,7 @@ where
     F: AsyncFnOnce(&mut Env, &Process),
 {
     let mut rng = Rng::seeded(label);
-    let relay = env.spawn_run(&run_args(&[]));
+    let relay = env.spawn_run(&run_args(FAST_BATCH));
     let js = env.js().await;
     assert_publish_mode(label, &js, &relay);
     let producers = Producers::start(&env.pg_url(), &light_load(), &mut rng);
@@ -653,7 +658,7 @@ async fn relay_killed_at_20_random_moments_during_100k_events() {
     eprintln!("{label}: servers ready in {:?}", t0.elapsed());
     let js = env.js().await;
     let load = Load { producers: 4, batch: 50..=200, per_producer: 25_000, pause_per_row: Duration::from_micros(800) };
-    let mut relay = env.spawn_run(&run_args(&[]));
+    let mut relay = env.spawn_run(&run_args(FAST_BATCH));
     assert_publish_mode(label, &js, &relay);
     let producers = Producers::start(&env.pg_url(), &load, &mut rng);
     let started = Instant::now();
@@ -665,7 +670,7 @@ async fn relay_killed_at_20_random_moments_during_100k_events() {
             started.elapsed(),
             stream_count(&js, &env.stream).await
         );
-        relay = blocking(|| env.spawn_run(&run_args(&[])));
+        relay = blocking(|| env.spawn_run(&run_args(FAST_BATCH)));
     }
     let logs = producers.finish(false).await;
     eprintln!("{label}: producers done at {:?}", started.elapsed());

@@ -591,7 +591,8 @@ async fn fast_batch_is_used_on_a_current_server_unless_turned_off() {
         let mut setup = env.walrelay(&["setup", "--nats-batch", mode]);
         assert!(setup.output().unwrap().status.success(), "{mode}: setup");
         let addr = format!("127.0.0.1:{}", walrelay_tests::walrelay_testkit::free_port());
-        let relay = env.spawn_run(&["--nats-batch", mode, "--metrics-addr", &addr]);
+        // A sync interval: with `always` (the test support's default) the relay keeps per-message acks.
+        let relay = env.spawn_run(&["--nats-batch", mode, "--nats-sync-interval", "1s", "--metrics-addr", &addr]);
         if mode == "auto" {
             relay.wait_for_output("publish_mode=\"fast-batch\"", LONG).unwrap();
         }

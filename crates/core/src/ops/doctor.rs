@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 use crate::{
     config::{quote_ident, quote_literal, Settings},
     mapping::subject::filter_matches,
-    sink::{publisher::PublishError, stream},
+    sink::{batch, publisher::PublishError, stream},
     source::publication,
     source::slot,
     source::{self, SourceError},
@@ -641,29 +641,29 @@ async fn stream_checks(
     Some((storage, config.num_replicas))
 }
 
-/// How `run` will publish to this stream (`--nats-batch`, sink::batch): fast batch needs nats-server 2.14+ and the
-/// stream's `allow_batched`, which `setup` and `run` set only on streams they create.
+/// How `run` will publish to this stream ([`batch::mode`]: `--nats-batch`, the server's version, the stream's
+/// `allow_batched`, which `setup` and `run` set only on streams they create, and `--nats-sync-interval`).
 fn publish_mode_check(js: &jetstream::Context, settings: &Settings, allow_batched: bool, checks: &mut Checks) {
     let name = &settings.stream;
-    let version = js.client().server_info().version;
-    if settings.nats_batch == crate::config::NatsBatch::Off {
-        checks.ok("publish_mode", "per-message acks (--nats-batch off)");
-    } else if !crate::sink::batch::server_supports(&version) {
-        checks.ok(
+    match batch::mode(settings, &js.client().server_info().version, allow_batched) {
+        batch::Mode::Batched => checks.ok("publish_mode", format!("fast batch: {name} has allow_batched")),
+        batch::Mode::TurnedOff => checks.ok("publish_mode", "per-message acks (--nats-batch off)"),
+        batch::Mode::OldServer(version) => checks.ok(
             "publish_mode",
             format!("per-message acks: nats-server {version} has no fast-batch publishing (2.14+)"),
-        );
-    } else if allow_batched {
-        checks.ok("publish_mode", format!("fast batch: {name} has allow_batched"));
-    } else {
-        checks.warn(
+        ),
+        batch::Mode::SyncAlways => checks.ok(
+            "publish_mode",
+            "per-message acks: --nats-sync-interval always (fast batch needs the durability check of an interval)",
+        ),
+        batch::Mode::NotAllowed => checks.warn(
             "publish_mode",
             format!("per-message acks: {name} does not allow fast-batch publishing (allow_batched is off)"),
             format!(
                 "set allow_batched on the stream (a JetStream stream update of {name} with \"allow_batched\": true, e.g. \
                  `nats stream edit {name} --config <file>`), or keep per-message acks with --nats-batch off"
             ),
-        );
+        ),
     }
 }
 

@@ -21,7 +21,9 @@
 //! duplicate too), the next flow ack cannot tell either, and the messages before it are answered as stored at their
 //! fenced sequences; the batch still fails on the message the last ack ends on, but after those answers. Only the
 //! final pub ack's stream sequence proves what a batch stored (test
-//! `two_reused_ids_across_a_flow_ack_are_not_acked_as_stored`, ignored).
+//! `two_reused_ids_across_a_flow_ack_are_not_acked_as_stored`, ignored). What keeps that from confirming an LSN past
+//! an event the stream does not hold is the checkpoint's durability check (same sequence, same id), so fast batch is
+//! only used with a sync interval ([`Mode::SyncAlways`]).
 //!
 //! Flow control: the server says how often it acks (`msgs`, at most the `flow` asked for) and the publisher never
 //! has more than [`OUTSTANDING_ACKS`] flow windows unacked: [`Transport::publish`] waits for acks before sending more.
@@ -73,12 +75,42 @@ pub fn server_supports(version: &str) -> bool {
     (major, minor) >= FIRST_VERSION
 }
 
-/// Whether `run` and the benchmark publish in fast batches: `--nats-batch auto`, a 2.14+ server and a stream with
-/// `allow_batched`.
+/// How `run` publishes to a stream, and why: the one decision `run` acts on and `doctor` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Fast batch: `--nats-batch auto`, a 2.14+ server, a stream with `allow_batched` and a sync interval.
+    Batched,
+    /// Per-message acks: `--nats-batch off`.
+    TurnedOff,
+    /// Per-message acks: the server (its version) has no fast-batch publishing.
+    OldServer(String),
+    /// Per-message acks: the stream does not allow batched publishes.
+    NotAllowed,
+    /// Per-message acks: `--nats-sync-interval always`. A flow ack cannot tell a stored message from one the server
+    /// dropped as a duplicate (a reused `Nats-Msg-Id`; the module doc's known hole), and with `always` nothing else
+    /// checks a message is in the stream before its LSN is confirmed; with an interval, the durability check (same
+    /// sequence, same id) does.
+    SyncAlways,
+}
+
+/// Decides [`Mode`] from the settings, the server's version and the stream's `allow_batched`.
+pub fn mode(settings: &Settings, version: &str, allow_batched: bool) -> Mode {
+    if settings.nats_batch == NatsBatch::Off {
+        Mode::TurnedOff
+    } else if !server_supports(version) {
+        Mode::OldServer(version.to_owned())
+    } else if !allow_batched {
+        Mode::NotAllowed
+    } else if settings.nats_sync_interval.is_none() {
+        Mode::SyncAlways
+    } else {
+        Mode::Batched
+    }
+}
+
+/// Whether `run` publishes in fast batches ([`mode`] is [`Mode::Batched`]).
 pub fn enabled(settings: &Settings, client: &async_nats::Client, config: &stream::Config) -> bool {
-    settings.nats_batch == NatsBatch::Auto
-        && server_supports(&client.server_info().version)
-        && config.allow_batch_publish
+    mode(settings, &client.server_info().version, config.allow_batch_publish) == Mode::Batched
 }
 
 /// The flow (messages per ack) to ask for: a quarter of the in-flight window, so that [`OUTSTANDING_ACKS`] windows
@@ -512,6 +544,25 @@ impl Transport for FastBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_batch_needs_auto_a_current_server_allow_batched_and_a_sync_interval() {
+        let settings = |batch: &str, interval: &str| {
+            let raw = crate::config::RawSettings {
+                nats_batch: batch.into(),
+                nats_sync_interval: interval.into(),
+                ..crate::config::RawSettings::default()
+            };
+            Settings::validate(raw).expect("settings")
+        };
+        let auto = settings("auto", "2m");
+        assert_eq!(mode(&auto, "2.15.1", true), Mode::Batched);
+        assert_eq!(mode(&settings("off", "2m"), "2.15.1", true), Mode::TurnedOff);
+        assert_eq!(mode(&auto, "2.9.10", true), Mode::OldServer("2.9.10".into()));
+        assert_eq!(mode(&auto, "2.15.1", false), Mode::NotAllowed);
+        assert_eq!(mode(&settings("auto", "always"), "2.15.1", true), Mode::SyncAlways);
+        assert_eq!(mode(&settings("auto", "0s"), "2.15.1", true), Mode::SyncAlways);
+    }
 
     #[test]
     fn versions_with_fast_batch() {
