@@ -60,6 +60,16 @@ pub enum NatsBatch {
     Off,
 }
 
+impl NatsBatch {
+    /// The option's value, as `--nats-batch` takes it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Off => "off",
+        }
+    }
+}
+
 impl FromStr for NatsBatch {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -577,6 +577,14 @@ mod tests {
 
     const INBOX: &str = "_INBOX.abc";
 
+    /// The server's error for batch message `seq` whose `Nats-Expected-Last-Sequence` check failed: the stream's last
+    /// sequence is `last`.
+    fn fence_failed(seq: u64, last: u64) -> String {
+        format!(
+            r#"{{"type":"err","seq":{seq},"error":{{"code":400,"err_code":10071,"description":"wrong last sequence: {last}"}}}}"#
+        )
+    }
+
     /// A ledger with one started batch `b1` of `n` messages sent (tokens 0.., batch sequences 1..), the fence
     /// starting at stream sequence `first`.
     fn ledger(n: u64, first: u64) -> Ledger {
@@ -643,9 +651,7 @@ mod tests {
         reply(&mut l, 2, r#"{"type":"ack","seq":2,"msgs":4}"#);
         reply(&mut l, 6, r#"{"type":"ack","seq":6,"msgs":8}"#);
         assert_eq!(answers(&mut l), [(0, Ok(11)), (1, Ok(12)), (2, Ok(13)), (3, Ok(14)), (4, Ok(15))]);
-        let err =
-            r#"{"type":"err","seq":7,"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 15"}}"#;
-        reply(&mut l, 7, err);
+        reply(&mut l, 7, &fence_failed(7, 15));
         reply(&mut l, 7, r#"{"stream":"S","seq":15,"batch":"b1","count":6}"#);
         assert_eq!(answers(&mut l), [(6, Err(super::super::transport::WRONG_LAST_SEQUENCE)), (5, Err(0))]);
     }
@@ -673,9 +679,7 @@ mod tests {
     fn a_failed_fence_check_refuses_that_message_and_ends_the_batch() {
         let mut l = ledger(5, 1);
         reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":10}"#);
-        let err =
-            r#"{"type":"err","seq":3,"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 1"}}"#;
-        reply(&mut l, 3, err);
+        reply(&mut l, 3, &fence_failed(3, 1));
         assert_eq!(answers(&mut l), [(2, Err(super::super::transport::WRONG_LAST_SEQUENCE))]);
         reply(&mut l, 5, r#"{"stream":"S","seq":2,"batch":"b1","count":2}"#);
         assert_eq!(answers(&mut l), [(0, Ok(1)), (1, Ok(2)), (3, Err(0)), (4, Err(0))]);
@@ -716,9 +720,7 @@ mod tests {
         // fails, and the final pub ack names the batch's stored sequence, which was never set: 0.
         let mut l = ledger(3, 11);
         reply(&mut l, 1, r#"{"type":"ack","seq":0,"msgs":4}"#);
-        let err =
-            r#"{"type":"err","seq":2,"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 10"}}"#;
-        reply(&mut l, 2, err);
+        reply(&mut l, 2, &fence_failed(2, 10));
         reply(&mut l, 2, r#"{"stream":"S","seq":0,"batch":"b1","count":1}"#);
         assert_eq!(answers(&mut l), [(1, Err(super::super::transport::WRONG_LAST_SEQUENCE)), (0, Err(0)), (2, Err(0))]);
         assert!(l.batches.is_empty());

@@ -72,7 +72,7 @@ impl Lab {
             stream: STREAM.into(),
             max_in_flight,
             cloudevents: global.cloudevents.as_str().into(),
-            nats_batch: if global.nats_batch == NatsBatch::Off { "off" } else { "auto" }.into(),
+            nats_batch: global.nats_batch.as_str().into(),
             ..RawSettings::default()
         };
         let settings = Settings::validate(raw)?;
@@ -171,7 +171,7 @@ impl Lab {
             cmd.args(["--cloudevents", self.settings.cloudevents.as_str()]);
         }
         if self.settings.nats_batch == NatsBatch::Off {
-            cmd.args(["--nats-batch", "off"]);
+            cmd.args(["--nats-batch", self.settings.nats_batch.as_str()]);
         }
         let process = Process::spawn(cmd).with_context(|| format!("starting {}", exe.display()))?;
         Ok(Relay { process })
